@@ -1,0 +1,138 @@
+"""The Starlette application: routes, middleware, lifespan, health, and the JSON shape of
+errors raised outside an endpoint (unknown paths, oversized bodies, internal failures).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api import native
+from gateway.api.exchange import JSON
+from gateway.config import GatewayConfig
+from gateway.pipeline import Pipeline, request_id_from
+
+logger = logging.getLogger("gateway")
+
+
+def _error_json(status: int, code: str, message: str, request_id: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message, "requestId": request_id}})
+
+
+class JsonBodyLimit:
+    """Starlette's RequestBodyLimitMiddleware, whose own 413 is plain text, answering in the
+    gateway's JSON error shape instead."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = RequestBodyLimitMiddleware(app, max_body_size=max_body_bytes)
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replacement = b""
+
+        async def send_json_413(message: Message) -> None:
+            nonlocal replacement
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                headers = dict(message.get("headers", []))
+                if headers.get(b"content-type", b"").startswith(b"text/plain"):
+                    request_id = request_id_from(
+                        dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+                    )
+                    replacement = _error_json(
+                        413, "payload_too_large",
+                        f"request body is too large (max is {self.max_body_bytes} bytes)", request_id,
+                    )
+                    message = {
+                        "type": "http.response.start",
+                        "status": 413,
+                        "headers": [(b"content-type", JSON.encode()),
+                                    (b"content-length", str(len(replacement)).encode()),
+                                    (b"x-request-id", request_id.encode())],
+                    }
+            elif message["type"] == "http.response.body" and replacement:
+                message = {"type": "http.response.body", "body": replacement}
+            await send(message)
+
+        await self.app(scope, receive, send_json_413)
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+async def readyz(request: Request) -> Response:
+    pipeline: Pipeline = request.app.state.pipeline
+    database_ok = await pipeline.database.ping()
+    checks = {"database": "ok" if database_ok else "unreachable", "issuers": "ok"}
+    status = 200 if database_ok else 503
+    return Response(orjson.dumps({"status": "ready" if status == 200 else "not_ready", "checks": checks}),
+                    status_code=status, media_type=JSON)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "bad_request")
+    request_id = request_id_from(request.headers.get("x-request-id"))
+    return Response(_error_json(exc.status_code, code, str(exc.detail), request_id),
+                    status_code=exc.status_code, media_type=JSON, headers={"X-Request-Id": request_id})
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s", request.url.path)
+    request_id = request_id_from(request.headers.get("x-request-id"))
+    return Response(_error_json(500, "internal_error", "internal error", request_id),
+                    status_code=500, media_type=JSON, headers={"X-Request-Id": request_id})
+
+
+def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starlette:
+    pipeline = pipeline or Pipeline.from_config(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await pipeline.start()
+        try:
+            yield
+        finally:
+            await pipeline.stop()
+
+    routes = [
+        Route("/v1/query", native.query, methods=["POST"]),
+        Route("/v1/batch", native.batch, methods=["POST"]),
+        Route("/v1/explain", native.explain, methods=["POST"]),
+        Route("/v1/whoami", native.whoami, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    middleware = [Middleware(JsonBodyLimit, max_body_bytes=config.server.max_body_bytes)]
+    if config.server.cors_origins:
+        middleware.insert(0, Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.server.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Traceparent", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Server-Timing"],
+            max_age=600,
+        ))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+    )
+    app.state.pipeline = pipeline
+    return app

@@ -1,0 +1,106 @@
+"""What every endpoint does around the pipeline: open a `RequestScope` from the HTTP
+request, read the JSON body within the size limit, turn a `GatewayError` into its response,
+stamp `X-Request-Id` and `Server-Timing`, and cancel database work when the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import anyio
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.results import error_body
+from gateway.errors import GatewayError, bad_request, payload_too_large
+from gateway.pipeline import Pipeline, RequestScope, request_id_from, trace_id_from
+
+T = TypeVar("T")
+JSON = "application/json"
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response started."""
+
+
+def open_scope(request: Request, endpoint: str) -> RequestScope:
+    pipeline: Pipeline = request.app.state.pipeline
+    client = request.client.host if request.client else None
+    return pipeline.scope(
+        endpoint,
+        request_id=request_id_from(request.headers.get("x-request-id")),
+        trace_id=trace_id_from(request.headers.get("traceparent")),
+        client_ip=client,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON whatever the Content-Type (edge runtimes send text/plain)."""
+    try:
+        body = await request.body()
+    except HTTPException as error:
+        if error.status_code == 413:
+            raise payload_too_large(request.app.state.pipeline.config.server.max_body_bytes) from None
+        raise
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise bad_request(f"the body is not valid JSON: {error}") from None
+
+
+def scope_headers(scope: RequestScope) -> dict[str, str]:
+    return {"X-Request-Id": scope.request_id, "Server-Timing": scope.server_timing()}
+
+
+def json_response(scope: RequestScope, payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=scope_headers(scope))
+
+
+def error_response(scope: RequestScope, error: GatewayError) -> Response:
+    scope.fail(error)
+    headers = {**scope_headers(scope), **error.headers}
+    return Response(
+        orjson.dumps({"error": error_body(error, scope.request_id)}),
+        status_code=error.status,
+        media_type=JSON,
+        headers=headers,
+    )
+
+
+async def close_shielded(scope: RequestScope, status: int | None = None) -> None:
+    """Release the connection and audit even while the request task is being cancelled."""
+    with anyio.CancelScope(shield=True):
+        await scope.close(status)
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first; asyncpg then cancels
+    the running statement on the server."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientGone
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

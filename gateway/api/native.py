@@ -1,0 +1,233 @@
+"""The native `/v1` wire format: query, batch, explain, whoami.
+
+Decodes request bodies into pipeline statements and encodes results as JSON (the default)
+or NDJSON (`Accept: application/x-ndjson`). A result that fits in the first batch is
+committed before the response starts, so its status is exact; a longer one streams from the
+open portal and commits at the end, reporting a late failure in the body's last line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.api.exchange import (
+    JSON,
+    ClientGone,
+    close_shielded,
+    error_response,
+    json_response,
+    open_scope,
+    read_json,
+    scope_headers,
+    until_disconnect,
+)
+from gateway.api.results import NDJSON, ResultWriter
+from gateway.db.session import ISOLATION_LEVELS, StatementRun
+from gateway.errors import GatewayError, bad_request
+from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
+
+CLIENT_CLOSED_REQUEST = 499  # audit status for a client that left before the response
+
+
+# ---------------------------------------------------------------------------- body decoding
+
+
+def _statement(body: Any, where: str = "body") -> Statement:
+    if not isinstance(body, dict):
+        raise bad_request(f"{where} must be a JSON object")
+    sql = body.get("sql")
+    if not isinstance(sql, str):
+        raise bad_request(f'{where}: "sql" must be a string')
+    params = body.get("params", [])
+    if params is None:
+        params = []
+    if not isinstance(params, list):
+        raise bad_request(f'{where}: "params" must be an array')
+    return Statement(sql, params)
+
+
+def _row_mode(body: dict) -> bool:
+    mode = body.get("rowMode", "object")
+    if mode not in ("object", "array"):
+        raise bad_request('"rowMode" must be "object" or "array"')
+    return mode == "array"
+
+
+def _batch(body: Any) -> tuple[list[Statement], TransactionOptions]:
+    if not isinstance(body, dict) or not isinstance(body.get("statements"), list) or not body["statements"]:
+        raise bad_request('"statements" must be a non-empty array')
+    statements = [_statement(item, f"statements[{i}]") for i, item in enumerate(body["statements"])]
+    isolation = body.get("isolation", "read committed")
+    if isolation not in ISOLATION_LEVELS:
+        raise bad_request('"isolation" must be one of ' + ", ".join(f'"{level}"' for level in ISOLATION_LEVELS))
+    read_only = body.get("readOnly", False)
+    if not isinstance(read_only, bool):
+        raise bad_request('"readOnly" must be true or false')
+    return statements, TransactionOptions(isolation=isolation, read_only=read_only)
+
+
+def _wants_ndjson(request: Request) -> bool:
+    return NDJSON in request.headers.get("accept", "")
+
+
+def _writer(scope: RequestScope, run: StatementRun, *, array_rows: bool, ndjson: bool) -> ResultWriter:
+    assert scope.caller is not None
+    identity = scope.caller.identity
+    return ResultWriter(run.columns, array_rows=array_rows, ndjson=ndjson,
+                        max_rows=identity.max_rows, max_bytes=identity.max_response_bytes)
+
+
+# ---------------------------------------------------------------------------- endpoints
+
+
+async def query(request: Request) -> Response:
+    scope = open_scope(request, "/v1/query")
+    streaming = False
+    try:
+        body = await read_json(request)
+        statement = _statement(body)
+        array_rows = _row_mode(body)
+        ndjson = _wants_ndjson(request)
+        scope.authenticate(request.headers.get("authorization"))
+        judged = scope.judge(statement)
+        run = await until_disconnect(request, _start(scope, judged))
+        writer = _writer(scope, run, array_rows=array_rows, ndjson=ndjson)
+        media_type = NDJSON if ndjson else JSON
+        if run.exhausted:
+            body_bytes = await _whole(scope, run, writer, judged)
+            return Response(body_bytes, media_type=media_type, headers=scope_headers(scope))
+        streaming = True
+        return StreamingResponse(_stream(scope, run, writer, judged), media_type=media_type,
+                                 headers=scope_headers(scope))
+    except GatewayError as error:
+        return error_response(scope, error)
+    except ClientGone:
+        scope.record.status = CLIENT_CLOSED_REQUEST
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        if not streaming:
+            await close_shielded(scope)
+
+
+async def _start(scope: RequestScope, judged: Judged) -> StatementRun:
+    await scope.open_transaction(TransactionOptions())
+    return await scope.run(judged)
+
+
+async def _rows(run: StatementRun, writer: ResultWriter) -> AsyncIterator[bytes]:
+    """Encoded batches until the result ends or reaches a limit."""
+    async for batch in run.batches():
+        chunk, stop = writer.rows(batch)
+        yield chunk
+        if stop:
+            return
+
+
+async def _whole(scope: RequestScope, run: StatementRun, writer: ResultWriter, judged: Judged) -> bytes:
+    chunks = [writer.head(), *[chunk async for chunk in _rows(run, writer)]]
+    await scope.commit()
+    chunks.append(writer.tail(run.command_tag, judged.facts.kind))
+    _account(scope, writer, 200)
+    return b"".join(chunks)
+
+
+async def _stream(scope: RequestScope, run: StatementRun, writer: ResultWriter, judged: Judged) -> AsyncIterator[bytes]:
+    status = 200
+    try:
+        yield writer.head()
+        async for chunk in _rows(run, writer):
+            yield chunk
+        await scope.commit()
+        yield writer.tail(run.command_tag, judged.facts.kind)
+    except GatewayError as error:
+        status = error.status
+        scope.fail(error)
+        yield writer.error_tail(error, scope.request_id)
+    finally:
+        _account(scope, writer, status)
+        await close_shielded(scope, status)
+
+
+def _account(scope: RequestScope, writer: ResultWriter, status: int) -> None:
+    scope.record.rows += writer.rows_sent
+    scope.record.bytes += writer.bytes_sent
+    scope.record.status = status
+
+
+async def batch(request: Request) -> Response:
+    """All statements in one transaction; the response is sent after COMMIT, so its status
+    says whether the whole batch happened. Results are bounded by the identity's limits."""
+    scope = open_scope(request, "/v1/batch")
+    try:
+        body = await read_json(request)
+        statements, options = _batch(body)
+        array_rows = _row_mode(body)
+        scope.authenticate(request.headers.get("authorization"))
+        judged = [scope.judge(statement) for statement in statements]
+        parts = await until_disconnect(request, _run_batch(scope, judged, options, array_rows))
+        return Response(b'{"results":[' + b",".join(parts) + b"]}", media_type=JSON,
+                        headers=scope_headers(scope))
+    except GatewayError as error:
+        return error_response(scope, error)
+    except ClientGone:
+        scope.record.status = CLIENT_CLOSED_REQUEST
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        await close_shielded(scope)
+
+
+async def _run_batch(scope: RequestScope, judged: list[Judged], options: TransactionOptions,
+                     array_rows: bool) -> list[bytes]:
+    await scope.open_transaction(options)
+    assert scope.caller is not None
+    bytes_left = scope.caller.identity.max_response_bytes
+    parts = []
+    for item in judged:
+        run = await scope.run(item)
+        writer = ResultWriter(run.columns, array_rows=array_rows, ndjson=False,
+                              max_rows=scope.caller.identity.max_rows, max_bytes=bytes_left)
+        chunks = [writer.head(), *[chunk async for chunk in _rows(run, writer)]]
+        chunks.append(writer.tail(run.command_tag, item.facts.kind))
+        bytes_left -= writer.bytes_sent
+        _account(scope, writer, 200)
+        parts.append(b"".join(chunks))
+    await scope.commit()
+    return parts
+
+
+async def explain(request: Request) -> Response:
+    scope = open_scope(request, "/v1/explain")
+    try:
+        statement = _statement(await read_json(request))
+        scope.authenticate(request.headers.get("authorization"))
+        judged = scope.explain(statement)
+        scope.record.status = 200
+        return json_response(scope, judged.decision.as_json())
+    except GatewayError as error:
+        return error_response(scope, error)
+    finally:
+        await close_shielded(scope)
+
+
+async def whoami(request: Request) -> Response:
+    scope = open_scope(request, "/v1/whoami")
+    try:
+        caller = scope.authenticate(request.headers.get("authorization"))
+        identity = caller.identity
+        scope.record.status = 200
+        return json_response(scope, {
+            "identity": identity.name,
+            "role": identity.role,
+            "issuer": caller.token.issuer,
+            "subject": caller.token.claims.get("sub"),
+            "schemas": list(identity.schemas),
+            "limits": identity.limits(),
+        })
+    except GatewayError as error:
+        return error_response(scope, error)
+    finally:
+        await close_shielded(scope)

@@ -1,0 +1,131 @@
+"""Rows -> the native API's JSON and NDJSON bodies, within the identity's limits.
+
+Owns the per-column JSON mapping applied to each row, row and byte budgets (a result that
+would pass `max_rows` or `max_response_bytes` stops at a row boundary and says
+`truncated`), and the head and tail of both body formats. Batches are encoded with one
+orjson call each; nothing here holds more than one batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.db.session import Column
+from gateway.db.types import json_converter
+from gateway.errors import GatewayError
+
+NDJSON = "application/x-ndjson"
+
+
+def command_and_count(tag: str, kind: str | None, rows_sent: int) -> tuple[str, int]:
+    """`INSERT 0 3` -> ("INSERT", 3); `SELECT 2` -> ("SELECT", 2). A portal left open at a
+    limit has no tag yet: the statement kind and the rows sent stand in."""
+    words = tag.split()
+    if not words:
+        return (kind or "").upper(), rows_sent
+    count_word = words[2] if words[0] == "INSERT" and len(words) > 2 else (words[1] if len(words) > 1 else "")
+    return words[0], int(count_word) if count_word.isdigit() else rows_sent
+
+
+def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
+    return {
+        "code": error.code,
+        "message": error.message,
+        "requestId": request_id,
+        "sqlstate": error.sqlstate,
+        "detail": error.detail,
+        "hint": error.hint,
+        "position": error.position,
+    }
+
+
+class ResultWriter:
+    """Encodes one statement's result, in order: `head`, `rows` per batch, `tail`."""
+
+    def __init__(self, columns: list[Column], *, array_rows: bool, ndjson: bool,
+                 max_rows: int, max_bytes: int) -> None:
+        self.names = [column.name for column in columns]
+        self.converters = [json_converter(column.type) for column in columns]
+        self.columns_json = [{"name": column.name, "type": column.type.name} for column in columns]
+        self.array_rows = array_rows
+        self.ndjson = ndjson
+        self.rows_left = max_rows
+        self.bytes_left = max_bytes
+        self.rows_sent = 0
+        self.bytes_sent = 0
+        self.truncated = False
+        self._first_row = True
+
+    def _row(self, record: Any) -> Any:
+        values = [value if value is None or convert is None else convert(value)
+                  for value, convert in zip(record, self.converters, strict=False)]
+        return values if self.array_rows else dict(zip(self.names, values, strict=False))
+
+    def head(self) -> bytes:
+        if self.ndjson:
+            return orjson.dumps({"columns": self.columns_json}, option=orjson.OPT_APPEND_NEWLINE)
+        return b'{"columns":' + orjson.dumps(self.columns_json) + b',"rows":['
+
+    def rows(self, records: list) -> tuple[bytes, bool]:
+        """The encoded batch and whether the result stops here (a limit was reached)."""
+        if self.truncated:
+            return b"", True
+        if len(records) > self.rows_left:
+            records = records[: self.rows_left]
+            self.truncated = True
+        encoded = [self._row(record) for record in records]
+        chunk = self._encode(encoded)
+        if len(chunk) > self.bytes_left:
+            chunk, taken = self._fit(encoded)
+            encoded = encoded[:taken]
+            self.truncated = True
+        self.rows_left -= len(encoded)
+        self.bytes_left -= len(chunk)
+        self.rows_sent += len(encoded)
+        self.bytes_sent += len(chunk)
+        if encoded:
+            self._first_row = False
+        return chunk, self.truncated
+
+    def _encode(self, rows: list) -> bytes:
+        if not rows:
+            return b""
+        if self.ndjson:
+            return b"".join(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
+        body = orjson.dumps(rows)[1:-1]
+        return body if self._first_row else b"," + body
+
+    def _fit(self, rows: list) -> tuple[bytes, int]:
+        """The longest prefix of `rows` within the byte budget, row by row."""
+        pieces: list[bytes] = []
+        size = 0
+        for index, row in enumerate(rows):
+            encoded = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE if self.ndjson else 0)
+            if not self.ndjson and (index or not self._first_row):
+                encoded = b"," + encoded
+            if size + len(encoded) > self.bytes_left:
+                return b"".join(pieces), index
+            pieces.append(encoded)
+            size += len(encoded)
+        return b"".join(pieces), len(rows)
+
+    def summary(self, tag: str, kind: str | None) -> dict[str, Any]:
+        command, count = command_and_count(tag, kind, self.rows_sent)
+        if self.truncated:
+            count = self.rows_sent
+        return {"command": command, "rowCount": count, "truncated": self.truncated}
+
+    def tail(self, tag: str, kind: str | None) -> bytes:
+        summary = self.summary(tag, kind)
+        if self.ndjson:
+            return orjson.dumps(summary, option=orjson.OPT_APPEND_NEWLINE)
+        return b"]," + orjson.dumps(summary)[1:]
+
+    def error_tail(self, error: GatewayError, request_id: str) -> bytes:
+        """A failure after rows were sent: the body ends with the error instead of a summary."""
+        payload = {"error": error_body(error, request_id)}
+        if self.ndjson:
+            return orjson.dumps(payload, option=orjson.OPT_APPEND_NEWLINE)
+        return b"]," + orjson.dumps({**payload, "truncated": self.truncated})[1:]

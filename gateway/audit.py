@@ -1,0 +1,65 @@
+"""One audit record per request, as a JSON line, on its own sink (stdout, a file, or off).
+
+Owns the record's fields (SPEC §6) and writing them. Never the token, parameter values or
+any secret: the record is built from named fields only.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+import orjson
+
+
+@dataclass
+class AuditRecord:
+    requestId: str
+    traceId: str
+    endpoint: str
+    clientIp: str | None = None
+    userAgent: str | None = None
+    issuer: str | None = None
+    sub: str | None = None
+    identity: str | None = None
+    role: str | None = None
+    kind: str | None = None
+    tables: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
+    decision: str | None = None  # "allow" | "deny" | None when no statement was judged
+    reason: str | None = None
+    status: int = 0
+    sqlstate: str | None = None
+    rows: int = 0
+    bytes: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def finished(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("started")
+        record["durationMs"] = round((time.perf_counter() - self.started) * 1000, 3)
+        record["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:] + "Z"
+        return record
+
+
+class AuditSink:
+    def __init__(self, target: str) -> None:
+        self._stream: IO[bytes] | None
+        if target == "off":
+            self._stream = None
+        elif target == "stdout":
+            self._stream = sys.stdout.buffer
+        else:
+            self._stream = open(target, "ab")  # noqa: SIM115 - held open for the process's life
+
+    def write(self, record: AuditRecord) -> None:
+        if self._stream is None:
+            return
+        self._stream.write(orjson.dumps(record.finished(), option=orjson.OPT_APPEND_NEWLINE))
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._stream is not None and self._stream is not sys.stdout.buffer:
+            self._stream.close()

@@ -1,0 +1,170 @@
+"""The `gateway` command: serve, dev, check, token, config validate (SPEC §7).
+
+Owns argument parsing and exit codes; each command calls into the package and prints.
+Exit codes: 0 success (or "allowed"), 1 denied or failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from gateway.auth import mint_hs256_token
+from gateway.config import ConfigError, GatewayConfig, load_config, missing_secrets, parse_duration, redacted
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> int:
+    print(f"gateway: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _load(args: argparse.Namespace) -> GatewayConfig:
+    path = args.config or os.environ.get("GATEWAY_CONFIG")
+    if not path:
+        raise ConfigError("no configuration: pass --config FILE or set GATEWAY_CONFIG")
+    return load_config(path, env=getattr(args, "env", None) or os.environ.get("GATEWAY_ENV") or None)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    problems = missing_secrets(config, config.secret_store())
+    if problems:
+        return _fail("\n".join(problems))
+    from gateway.server import serve
+
+    return serve(
+        config,
+        host=args.host or config.server.host,
+        port=args.port if args.port is not None else config.server.port,
+        workers=args.workers or config.server.workers,
+        config_path=args.config or os.environ.get("GATEWAY_CONFIG"),
+        env=args.env,
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from gateway.dev import run_dev
+
+    return run_dev(port=args.port, reset=args.reset)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.identity import IdentityResolver
+    from gateway.policy import PolicyEngine
+
+    config = _load(args)
+    identity = IdentityResolver.from_config(config).by_name(args.identity)
+    if identity is None:
+        return _fail(f'no identity named "{args.identity}" in {config.source}')
+    sql = args.sql if args.sql is not None else sys.stdin.read()
+    _, decision = PolicyEngine(config.policy).decide(identity, sql)
+    _print_json(decision.as_json())
+    return 0 if decision.allowed else 1
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = _load(args)
+    issuer = next((i for i in config.issuers if i.name == args.issuer), None)
+    if issuer is None:
+        return _fail(f'no issuer named "{args.issuer}" in {config.source}')
+    if issuer.hs256_secret is None:
+        return _fail(f'issuer "{issuer.name}" has no hs256_secret: only HS256 (dev) issuers can mint tokens')
+    secret = config.secret_store().get(issuer.hs256_secret)
+    print(mint_hs256_token(issuer, secret, args.sub, parse_duration(args.ttl),
+                           dict(_claim(item) for item in args.claim)))
+    return 0
+
+
+def _claim(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--claim expects key=value, got {text!r}")
+    try:
+        return key, orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return key, value
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    store = config.secret_store()
+    _print_json(redacted(config, store))
+    problems = missing_secrets(config, store)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="HTTP-to-SQL gateway for PostgreSQL")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config")
+    serve.add_argument("--env")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(handler=cmd_serve)
+
+    dev = commands.add_parser("dev", help="zero-setup demo on an embedded PostgreSQL")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--reset", action="store_true", help="start over with a new demo database")
+    dev.set_defaults(handler=cmd_dev)
+
+    check = commands.add_parser("check", help="policy decision for one statement")
+    check.add_argument("--config")
+    check.add_argument("--env")
+    check.add_argument("--identity", required=True)
+    check.add_argument("--sql")
+    check.set_defaults(handler=cmd_check)
+
+    token = commands.add_parser("token", help="mint a token for an HS256 (dev) issuer")
+    token.add_argument("--config")
+    token.add_argument("--env")
+    token.add_argument("--issuer", required=True)
+    token.add_argument("--sub", required=True)
+    token.add_argument("--ttl", default="15m")
+    token.add_argument("--claim", action="append", default=[], metavar="KEY=VALUE")
+    token.set_defaults(handler=cmd_token)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    validate = config_commands.add_parser("validate", help="validate and print the resolved configuration")
+    validate.add_argument("--config")
+    validate.add_argument("--env")
+    validate.set_defaults(handler=cmd_config_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        return _fail(str(error))
+    except argparse.ArgumentTypeError as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

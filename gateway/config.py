@@ -1,0 +1,404 @@
+"""`gateway.toml` -> frozen dataclasses, once, at start.
+
+Owns the configuration's shape, its defaults (defined here and nowhere else), `[env.NAME]`
+overrides and validation. Every error names the file, the key path and what was expected.
+Secret *values* are not read here (see `gateway.secrets`); settings ending in `_secret`
+hold a secret's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from gateway.secrets import MissingSecret, SecretStore
+
+DURATION = "duration"  # marks a float field written as "250ms", "5s", "2m", "1h" or a number of seconds
+RATE = "rate"  # marks a float field written as "100/s", "600/m", "10/h" (events per second)
+RELATIVE_PATH = "relative_path"  # marks a path resolved against the config file's folder
+
+Seconds = Annotated[float, DURATION]
+PerSecond = Annotated[float, RATE]
+ConfigPath = Annotated[str, RELATIVE_PATH]
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+StatementKind = Literal["select", "insert", "update", "delete", "merge", "ddl"]
+STATEMENT_KINDS: tuple[str, ...] = typing.get_args(StatementKind)
+
+# Names that end up inside SQL (role names, schema names) are kept to what PostgreSQL
+# accepts unquoted, so quoting them can never be escaped.
+SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+TABLE_PATTERN = re.compile(r"^[^.\s\"]+\.(\*|[^.\s\"]+)$")
+LOOPBACK_HOSTS = ("localhost", "127.", "[::1]")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names file, key path and expectation."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 1_048_576
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+    password_secret: str | None = None
+    sslmode: SslMode = "verify-full"
+    sslrootcert: ConfigPath | None = None
+    sslcert: ConfigPath | None = None
+    sslkey_secret: str | None = None
+    pool_min: int = 2
+    pool_max: int = 20
+    acquire_timeout: Seconds = 2.0
+    connect_timeout: Seconds = 5.0
+    lock_timeout: Seconds = 2.0
+    idle_in_transaction_timeout: Seconds = 30.0
+    statement_cache_size: int = 1024
+    # Refuse to start when the login role could run statements with privileges of its own.
+    check_login_role: bool = True
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    name: str
+    issuer: str
+    audience: str
+    hs256_secret: str | None = None
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = ()
+    max_token_lifetime: Seconds = 24 * 3600.0
+    leeway: Seconds = 30.0
+    jwks_cache: Seconds = 3600.0
+    jwks_refresh_min_interval: Seconds = 30.0
+    max_token_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    allow: tuple[StatementKind, ...]
+    tables: tuple[str, ...]
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    name: str
+    issuer: str
+    role: str
+    match: dict[str, Any] = field(default_factory=dict)
+    read_only: bool = False
+    max_rows: int = 10_000
+    max_response_bytes: int = 10 * 1024 * 1024
+    statement_timeout: Seconds = 5.0
+    rate: PerSecond | None = None
+    concurrency: int = 8
+    functions: tuple[str, ...] = ()
+    schemas: tuple[str, ...] = ("public",)
+    rules: tuple[RuleConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    max_statement_bytes: int = 32 * 1024
+    analysis_cache_size: int = 4096
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    sink: str = "stdout"  # "stdout", "off", or a file path (relative to the config file)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    name: str
+    database: DatabaseConfig
+    secrets_dir: ConfigPath | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    issuers: tuple[IssuerConfig, ...] = ()
+    identities: tuple[IdentityConfig, ...] = ()
+    # Where the file was read from; not a TOML key.
+    source: str = field(default="<memory>", metadata={"internal": True})
+
+    def issuer(self, name: str) -> IssuerConfig:
+        return next(issuer for issuer in self.issuers if issuer.name == name)
+
+    def secret_store(self) -> SecretStore:
+        return SecretStore(Path(self.secrets_dir) if self.secrets_dir else None)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, env: str | None = None) -> GatewayConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(raw, source=str(path), base_dir=path.resolve().parent, env=env)
+
+
+def parse_config(
+    raw: dict[str, Any], *, source: str = "<memory>", base_dir: Path | None = None, env: str | None = None
+) -> GatewayConfig:
+    raw = dict(raw)
+    environments = raw.pop("env", {})
+    if not isinstance(environments, dict) or not all(isinstance(v, dict) for v in environments.values()):
+        raise ConfigError(f"{source}: env: expected tables [env.NAME]")
+    if env is not None:
+        if env not in environments:
+            known = ", ".join(sorted(environments)) or "none"
+            raise ConfigError(f"{source}: env.{env}: no such environment (defined: {known})")
+        raw = _merge(raw, environments[env])
+    reader = _Reader(source, base_dir or Path.cwd())
+    config = reader.build(GatewayConfig, raw, "")
+    config = dataclasses.replace(config, source=source)
+    _validate(config, source)
+    return config
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; every other value (arrays included) is replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_duration(text: str | float | int) -> float:
+    if isinstance(text, bool):
+        raise ValueError("a duration")
+    if isinstance(text, int | float):
+        return float(text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", text)
+    if not match:
+        raise ValueError('a duration such as "250ms", "5s", "2m" or "1h"')
+    number, unit = float(match.group(1)), match.group(2)
+    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def parse_rate(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*", str(text))
+    if not match:
+        raise ValueError('a rate such as "100/s", "600/m" or "10/h"')
+    return float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+class _Reader:
+    """Builds dataclasses from TOML values by their type hints, naming the key path on error."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+
+    def fail(self, path: str, expected: str, value: Any) -> typing.NoReturn:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ConfigError(f"{self.source}: {path or '<top level>'}: expected {expected}, got {shown}")
+
+    def build(self, cls: type, value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            self.fail(path, "a table", value)
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            where = f"{path}." if path else ""
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{self.source}: {where}{unknown[0]}: unknown key (allowed here: {known})")
+        kwargs = {}
+        for name, spec in fields.items():
+            key_path = f"{path}.{name}" if path else name
+            if name in value:
+                kwargs[name] = self.convert(hints[name], value[name], key_path)
+            elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{self.source}: {key_path}: required key is missing")
+        return cls(**kwargs)
+
+    def convert(self, hint: Any, value: Any, path: str) -> Any:
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if origin is Annotated:
+            return self.annotated(args[0], args[1], value, path)
+        if origin in (typing.Union, types.UnionType):
+            inner = [a for a in args if a is not type(None)]
+            return self.convert(inner[0], value, path)
+        if origin is Literal:
+            if value not in args:
+                self.fail(path, "one of " + ", ".join(map(repr, args)), value)
+            return value
+        if origin in (tuple, list):
+            if not isinstance(value, list):
+                self.fail(path, "an array", value)
+            return tuple(self.convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.fail(path, "a table", value)
+            return {k: self.convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+        if dataclasses.is_dataclass(hint):
+            return self.build(hint, value, path)
+        return self.scalar(hint, value, path)
+
+    def scalar(self, hint: Any, value: Any, path: str) -> Any:
+        if hint is Any:
+            if isinstance(value, dict):
+                self.fail(path, "a string, number, boolean or array of them", value)
+            return tuple(value) if isinstance(value, list) else value
+        if hint is bool:
+            if not isinstance(value, bool):
+                self.fail(path, "true or false", value)
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(path, "an integer", value)
+            if value < 0:
+                self.fail(path, "a non-negative integer", value)
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.fail(path, "a number", value)
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                self.fail(path, "a string", value)
+            return value
+        raise TypeError(f"unsupported config type {hint!r}")  # a bug in the dataclasses above
+
+    def annotated(self, base: Any, marker: str, value: Any, path: str) -> Any:
+        try:
+            if marker == DURATION:
+                return parse_duration(value)
+            if marker == RATE:
+                return parse_rate(value)
+        except ValueError as error:
+            self.fail(path, str(error), value)
+        if marker == RELATIVE_PATH:
+            text = self.scalar(str, value, path)
+            return str((self.base_dir / text).resolve())
+        return self.convert(base, value, path)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _validate(config: GatewayConfig, source: str) -> None:
+    def fail(path: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{source}: {path}: {message}")
+
+    if not config.database.url.startswith(("postgresql://", "postgres://")):
+        fail("database.url", "expected a postgresql:// URL")
+    if _url_has_password(config.database.url):
+        fail("database.url", "must not contain a password; name it with password_secret")
+    if config.database.pool_min > config.database.pool_max:
+        fail("database.pool_min", "expected at most database.pool_max")
+    if config.database.pool_max < 1:
+        fail("database.pool_max", "expected at least 1")
+
+    issuer_names = set()
+    for i, issuer in enumerate(config.issuers):
+        path = f"issuers[{i}]"
+        if issuer.name in issuer_names:
+            fail(f"{path}.name", f'duplicate issuer name "{issuer.name}"')
+        issuer_names.add(issuer.name)
+        if issuer.hs256_secret is None:
+            fail(
+                path,
+                "expected hs256_secret: this version verifies HS256 (shared-secret) issuers only; "
+                "OIDC/JWKS issuers are not supported yet",
+            )
+        if issuer.algorithms and tuple(issuer.algorithms) != ("HS256",):
+            fail(f"{path}.algorithms", 'expected ["HS256"] for an issuer with hs256_secret')
+        for key in ("jwks_uri",):
+            url = getattr(issuer, key)
+            if url and not _https_or_loopback(url):
+                fail(f"{path}.{key}", "expected an https:// URL (plain http only on loopback hosts)")
+
+    identity_names = set()
+    for i, identity in enumerate(config.identities):
+        path = f"identities[{i}]"
+        if identity.name in identity_names:
+            fail(f"{path}.name", f'duplicate identity name "{identity.name}"')
+        identity_names.add(identity.name)
+        if identity.issuer not in issuer_names:
+            fail(f"{path}.issuer", f'expected the name of an issuer, got "{identity.issuer}"')
+        if not SQL_NAME.match(identity.role):
+            fail(f"{path}.role", "expected a plain role name (letters, digits, _ and $)")
+        for j, schema in enumerate(identity.schemas):
+            if not SQL_NAME.match(schema):
+                fail(f"{path}.schemas[{j}]", "expected a plain schema name (letters, digits, _ and $)")
+        if identity.concurrency < 1:
+            fail(f"{path}.concurrency", "expected at least 1")
+        for j, rule in enumerate(identity.rules):
+            for k, table in enumerate(rule.tables):
+                if not TABLE_PATTERN.match(table):
+                    fail(f"{path}.rules[{j}].tables[{k}]", 'expected "schema.table" or "schema.*"')
+            for table in rule.columns:
+                if not TABLE_PATTERN.match(table) or table.endswith(".*"):
+                    fail(f"{path}.rules[{j}].columns.{table}", 'expected a "schema.table" key')
+
+
+def _url_has_password(url: str) -> bool:
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    return "@" in authority and ":" in authority.rsplit("@", 1)[0]
+
+
+def _https_or_loopback(url: str) -> bool:
+    if url.startswith("https://"):
+        return True
+    return url.startswith("http://") and url[len("http://"):].startswith(LOOPBACK_HOSTS)
+
+
+def missing_secrets(config: GatewayConfig, store: SecretStore) -> list[str]:
+    """One message per secret the configuration names that cannot be read."""
+    named = [("database.password_secret", config.database.password_secret),
+             ("database.sslkey_secret", config.database.sslkey_secret)]
+    named += [(f"issuers[{i}].hs256_secret", issuer.hs256_secret) for i, issuer in enumerate(config.issuers)]
+    problems = []
+    for path, name in named:
+        if name is None:
+            continue
+        try:
+            store.get(name)
+        except MissingSecret as error:
+            problems.append(f"{config.source}: {path}: {error}")
+    return problems
+
+
+def redacted(config: GatewayConfig, store: SecretStore) -> dict[str, Any]:
+    """The resolved configuration as plain data, each secret shown by name and source only."""
+
+    def walk(value: Any, key: str = "") -> Any:
+        if dataclasses.is_dataclass(value):
+            return {
+                f.name: walk(getattr(value, f.name), f.name)
+                for f in dataclasses.fields(value)
+                if not f.metadata.get("internal")
+            }
+        if isinstance(value, tuple | list):
+            return [walk(item) for item in value]
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if key.endswith("_secret") and isinstance(value, str):
+            return store.describe(value)
+        return value
+
+    return walk(config)

@@ -1,0 +1,191 @@
+"""The warm asyncpg pool: TLS per `sslmode`, the login password read at every connect (so a
+rotated secret takes effect without a restart), text codecs on every connection, and the
+check that the login role cannot act on its own.
+
+Owns connecting and acquiring, and the mapping of connection failures to 503s. What runs on
+a connection per request lives in `gateway.db.session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlencode
+
+import asyncpg
+
+from gateway.config import DatabaseConfig
+from gateway.db.types import install_text_codecs, text_codec_types
+from gateway.errors import database_unavailable, overloaded
+from gateway.secrets import SecretStore
+
+# What a connection may carry from one request to the next is nothing: every setting is
+# transaction-local and the policy refuses statements that change session state. After a
+# statement that may create session objects (DDL can create temporary tables), this full
+# reset runs when the connection goes back to the pool.
+FULL_RESET = (
+    "CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP;"
+)
+
+CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidPasswordError,
+)
+
+
+class GatewayConnection(asyncpg.Connection):
+    """A pooled connection that skips asyncpg's reset round trip unless a request marked it."""
+
+    needs_full_reset = False
+
+    def get_reset_query(self) -> str:
+        if self.needs_full_reset:
+            self.needs_full_reset = False
+            return FULL_RESET
+        return ""
+
+
+class LoginRoleError(RuntimeError):
+    """The gateway's database login could run statements with privileges of its own."""
+
+
+class Database:
+    def __init__(self, config: DatabaseConfig, secrets: SecretStore) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.pool: asyncpg.Pool | None = None
+        self._codec_types: list[str] | None = None
+        self._key_dir: tempfile.TemporaryDirectory | None = None
+
+    # -------------------------------------------------------------- connecting
+
+    def dsn(self) -> str:
+        """The configured URL with the TLS settings asyncpg reads from a DSN (libpq's names)."""
+        params = {"sslmode": self.config.sslmode}
+        if self.config.sslrootcert:
+            params["sslrootcert"] = self.config.sslrootcert
+        if self.config.sslcert:
+            params["sslcert"] = self.config.sslcert
+        key_path = self._client_key_path()
+        if key_path:
+            params["sslkey"] = key_path
+        separator = "&" if "?" in self.config.url else "?"
+        return f"{self.config.url}{separator}{urlencode(params)}"
+
+    def _client_key_path(self) -> str | None:
+        """asyncpg loads the client key from a file: a key from `secrets_dir` is used in
+        place; one from the environment is written to a private temporary file."""
+        name = self.config.sslkey_secret
+        if name is None:
+            return None
+        in_place = self.secrets.file_path(name)
+        if in_place is not None:
+            return str(in_place)
+        if self._key_dir is None:
+            self._key_dir = tempfile.TemporaryDirectory(prefix="gateway-key-")
+        path = Path(self._key_dir.name) / "client.key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.secrets.get(name))
+        return str(path)
+
+    def _password(self) -> str | None:
+        name = self.config.password_secret
+        return self.secrets.get(name) if name else None
+
+    async def _init_connection(self, connection: asyncpg.Connection) -> None:
+        if self._codec_types is None:
+            self._codec_types = await text_codec_types(connection)
+        await install_text_codecs(connection, self._codec_types)
+
+    async def open(self, size: int | None = None) -> None:
+        """Connect the pool: `pool_min`..`pool_max` connections, or exactly `size`."""
+        self.pool = await asyncpg.create_pool(
+            self.dsn(),
+            password=self._password,
+            min_size=self.config.pool_min if size is None else size,
+            max_size=self.config.pool_max if size is None else size,
+            timeout=self.config.connect_timeout,
+            connection_class=GatewayConnection,
+            statement_cache_size=self.config.statement_cache_size,
+            init=self._init_connection,
+            max_inactive_connection_lifetime=300.0,
+        )
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        if self._key_dir is not None:
+            self._key_dir.cleanup()
+            self._key_dir = None
+
+    # -------------------------------------------------------------- using
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[GatewayConnection]:
+        """A pooled connection within `acquire_timeout`, else 503 `overloaded`; a database
+        that cannot be reached is 503 `database_unavailable`."""
+        assert self.pool is not None, "Database.open() was not awaited"
+        try:
+            connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
+        except TimeoutError:
+            raise overloaded() from None
+        except CONNECTION_ERRORS:
+            raise database_unavailable() from None
+        try:
+            yield connection
+        finally:
+            await self._release(connection)
+
+    async def _release(self, connection: GatewayConnection) -> None:
+        try:
+            await self.pool.release(connection, timeout=self.config.acquire_timeout)
+        except Exception:
+            connection.terminate()
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            async with asyncio.timeout(timeout), self.connection() as connection:
+                await connection.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    async def check_login_role(self, identity_roles: list[str]) -> None:
+        """Refuse a login that could act with privileges of its own (SPEC §5)."""
+        async with self.connection() as connection:
+            row = await connection.fetchrow(
+                "SELECT rolname, rolsuper, rolinherit, rolbypassrls, rolcreaterole "
+                "FROM pg_catalog.pg_roles WHERE rolname = current_user"
+            )
+            problems = []
+            if row["rolsuper"] == "t":
+                problems.append("is a superuser")
+            if row["rolbypassrls"] == "t":
+                problems.append("has BYPASSRLS")
+            if row["rolinherit"] == "t":
+                problems.append("INHERITs the privileges of its roles (use NOINHERIT)")
+            if row["rolcreaterole"] == "t":
+                problems.append("has CREATEROLE")
+            for role in sorted(set(identity_roles)):
+                member = await connection.fetchval(
+                    "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') "
+                    "FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+                    role,
+                )
+                if member != "t":
+                    problems.append(f'is not a member of identity role "{role}"')
+        if problems:
+            raise LoginRoleError(f'database login "{row["rolname"]}" ' + "; ".join(problems))

@@ -1,0 +1,241 @@
+"""The per-request transaction on one pooled connection (SPEC §5).
+
+Owns the setup message (transaction mode, role, claims, timeouts, pinned search_path,
+standard_conforming_strings, request tag — all transaction-local, sent as ONE simple-query
+message), running the caller's statement byte for byte through the extended protocol from a
+portal in batches, commit and rollback, and the mapping of PostgreSQL errors to gateway
+errors.
+
+Batches come from a portal opened with Bind+Execute in one round trip, so a small result
+costs no more than `fetch()`; asyncpg's public cursor API would add a round trip or yield
+row by row, so `_Portal` drives asyncpg's cursor protocol directly (pinned asyncpg range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from asyncpg.cursor import BaseCursor
+
+from gateway.db.pool import GatewayConnection
+from gateway.db.types import parameter_value
+from gateway.errors import GatewayError, bad_request, database_unavailable
+
+ISOLATION_LEVELS = {
+    "read uncommitted": "READ UNCOMMITTED",
+    "read committed": "READ COMMITTED",
+    "repeatable read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+DATA_EXCEPTION_CLASS = "22"
+
+
+def sql_string(text: str) -> str:
+    """An E'' literal that reads the same whatever standard_conforming_strings is."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class TransactionSettings:
+    role: str
+    schemas: tuple[str, ...]
+    claims_json: str
+    statement_timeout_ms: int
+    lock_timeout_ms: int
+    idle_timeout_ms: int
+    application_name: str
+    isolation: str = "read committed"
+    read_only: bool = False
+    deferrable: bool = False
+
+    def setup_sql(self) -> str:
+        mode = "READ ONLY" if self.read_only else "READ WRITE"
+        if self.deferrable:
+            mode += " DEFERRABLE"
+        path = ", ".join(["pg_catalog", *(f'"{schema}"' for schema in self.schemas), "pg_temp"])
+        return (
+            f"BEGIN ISOLATION LEVEL {ISOLATION_LEVELS[self.isolation]} {mode};"
+            f'SET LOCAL ROLE "{self.role}";'
+            f"SET LOCAL search_path = {path};"
+            f"SET LOCAL statement_timeout = {self.statement_timeout_ms};"
+            f"SET LOCAL lock_timeout = {self.lock_timeout_ms};"
+            f"SET LOCAL idle_in_transaction_session_timeout = {self.idle_timeout_ms};"
+            "SET LOCAL standard_conforming_strings = on;"
+            f"SET LOCAL application_name = {sql_string(self.application_name)};"
+            f"SELECT pg_catalog.set_config('request.jwt.claims', {sql_string(self.claims_json)}, true);"
+        )
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: Any  # asyncpg's Type: oid, name, kind, schema
+
+
+class _Portal(BaseCursor):
+    """One execution of a prepared statement, read in batches."""
+
+    status: bytes = b""
+
+    async def first(self, limit: int, timeout: float | None) -> list:
+        self._check_ready()
+        protocol = self._connection._protocol
+        self._portal_name = self._connection._get_unique_id("portal")
+        rows, self.status, self._exhausted = await protocol.bind_execute(
+            self._state, self._args, self._portal_name, limit, True, timeout
+        )
+        return rows
+
+    async def next(self, limit: int, timeout: float | None) -> list:
+        protocol = self._connection._protocol
+        rows, self.status, self._exhausted = await protocol.execute(
+            self._state, self._portal_name, limit, True, timeout
+        )
+        return rows
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self._exhausted)
+
+
+class StatementRun:
+    """A running statement: its columns, then batches of rows, then its command tag."""
+
+    def __init__(self, portal: _Portal, columns: list[Column], first_rows: list, batch_size: int) -> None:
+        self._portal = portal
+        self.columns = columns
+        self._pending: list | None = first_rows
+        self._batch_size = batch_size
+
+    @property
+    def exhausted(self) -> bool:
+        return self._portal.exhausted
+
+    async def batches(self):
+        if self._pending is not None:
+            rows, self._pending = self._pending, None
+            yield rows
+        while not self._portal.exhausted:
+            try:
+                rows = await self._portal.next(self._batch_size, None)
+            except Exception as error:
+                raise translate_error(error, []) from None
+            yield rows
+
+    @property
+    def command_tag(self) -> str:
+        return self._portal.status.decode() if self._portal.status else ""
+
+
+class Transaction:
+    """BEGIN with the settings, statements, COMMIT; ROLLBACK on anything else."""
+
+    def __init__(self, connection: GatewayConnection, settings: TransactionSettings) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.open = False
+
+    async def begin(self) -> None:
+        try:
+            await self.connection.execute(self.settings.setup_sql())
+        except Exception as error:
+            raise translate_error(error, []) from None
+        self.open = True
+
+    async def run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
+        try:
+            state = await self.connection._get_statement(sql, None, named=True)
+        except Exception as error:
+            raise translate_error(error, params) from None
+        parameter_types = state._get_parameters()
+        if len(parameter_types) != len(params):
+            raise bad_request(
+                f"the statement takes {len(parameter_types)} parameters but {len(params)} were sent"
+            )
+        args = [parameter_value(value, type_, position)
+                for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)]
+        portal = _Portal(self.connection, sql, state, args, None)
+        try:
+            rows = await portal.first(first_batch, None)
+        except Exception as error:
+            raise translate_error(error, params) from None
+        return StatementRun(portal, describe_columns(state), rows, batch_size)
+
+    async def commit(self) -> None:
+        try:
+            await self.connection.execute("COMMIT")
+        except Exception as error:
+            raise translate_error(error, []) from None
+        finally:
+            self.open = False
+
+    async def rollback(self) -> None:
+        if not self.open:
+            return
+        self.open = False
+        try:
+            await self.connection.execute("ROLLBACK")
+        except Exception:
+            self.connection.terminate()
+
+
+def describe_columns(state: Any) -> list[Column]:
+    return [Column(attribute.name, attribute.type) for attribute in state._get_attributes()]
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def translate_error(error: BaseException, params: list[Any]) -> GatewayError:
+    """A PostgreSQL or driver error as the caller should see it (SPEC §4 error table)."""
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, asyncpg.exceptions.DataError) and not isinstance(error, asyncpg.PostgresError):
+        return bad_request(f"a parameter does not fit its type: {error}")
+    if isinstance(error, asyncpg.PostgresError):
+        return _postgres_error(error, params)
+    if isinstance(error, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
+        return database_unavailable()
+    raise error
+
+
+def _postgres_error(error: asyncpg.PostgresError, params: list[Any]) -> GatewayError:
+    sqlstate = error.sqlstate or ""
+    fields = {
+        key: getattr(error, key, None)
+        for key in ("severity", "detail", "hint", "position", "internal_position", "internal_query",
+                    "context", "schema_name", "table_name", "column_name", "data_type_name",
+                    "constraint_name", "server_source_filename", "server_source_line",
+                    "server_source_function")
+    }
+    message = error.message if hasattr(error, "message") else str(error)
+    position = int(fields["position"]) if fields.get("position") else None
+    common = {"sqlstate": sqlstate, "detail": fields["detail"], "hint": fields["hint"],
+              "position": position, "pg_fields": fields}
+    if sqlstate == "57014":
+        return GatewayError(
+            "the statement ran past the identity's statement timeout and was cancelled",
+            status=504, code="statement_timeout", **common,
+        )
+    if sqlstate in ("40001", "40P01"):
+        return GatewayError(message, status=409, code="serialization_failure", **common)
+    if sqlstate.startswith(("08", "57P")):
+        failure = database_unavailable()
+        failure.sqlstate = sqlstate
+        return failure
+    if sqlstate.startswith(DATA_EXCEPTION_CLASS):
+        named = _parameter_in_message(message, params)
+        if named is not None:
+            return GatewayError(f"parameter ${named}: {message}", status=400, code="bad_request", **common)
+    return GatewayError(message, status=400, code="sql_error", **common)
+
+
+def _parameter_in_message(message: str, params: list[Any]) -> int | None:
+    """PostgreSQL's input errors quote the offending text (`invalid input syntax for type
+    integer: "abc"`) but not the parameter number; find the parameter that sent that text."""
+    for index, value in enumerate(params, start=1):
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and f'"{value}"' in message:
+            return index
+    return None

@@ -1,0 +1,97 @@
+"""Errors a request can end in: each a value with a stable code, an HTTP status and a message.
+
+Raised where they are detected (auth, identity, policy, limits, db); turned into wire
+responses in one place per wire format (`gateway.api`). Nothing here knows about HTTP
+frameworks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class GatewayError(Exception):
+    """Base of every error a caller may see. `code` is stable; `message` is for humans."""
+
+    message: str
+    status: int = 500
+    code: str = "internal_error"
+    sqlstate: str | None = None
+    detail: str | None = None
+    hint: str | None = None
+    position: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # Extra PostgreSQL error fields, kept for wire formats that carry all of them (/sql).
+    pg_fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def bad_request(message: str) -> GatewayError:
+    return GatewayError(message, status=400, code="bad_request")
+
+
+def unauthenticated(reason: str) -> GatewayError:
+    """A token failure. Only the stable reason code is disclosed, never the check's details."""
+    return GatewayError(
+        f"token rejected: {reason}",
+        status=401,
+        code="unauthenticated",
+        detail=reason,
+        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{reason}"'},
+    )
+
+
+def no_identity(issuer: str) -> GatewayError:
+    return GatewayError(
+        f'the token from issuer "{issuer}" matches no configured identity', status=403, code="no_identity"
+    )
+
+
+def policy_denied(reason: str) -> GatewayError:
+    return GatewayError(reason, status=403, code="policy_denied")
+
+
+def payload_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        f"request body is too large (max is {limit} bytes)", status=413, code="payload_too_large"
+    )
+
+
+def rate_limited(message: str, retry_after: float) -> GatewayError:
+    return GatewayError(
+        message,
+        status=429,
+        code="rate_limited",
+        headers={"Retry-After": str(max(1, round(retry_after + 0.499)))},
+    )
+
+
+def overloaded(retry_after: int = 1) -> GatewayError:
+    return GatewayError(
+        "no database connection became free in time; retry shortly",
+        status=503,
+        code="overloaded",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def database_unavailable(retry_after: int = 2) -> GatewayError:
+    return GatewayError(
+        "the database is unavailable; retry shortly",
+        status=503,
+        code="database_unavailable",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def response_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        f"response is too large (max is {limit} bytes)", status=507, code="response_too_large"
+    )

@@ -1,0 +1,252 @@
+"""One request for one caller: token -> identity -> policy -> limits -> transaction ->
+statements -> commit -> audit. Every endpoint goes through it; wire formats live in
+`gateway.api` and only decode requests and encode what comes back.
+
+`Pipeline` holds the long-lived parts built from the configuration; `RequestScope` is one
+request's journey through them, and writes exactly one audit record when it closes.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets as random_source
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.audit import AuditRecord, AuditSink
+from gateway.auth import TokenVerifier, VerifiedToken
+from gateway.config import GatewayConfig
+from gateway.db.pool import Database
+from gateway.db.session import StatementRun, Transaction, TransactionSettings
+from gateway.errors import GatewayError, bad_request, policy_denied
+from gateway.identity import Identity, IdentityResolver
+from gateway.limits import IdentityLimits
+from gateway.policy import Decision, PolicyEngine, StatementFacts
+from gateway.secrets import SecretStore
+
+FETCH_BATCH_ROWS = 5000
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    params: list[Any]
+
+
+@dataclass(frozen=True)
+class TransactionOptions:
+    isolation: str = "read committed"
+    read_only: bool = False
+    deferrable: bool = False
+
+
+@dataclass(frozen=True)
+class Caller:
+    token: VerifiedToken
+    identity: Identity
+
+
+@dataclass
+class Judged:
+    statement: Statement
+    facts: StatementFacts
+    decision: Decision
+
+
+def request_id_from(header: str | None) -> str:
+    return header if header and SANE_REQUEST_ID.match(header) else random_source.token_hex(8)
+
+
+def trace_id_from(traceparent: str | None) -> str:
+    match = TRACEPARENT.match(traceparent or "")
+    if match and match.group(1) != "0" * 32:
+        return match.group(1)
+    return random_source.token_hex(16)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        verifier: TokenVerifier,
+        identities: IdentityResolver,
+        policy: PolicyEngine,
+        database: Database,
+        audit: AuditSink,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.identities = identities
+        self.policy = policy
+        self.database = database
+        self.audit = audit
+        self.limits = IdentityLimits()
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
+        secrets = secrets or config.secret_store()
+        return cls(
+            config,
+            verifier=TokenVerifier.from_config(config, secrets),
+            identities=IdentityResolver.from_config(config),
+            policy=PolicyEngine(config.policy),
+            database=Database(config.database, secrets),
+            audit=AuditSink(config.audit.sink),
+        )
+
+    async def start(self) -> None:
+        await self.database.open()
+        if self.config.database.check_login_role:
+            await self.database.check_login_role([identity.role for identity in self.identities.identities])
+
+    async def stop(self) -> None:
+        await self.database.close()
+        self.audit.close()
+
+    def scope(self, endpoint: str, *, request_id: str, trace_id: str,
+              client_ip: str | None = None, user_agent: str | None = None) -> RequestScope:
+        record = AuditRecord(requestId=request_id, traceId=trace_id, endpoint=endpoint,
+                             clientIp=client_ip, userAgent=user_agent)
+        return RequestScope(self, record)
+
+
+@dataclass
+class RequestScope:
+    """One request's journey. Use `authenticate`, `judge`, `open_transaction`, `run`,
+    `commit`, and always `close` (which rolls back what was not committed and audits)."""
+
+    pipeline: Pipeline
+    record: AuditRecord
+    caller: Caller | None = None
+    judged: list[Judged] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {"auth": 0.0, "policy": 0.0, "db": 0.0})
+    transaction: Transaction | None = None
+    _exit_stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    _closed: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return self.record.requestId
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        started = time.perf_counter()
+        try:
+            token = self.pipeline.verifier.verify_header(authorization)
+            self.record.issuer = token.issuer
+            sub = token.claims.get("sub")
+            self.record.sub = sub if isinstance(sub, str) else None
+            identity = self.pipeline.identities.resolve(token.issuer, token.claims)
+        finally:
+            self.timings["auth"] += time.perf_counter() - started
+        self.record.identity = identity.name
+        self.record.role = identity.role
+        self.caller = Caller(token, identity)
+        return self.caller
+
+    def explain(self, statement: Statement) -> Judged:
+        """The policy decision without enforcing it."""
+        assert self.caller is not None
+        started = time.perf_counter()
+        facts, decision = self.pipeline.policy.decide(self.caller.identity, statement.sql)
+        self.timings["policy"] += time.perf_counter() - started
+        judged = Judged(statement, facts, decision)
+        self.judged.append(judged)
+        self._note_decision(judged)
+        return judged
+
+    def judge(self, statement: Statement) -> Judged:
+        """The decision, enforced: a denial raises `policy_denied`; parameters must match."""
+        judged = self.explain(statement)
+        if not judged.decision.allowed:
+            raise policy_denied(judged.decision.reason or "statement not allowed")
+        expected = judged.facts.param_count
+        used = judged.facts.params_used
+        if used != frozenset(range(1, expected + 1)):
+            missing = sorted(set(range(1, expected + 1)) - used)
+            raise bad_request(f"parameters must be numbered $1..$n with none skipped; ${missing[0]} is unused")
+        if expected != len(statement.params):
+            raise bad_request(f"the statement uses {expected} parameters but {len(statement.params)} were sent")
+        return judged
+
+    def _note_decision(self, judged: Judged) -> None:
+        record = self.record
+        facts, decision = judged.facts, judged.decision
+        record.kind = record.kind or facts.kind
+        record.tables = sorted({*record.tables, *decision.tables})
+        record.fingerprint = record.fingerprint or facts.fingerprint or None
+        if record.decision != "deny":
+            record.decision = "allow" if decision.allowed else "deny"
+            record.reason = decision.reason
+
+    async def open_transaction(self, options: TransactionOptions) -> Transaction:
+        assert self.caller is not None
+        identity = self.caller.identity
+        db = self.pipeline.config.database
+        settings = TransactionSettings(
+            role=identity.role,
+            schemas=identity.schemas,
+            claims_json=self.caller.token.claims_json,
+            statement_timeout_ms=round(identity.statement_timeout * 1000),
+            lock_timeout_ms=round(db.lock_timeout * 1000),
+            idle_timeout_ms=round(db.idle_in_transaction_timeout * 1000),
+            application_name=f"gw {self.record.requestId[:24]} {self.record.traceId}",
+            isolation=options.isolation,
+            read_only=identity.read_only or options.read_only,
+            deferrable=options.deferrable,
+        )
+        started = time.perf_counter()
+        try:
+            self._exit_stack.enter_context(self.pipeline.limits.admit(identity))
+            connection = await self._exit_stack.enter_async_context(self.pipeline.database.connection())
+            if any(judged.facts.kind == "ddl" for judged in self.judged):
+                connection.needs_full_reset = True  # DDL may leave temporary objects behind
+            transaction = Transaction(connection, settings)
+            self._exit_stack.push_async_callback(transaction.rollback)
+            await transaction.begin()
+        finally:
+            self.timings["db"] += time.perf_counter() - started
+        self.transaction = transaction
+        return transaction
+
+    async def run(self, judged: Judged) -> StatementRun:
+        assert self.transaction is not None and self.caller is not None
+        started = time.perf_counter()
+        try:
+            first = min(self.caller.identity.max_rows + 1, FETCH_BATCH_ROWS)
+            return await self.transaction.run(judged.statement.sql, judged.statement.params, first, FETCH_BATCH_ROWS)
+        finally:
+            self.timings["db"] += time.perf_counter() - started
+
+    async def commit(self) -> None:
+        assert self.transaction is not None
+        started = time.perf_counter()
+        try:
+            await self.transaction.commit()
+        finally:
+            self.timings["db"] += time.perf_counter() - started
+
+    def fail(self, error: GatewayError) -> None:
+        self.record.status = error.status
+        self.record.sqlstate = error.sqlstate
+
+    async def close(self, status: int | None = None) -> None:
+        """Roll back anything uncommitted, return the connection, write the audit record."""
+        if self._closed:
+            return
+        self._closed = True
+        if status is not None:
+            self.record.status = status
+        try:
+            await self._exit_stack.aclose()
+        finally:
+            self.pipeline.audit.write(self.record)
+
+    def server_timing(self) -> str:
+        total = (time.perf_counter() - self.record.started) * 1000
+        parts = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.timings.items()]
+        return ", ".join([*parts, f"total;dur={total:.2f}"])
