@@ -164,10 +164,17 @@ def _reason(error: PyJWTError) -> str:
     return "invalid_token"
 
 
-def mint_hs256_token(issuer: IssuerConfig, secret: str, subject: str, ttl: float,
-                     claims: dict[str, Any] | None = None) -> str:
+def mint_hs256_token(
+    issuer: IssuerConfig, secret: str, subject: str, ttl: float, claims: dict[str, Any] | None = None
+) -> str:
     """A token for a shared-secret (dev) issuer, as `gateway token` and `gateway dev` hand out."""
     now = int(time.time())
-    payload = {"iss": issuer.issuer, "aud": issuer.audience, "sub": subject, "iat": now,
-               "exp": now + int(ttl), **(claims or {})}
+    payload = {
+        "iss": issuer.issuer,
+        "aud": issuer.audience,
+        "sub": subject,
+        "iat": now,
+        "exp": now + int(ttl),
+        **(claims or {}),
+    }
     return jwt.encode(payload, secret, algorithm="HS256")

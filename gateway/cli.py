@@ -83,8 +83,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     if issuer.hs256_secret is None:
         return _fail(f'issuer "{issuer.name}" has no hs256_secret: only HS256 (dev) issuers can mint tokens')
     secret = config.secret_store().get(issuer.hs256_secret)
-    print(mint_hs256_token(issuer, secret, args.sub, parse_duration(args.ttl),
-                           dict(_claim(item) for item in args.claim)))
+    print(
+        mint_hs256_token(issuer, secret, args.sub, parse_duration(args.ttl), dict(_claim(item) for item in args.claim))
+    )
     return 0
 
 

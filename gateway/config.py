@@ -364,13 +364,15 @@ def _url_has_password(url: str) -> bool:
 def _https_or_loopback(url: str) -> bool:
     if url.startswith("https://"):
         return True
-    return url.startswith("http://") and url[len("http://"):].startswith(LOOPBACK_HOSTS)
+    return url.startswith("http://") and url[len("http://") :].startswith(LOOPBACK_HOSTS)
 
 
 def missing_secrets(config: GatewayConfig, store: SecretStore) -> list[str]:
     """One message per secret the configuration names that cannot be read."""
-    named = [("database.password_secret", config.database.password_secret),
-             ("database.sslkey_secret", config.database.sslkey_secret)]
+    named = [
+        ("database.password_secret", config.database.password_secret),
+        ("database.sslkey_secret", config.database.sslkey_secret),
+    ]
     named += [(f"issuers[{i}].hs256_secret", issuer.hs256_secret) for i, issuer in enumerate(config.issuers)]
     problems = []
     for path, name in named:

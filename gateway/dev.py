@@ -132,8 +132,9 @@ def run_dev(port: int = 8080, reset: bool = False) -> int:
         os.environ["GATEWAY_DEV_DB_PASSWORD"] = passwords["login"]
         os.environ["GATEWAY_DEV_SECRET"] = passwords["jwt"]
         config = dev_config(db_port, port)
-        token = mint_hs256_token(config.issuer("dev"), passwords["jwt"], "orders-worker",
-                                 TOKEN_TTL_SECONDS, {"tenant": "acme"})
+        token = mint_hs256_token(
+            config.issuer("dev"), passwords["jwt"], "orders-worker", TOKEN_TTL_SECONDS, {"tenant": "acme"}
+        )
         print(banner(config, token), flush=True)
         return serve(config, host=config.server.host, port=port, workers=1, config_path=None, env=None)
     finally:

@@ -52,9 +52,7 @@ def system_bindirs() -> list[Path]:
 
 def binaries_support_tls(bindir: Path) -> bool:
     """True when the server was built with OpenSSL (the embedded wheel is not)."""
-    result = subprocess.run(
-        [str(bindir / "pg_config"), "--configure"], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([str(bindir / "pg_config"), "--configure"], capture_output=True, text=True, check=False)
     return "openssl" in result.stdout
 
 
@@ -158,8 +156,10 @@ class LocalPostgres:
         try:
             self._run(
                 "initdb",
-                "-D", str(self.datadir),
-                "-U", superuser,
+                "-D",
+                str(self.datadir),
+                "-U",
+                superuser,
                 f"--pwfile={pw_path}",
                 "--auth=scram-sha-256",
                 "--encoding=UTF8",
@@ -214,8 +214,16 @@ class LocalPostgres:
         self._own(self.logfile, 0o600)
         try:
             self._run(
-                "pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w",
-                "-t", str(int(timeout)), "start", timeout=timeout + 5,
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+                timeout=timeout + 5,
             )
         except EmbeddedPostgresError as error:
             tail = self.logfile.read_text(errors="replace")[-2000:]

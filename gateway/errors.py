@@ -59,9 +59,7 @@ def policy_denied(reason: str) -> GatewayError:
 
 
 def payload_too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        f"request body is too large (max is {limit} bytes)", status=413, code="payload_too_large"
-    )
+    return GatewayError(f"request body is too large (max is {limit} bytes)", status=413, code="payload_too_large")
 
 
 def rate_limited(message: str, retry_after: float) -> GatewayError:
@@ -92,6 +90,4 @@ def database_unavailable(retry_after: int = 2) -> GatewayError:
 
 
 def response_too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        f"response is too large (max is {limit} bytes)", status=507, code="response_too_large"
-    )
+    return GatewayError(f"response is too large (max is {limit} bytes)", status=507, code="response_too_large")

@@ -108,10 +108,18 @@ class Pipeline:
         await self.database.close()
         self.audit.close()
 
-    def scope(self, endpoint: str, *, request_id: str, trace_id: str,
-              client_ip: str | None = None, user_agent: str | None = None) -> RequestScope:
-        record = AuditRecord(requestId=request_id, traceId=trace_id, endpoint=endpoint,
-                             clientIp=client_ip, userAgent=user_agent)
+    def scope(
+        self,
+        endpoint: str,
+        *,
+        request_id: str,
+        trace_id: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> RequestScope:
+        record = AuditRecord(
+            requestId=request_id, traceId=trace_id, endpoint=endpoint, clientIp=client_ip, userAgent=user_agent
+        )
         return RequestScope(self, record)
 
 

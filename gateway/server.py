@@ -38,14 +38,23 @@ def app_from_environment() -> Starlette:
     return create_app(load_config(os.environ["GATEWAY_CONFIG"], env=os.environ.get("GATEWAY_ENV") or None))
 
 
-def serve(config: GatewayConfig, *, host: str, port: int, workers: int,
-          config_path: str | None, env: str | None) -> int:
+def serve(
+    config: GatewayConfig, *, host: str, port: int, workers: int, config_path: str | None, env: str | None
+) -> int:
     problem = asyncio.run(preflight(config))
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
         return 1
-    options = dict(host=host, port=port, loop="uvloop", http="httptools", access_log=False,
-                   lifespan="on", log_level="info", timeout_graceful_shutdown=10)
+    options = dict(
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        lifespan="on",
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
     if workers > 1:
         assert config_path is not None
         os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)

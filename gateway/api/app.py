@@ -54,15 +54,19 @@ class JsonBodyLimit:
                         dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
                     )
                     replacement = _error_json(
-                        413, "payload_too_large",
-                        f"request body is too large (max is {self.max_body_bytes} bytes)", request_id,
+                        413,
+                        "payload_too_large",
+                        f"request body is too large (max is {self.max_body_bytes} bytes)",
+                        request_id,
                     )
                     message = {
                         "type": "http.response.start",
                         "status": 413,
-                        "headers": [(b"content-type", JSON.encode()),
-                                    (b"content-length", str(len(replacement)).encode()),
-                                    (b"x-request-id", request_id.encode())],
+                        "headers": [
+                            (b"content-type", JSON.encode()),
+                            (b"content-length", str(len(replacement)).encode()),
+                            (b"x-request-id", request_id.encode()),
+                        ],
                     }
             elif message["type"] == "http.response.body" and replacement:
                 message = {"type": "http.response.body", "body": replacement}
@@ -80,23 +84,34 @@ async def readyz(request: Request) -> Response:
     database_ok = await pipeline.database.ping()
     checks = {"database": "ok" if database_ok else "unreachable", "issuers": "ok"}
     status = 200 if database_ok else 503
-    return Response(orjson.dumps({"status": "ready" if status == 200 else "not_ready", "checks": checks}),
-                    status_code=status, media_type=JSON)
+    return Response(
+        orjson.dumps({"status": "ready" if status == 200 else "not_ready", "checks": checks}),
+        status_code=status,
+        media_type=JSON,
+    )
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "bad_request")
     request_id = request_id_from(request.headers.get("x-request-id"))
-    return Response(_error_json(exc.status_code, code, str(exc.detail), request_id),
-                    status_code=exc.status_code, media_type=JSON, headers={"X-Request-Id": request_id})
+    return Response(
+        _error_json(exc.status_code, code, str(exc.detail), request_id),
+        status_code=exc.status_code,
+        media_type=JSON,
+        headers={"X-Request-Id": request_id},
+    )
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s", request.url.path)
     request_id = request_id_from(request.headers.get("x-request-id"))
-    return Response(_error_json(500, "internal_error", "internal error", request_id),
-                    status_code=500, media_type=JSON, headers={"X-Request-Id": request_id})
+    return Response(
+        _error_json(500, "internal_error", "internal error", request_id),
+        status_code=500,
+        media_type=JSON,
+        headers={"X-Request-Id": request_id},
+    )
 
 
 def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starlette:
@@ -120,14 +135,17 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
     ]
     middleware = [Middleware(JsonBodyLimit, max_body_bytes=config.server.max_body_bytes)]
     if config.server.cors_origins:
-        middleware.insert(0, Middleware(
-            CORSMiddleware,
-            allow_origins=list(config.server.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Traceparent", "X-Request-Id"],
-            expose_headers=["X-Request-Id", "Server-Timing"],
-            max_age=600,
-        ))
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.server.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Traceparent", "X-Request-Id"],
+                expose_headers=["X-Request-Id", "Server-Timing"],
+                max_age=600,
+            ),
+        )
     app = Starlette(
         routes=routes,
         middleware=middleware,

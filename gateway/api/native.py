@@ -77,8 +77,13 @@ def _wants_ndjson(request: Request) -> bool:
 def _writer(scope: RequestScope, run: StatementRun, *, array_rows: bool, ndjson: bool) -> ResultWriter:
     assert scope.caller is not None
     identity = scope.caller.identity
-    return ResultWriter(run.columns, array_rows=array_rows, ndjson=ndjson,
-                        max_rows=identity.max_rows, max_bytes=identity.max_response_bytes)
+    return ResultWriter(
+        run.columns,
+        array_rows=array_rows,
+        ndjson=ndjson,
+        max_rows=identity.max_rows,
+        max_bytes=identity.max_response_bytes,
+    )
 
 
 # ---------------------------------------------------------------------------- endpoints
@@ -101,8 +106,9 @@ async def query(request: Request) -> Response:
             body_bytes = await _whole(scope, run, writer, judged)
             return Response(body_bytes, media_type=media_type, headers=scope_headers(scope))
         streaming = True
-        return StreamingResponse(_stream(scope, run, writer, judged), media_type=media_type,
-                                 headers=scope_headers(scope))
+        return StreamingResponse(
+            _stream(scope, run, writer, judged), media_type=media_type, headers=scope_headers(scope)
+        )
     except GatewayError as error:
         return error_response(scope, error)
     except ClientGone:
@@ -169,8 +175,7 @@ async def batch(request: Request) -> Response:
         scope.authenticate(request.headers.get("authorization"))
         judged = [scope.judge(statement) for statement in statements]
         parts = await until_disconnect(request, _run_batch(scope, judged, options, array_rows))
-        return Response(b'{"results":[' + b",".join(parts) + b"]}", media_type=JSON,
-                        headers=scope_headers(scope))
+        return Response(b'{"results":[' + b",".join(parts) + b"]}", media_type=JSON, headers=scope_headers(scope))
     except GatewayError as error:
         return error_response(scope, error)
     except ClientGone:
@@ -180,16 +185,22 @@ async def batch(request: Request) -> Response:
         await close_shielded(scope)
 
 
-async def _run_batch(scope: RequestScope, judged: list[Judged], options: TransactionOptions,
-                     array_rows: bool) -> list[bytes]:
+async def _run_batch(
+    scope: RequestScope, judged: list[Judged], options: TransactionOptions, array_rows: bool
+) -> list[bytes]:
     await scope.open_transaction(options)
     assert scope.caller is not None
     bytes_left = scope.caller.identity.max_response_bytes
     parts = []
     for item in judged:
         run = await scope.run(item)
-        writer = ResultWriter(run.columns, array_rows=array_rows, ndjson=False,
-                              max_rows=scope.caller.identity.max_rows, max_bytes=bytes_left)
+        writer = ResultWriter(
+            run.columns,
+            array_rows=array_rows,
+            ndjson=False,
+            max_rows=scope.caller.identity.max_rows,
+            max_bytes=bytes_left,
+        )
         chunks = [writer.head(), *[chunk async for chunk in _rows(run, writer)]]
         chunks.append(writer.tail(run.command_tag, item.facts.kind))
         bytes_left -= writer.bytes_sent
@@ -219,14 +230,17 @@ async def whoami(request: Request) -> Response:
         caller = scope.authenticate(request.headers.get("authorization"))
         identity = caller.identity
         scope.record.status = 200
-        return json_response(scope, {
-            "identity": identity.name,
-            "role": identity.role,
-            "issuer": caller.token.issuer,
-            "subject": caller.token.claims.get("sub"),
-            "schemas": list(identity.schemas),
-            "limits": identity.limits(),
-        })
+        return json_response(
+            scope,
+            {
+                "identity": identity.name,
+                "role": identity.role,
+                "issuer": caller.token.issuer,
+                "subject": caller.token.claims.get("sub"),
+                "schemas": list(identity.schemas),
+                "limits": identity.limits(),
+            },
+        )
     except GatewayError as error:
         return error_response(scope, error)
     finally:

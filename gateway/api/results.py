@@ -44,8 +44,7 @@ def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
 class ResultWriter:
     """Encodes one statement's result, in order: `head`, `rows` per batch, `tail`."""
 
-    def __init__(self, columns: list[Column], *, array_rows: bool, ndjson: bool,
-                 max_rows: int, max_bytes: int) -> None:
+    def __init__(self, columns: list[Column], *, array_rows: bool, ndjson: bool, max_rows: int, max_bytes: int) -> None:
         self.names = [column.name for column in columns]
         self.converters = [json_converter(column.type) for column in columns]
         self.columns_json = [{"name": column.name, "type": column.type.name} for column in columns]
@@ -59,8 +58,10 @@ class ResultWriter:
         self._first_row = True
 
     def _row(self, record: Any) -> Any:
-        values = [value if value is None or convert is None else convert(value)
-                  for value, convert in zip(record, self.converters, strict=False)]
+        values = [
+            value if value is None or convert is None else convert(value)
+            for value, convert in zip(record, self.converters, strict=False)
+        ]
         return values if self.array_rows else dict(zip(self.names, values, strict=False))
 
     def head(self) -> bytes:

@@ -27,9 +27,7 @@ from gateway.secrets import SecretStore
 # transaction-local and the policy refuses statements that change session state. After a
 # statement that may create session objects (DDL can create temporary tables), this full
 # reset runs when the connection goes back to the pool.
-FULL_RESET = (
-    "CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP;"
-)
+FULL_RESET = "CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP;"
 
 CONNECTION_ERRORS = (
     OSError,

@@ -151,11 +151,11 @@ class Transaction:
             raise translate_error(error, params) from None
         parameter_types = state._get_parameters()
         if len(parameter_types) != len(params):
-            raise bad_request(
-                f"the statement takes {len(parameter_types)} parameters but {len(params)} were sent"
-            )
-        args = [parameter_value(value, type_, position)
-                for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)]
+            raise bad_request(f"the statement takes {len(parameter_types)} parameters but {len(params)} were sent")
+        args = [
+            parameter_value(value, type_, position)
+            for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)
+        ]
         portal = _Portal(self.connection, sql, state, args, None)
         try:
             rows = await portal.first(first_batch, None)
@@ -205,19 +205,39 @@ def _postgres_error(error: asyncpg.PostgresError, params: list[Any]) -> GatewayE
     sqlstate = error.sqlstate or ""
     fields = {
         key: getattr(error, key, None)
-        for key in ("severity", "detail", "hint", "position", "internal_position", "internal_query",
-                    "context", "schema_name", "table_name", "column_name", "data_type_name",
-                    "constraint_name", "server_source_filename", "server_source_line",
-                    "server_source_function")
+        for key in (
+            "severity",
+            "detail",
+            "hint",
+            "position",
+            "internal_position",
+            "internal_query",
+            "context",
+            "schema_name",
+            "table_name",
+            "column_name",
+            "data_type_name",
+            "constraint_name",
+            "server_source_filename",
+            "server_source_line",
+            "server_source_function",
+        )
     }
     message = error.message if hasattr(error, "message") else str(error)
     position = int(fields["position"]) if fields.get("position") else None
-    common = {"sqlstate": sqlstate, "detail": fields["detail"], "hint": fields["hint"],
-              "position": position, "pg_fields": fields}
+    common = {
+        "sqlstate": sqlstate,
+        "detail": fields["detail"],
+        "hint": fields["hint"],
+        "position": position,
+        "pg_fields": fields,
+    }
     if sqlstate == "57014":
         return GatewayError(
             "the statement ran past the identity's statement timeout and was cancelled",
-            status=504, code="statement_timeout", **common,
+            status=504,
+            code="statement_timeout",
+            **common,
         )
     if sqlstate in ("40001", "40P01"):
         return GatewayError(message, status=409, code="serialization_failure", **common)

@@ -38,9 +38,7 @@ def _identity(text: str) -> str:
 
 async def install_text_codecs(connection: asyncpg.Connection, type_names: list[str]) -> None:
     for name in type_names:
-        await connection.set_type_codec(
-            name, schema="pg_catalog", encoder=str, decoder=_identity, format="text"
-        )
+        await connection.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=_identity, format="text")
 
 
 async def text_codec_types(connection: asyncpg.Connection) -> list[str]:
@@ -124,8 +122,9 @@ SCALAR_CONVERTERS: dict[str, Converter] = {
 
 def _array_of(element: Converter) -> Converter:
     def convert(items: list) -> list:
-        return [None if item is None else (convert(item) if isinstance(item, list) else element(item))
-                for item in items]
+        return [
+            None if item is None else (convert(item) if isinstance(item, list) else element(item)) for item in items
+        ]
 
     return convert
 
@@ -182,8 +181,10 @@ def _scalar_text(value: Any, is_json: bool, type_name: str, position: int) -> st
 
 def _array_elements(items: list, is_json: bool, position: int) -> list:
     return [
-        None if item is None
-        else _array_elements(item, is_json, position) if isinstance(item, list) and not is_json
+        None
+        if item is None
+        else _array_elements(item, is_json, position)
+        if isinstance(item, list) and not is_json
         else _scalar_text(item, is_json, "array element", position)
         for item in items
     ]

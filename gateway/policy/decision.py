@@ -82,8 +82,7 @@ def decide(identity: Identity, facts: StatementFacts) -> Decision:
             if unqualified(cast) not in SAFE_CAST_TYPES:
                 raise _Refused("cast", f"a cast to {cast} is not allowed (only built-in scalar types)")
     except _Refused as refused:
-        return Decision(False, identity.name, facts.kind, tuple(resolved), functions,
-                        refused.reason, refused.category)
+        return Decision(False, identity.name, facts.kind, tuple(resolved), functions, refused.reason, refused.category)
     return Decision(True, identity.name, facts.kind, tuple(resolved), functions)
 
 
@@ -113,7 +112,7 @@ def _check_function(identity: Identity, function: str) -> None:
     if is_denied(function):
         raise _Refused(
             "function",
-            f'function {function} is on the deny list; only naming it exactly in the functions of '
+            f"function {function} is on the deny list; only naming it exactly in the functions of "
             f'identity "{identity.name}" allows it',
         )
     if not is_builtin_safe(function):

@@ -56,8 +56,20 @@ DENIED_FUNCTIONS = frozenset(
     query_to_xml_and_xmlschema table_to_xml cursor_to_xml dblink pg_file_write
     """.split()
 )
-DENIED_PREFIXES = ("pg_advisory", "pg_try_advisory", "lo_", "dblink", "pg_ls_", "pg_read_", "txid_",
-                   "pg_logical_", "pg_replication_", "pg_create_", "pg_drop_", "pg_stat_reset")
+DENIED_PREFIXES = (
+    "pg_advisory",
+    "pg_try_advisory",
+    "lo_",
+    "dblink",
+    "pg_ls_",
+    "pg_read_",
+    "txid_",
+    "pg_logical_",
+    "pg_replication_",
+    "pg_create_",
+    "pg_drop_",
+    "pg_stat_reset",
+)
 
 
 def unqualified(name: str) -> str:

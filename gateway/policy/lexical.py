@@ -49,7 +49,7 @@ def scan(sql: str, max_bytes: int) -> ScannedText:
     cut_points: list[int] = []
     for token in tokens:
         if token.name in UNICODE_ESCAPE_TOKENS:
-            raise Denial("lexical", 'U&"..." and U&\'...\' escapes are not accepted')
+            raise Denial("lexical", "U&\"...\" and U&'...' escapes are not accepted")
         if token.name == "PARAM":
             # Token offsets are byte offsets into the UTF-8 text.
             params.add(int(encoded[token.start + 1 : token.end + 1]))
