@@ -98,52 +98,34 @@ def test_certificate_login_without_a_client_certificate_is_refused(connect_as, t
 # ---------------------------------------------------------------------------- the login role
 
 
-def test_login_role_check_accepts_a_noinherit_member_of_every_identity_role(database, monkeypatch):
-    monkeypatch.setenv("TEST_DB_PASSWORD", database.login_password)
-    config = DatabaseConfig(url=database.url(LOGIN_ROLE), sslmode="prefer", password_secret="TEST_DB_PASSWORD")
+def _check_login(database: PgServer, user: str, password: str, identity_roles: list[str],
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGIN_PASSWORD", password)
+    config = DatabaseConfig(url=database.url(user), sslmode="prefer", password_secret="LOGIN_PASSWORD")
 
     async def check() -> None:
         db = Database(config, SecretStore())
         await db.open(size=1)
         try:
-            await db.check_login_role(["demo_reader", "demo_writer"])
+            await db.check_login_role(identity_roles)
         finally:
             await db.close()
 
     run(check())
 
 
+def test_login_role_check_accepts_a_noinherit_member_of_every_identity_role(database, monkeypatch):
+    _check_login(database, LOGIN_ROLE, database.login_password, ["demo_reader", "demo_writer"], monkeypatch)
+
+
 def test_login_role_check_refuses_an_inheriting_login(database, monkeypatch):
-    monkeypatch.setenv("INHERITING_PASSWORD", "inheriting-login-password")
-    config = DatabaseConfig(url=database.url("inheriting_login"), sslmode="prefer",
-                            password_secret="INHERITING_PASSWORD")
-
-    async def check() -> None:
-        db = Database(config, SecretStore())
-        await db.open(size=1)
-        try:
-            await db.check_login_role(["demo_reader"])
-        finally:
-            await db.close()
-
     with pytest.raises(LoginRoleError, match="NOINHERIT"):
-        run(check())
+        _check_login(database, "inheriting_login", "inheriting-login-password", ["demo_reader"], monkeypatch)
 
 
 def test_login_role_check_refuses_a_login_outside_an_identity_role(database, monkeypatch):
-    monkeypatch.setenv("TEST_DB_PASSWORD", database.login_password)
-    config = DatabaseConfig(url=database.url(LOGIN_ROLE), sslmode="prefer", password_secret="TEST_DB_PASSWORD")
-
-    async def check() -> None:
-        db = Database(config, SecretStore())
-        await db.open(size=1)
-        try:
-            await db.check_login_role(["pg_monitor"])
-        finally:
-            await db.close()
-
     with pytest.raises(LoginRoleError, match='not a member of identity role "pg_monitor"'):
-        run(check())
+        _check_login(database, LOGIN_ROLE, database.login_password, ["pg_monitor"], monkeypatch)
 
 
 def test_serve_refuses_to_start_with_an_unsafe_login(database, tls_files, tmp_path, gateway_env):
