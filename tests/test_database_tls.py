@@ -72,7 +72,7 @@ def test_verify_full_accepts_the_name_on_the_certificate(connect_as, tls_files):
 
 
 def test_verify_full_refuses_a_certificate_for_another_host_name(connect_as, tls_files):
-    with pytest.raises(ssl.SSLCertVerificationError, match="match|mismatch"):
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"match|mismatch"):
         connect_as("verify-full", host="127.0.0.1", sslrootcert=str(tls_files.ca))
 
 
@@ -91,7 +91,7 @@ def test_client_certificate_with_key_from_secrets_dir(connect_as, tls_files, tmp
 
 
 def test_certificate_login_without_a_client_certificate_is_refused(connect_as, tls_files):
-    with pytest.raises(Exception, match="certificate|authentication"):
+    with pytest.raises(Exception, match=r"certificate|authentication"):
         connect_as("verify-full", user=MTLS_ROLE, sslrootcert=str(tls_files.ca))
 
 
