@@ -57,7 +57,7 @@ class BenchError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Secrets:
+class RunSecrets:
     """Every password and key of one run, random and never written outside the temp dir."""
 
     superuser_password: str
@@ -66,7 +66,7 @@ class Secrets:
     jwt_secret: str
 
     @classmethod
-    def generate(cls) -> Secrets:
+    def generate(cls) -> RunSecrets:
         return cls(*(secrets.token_hex(16) for _ in range(4)))
 
 
@@ -128,7 +128,7 @@ def start_postgres(datadir: Path, password: str, stack: contextlib.ExitStack) ->
     return port
 
 
-async def create_objects(port: int, run_secrets: Secrets) -> None:
+async def create_objects(port: int, run_secrets: RunSecrets) -> None:
     connection = await asyncpg.connect(
         host="127.0.0.1", port=port, database=DATABASE, user=SUPERUSER,
         password=run_secrets.superuser_password,
@@ -235,7 +235,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def start_bare_app(
-    workers: int, pg_port: int, run_secrets: Secrets, workdir: Path, stack: contextlib.ExitStack
+    workers: int, pg_port: int, run_secrets: RunSecrets, workdir: Path, stack: contextlib.ExitStack
 ) -> Server:
     port = free_loopback_port()
     dsn = f"postgresql://{BARE_ROLE}:{run_secrets.bare_password}@127.0.0.1:{pg_port}/{DATABASE}"
@@ -248,7 +248,7 @@ def start_bare_app(
 
 
 def start_gateway(
-    workers: int, config: Path, run_secrets: Secrets, workdir: Path, stack: contextlib.ExitStack
+    workers: int, config: Path, run_secrets: RunSecrets, workdir: Path, stack: contextlib.ExitStack
 ) -> Server:
     port = free_loopback_port()
     command = [
@@ -354,7 +354,7 @@ def measure(servers: list[Server], script: Path, args: argparse.Namespace) -> li
 def run_benchmark(args: argparse.Namespace) -> list[Measurement]:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
-        run_secrets = Secrets.generate()
+        run_secrets = RunSecrets.generate()
         print(f"starting PostgreSQL in {workdir}")
         pg_port = start_postgres(workdir / "pgdata", run_secrets.superuser_password, stack)
         asyncio.run(create_objects(pg_port, run_secrets))
