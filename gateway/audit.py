@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
@@ -37,10 +37,13 @@ class AuditRecord:
     started: float = field(default_factory=time.perf_counter)
 
     def finished(self) -> dict[str, Any]:
-        record = asdict(self)
-        record.pop("started")
-        record["durationMs"] = round((time.perf_counter() - self.started) * 1000, 3)
-        record["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:] + "Z"
+        # A shallow copy: the record is encoded at once (dataclasses.asdict deep-copies,
+        # which costs more than the rest of the audit path together).
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        record: dict[str, Any] = {"ts": stamp}
+        record.update(vars(self))
+        record["durationMs"] = round((time.perf_counter() - record.pop("started")) * 1000, 3)
         return record
 
 

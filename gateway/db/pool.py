@@ -137,20 +137,23 @@ class Database:
         that cannot be reached is 503 `database_unavailable`."""
         assert self.pool is not None, "Database.open() was not awaited"
         try:
-            connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
+            proxy = await self.pool.acquire(timeout=self.config.acquire_timeout)
         except TimeoutError:
             raise overloaded() from None
         except CONNECTION_ERRORS:
             raise database_unavailable() from None
+        # The connection itself, not the pool's proxy: asyncpg's cursors and prepared
+        # statements outlive the proxy's lease (they are collected after release).
+        connection: GatewayConnection = proxy._con
         try:
             yield connection
         finally:
-            await self._release(connection)
+            await self._release(proxy, connection)
 
-    async def _release(self, connection: GatewayConnection) -> None:
+    async def _release(self, proxy: asyncpg.pool.PoolConnectionProxy, connection: GatewayConnection) -> None:
         try:
-            await self.pool.release(connection, timeout=self.config.acquire_timeout)
-        except Exception:
+            await self.pool.release(proxy, timeout=self.config.acquire_timeout)
+        except Exception:  # a connection that cannot be reset is dropped, never reused
             connection.terminate()
 
     async def ping(self, timeout: float = 2.0) -> bool:

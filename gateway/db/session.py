@@ -13,6 +13,7 @@ row by row, so `_Portal` drives asyncpg's cursor protocol directly (pinned async
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,9 @@ ISOLATION_LEVELS = {
     "repeatable read": "REPEATABLE READ",
     "serializable": "SERIALIZABLE",
 }
-DATA_EXCEPTION_CLASS = "22"
+# PostgreSQL (13+) names the parameter whose input failed in the error's context:
+# `unnamed portal parameter $2 = '...'` or `portal "name" parameter $2`.
+BIND_PARAMETER_CONTEXT = re.compile(r'portal (?:"(?:[^"]|"")*" )?parameter \$(\d+)')
 
 
 def sql_string(text: str) -> str:
@@ -51,21 +54,27 @@ class TransactionSettings:
     deferrable: bool = False
 
     def setup_sql(self) -> str:
+        """BEGIN and every setting in one simple-query message: two statements for the server
+        to run instead of one per setting. `set_config(..., true)` is `SET LOCAL`; for
+        `role` it checks membership exactly as `SET LOCAL ROLE` does."""
         mode = "READ ONLY" if self.read_only else "READ WRITE"
         if self.deferrable:
             mode += " DEFERRABLE"
         path = ", ".join(["pg_catalog", *(f'"{schema}"' for schema in self.schemas), "pg_temp"])
-        return (
-            f"BEGIN ISOLATION LEVEL {ISOLATION_LEVELS[self.isolation]} {mode};"
-            f'SET LOCAL ROLE "{self.role}";'
-            f"SET LOCAL search_path = {path};"
-            f"SET LOCAL statement_timeout = {self.statement_timeout_ms};"
-            f"SET LOCAL lock_timeout = {self.lock_timeout_ms};"
-            f"SET LOCAL idle_in_transaction_session_timeout = {self.idle_timeout_ms};"
-            "SET LOCAL standard_conforming_strings = on;"
-            f"SET LOCAL application_name = {sql_string(self.application_name)};"
-            f"SELECT pg_catalog.set_config('request.jwt.claims', {sql_string(self.claims_json)}, true);"
+        settings = {
+            "role": self.role,
+            "search_path": path,
+            "statement_timeout": str(self.statement_timeout_ms),
+            "lock_timeout": str(self.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(self.idle_timeout_ms),
+            "standard_conforming_strings": "on",
+            "application_name": self.application_name,
+            "request.jwt.claims": self.claims_json,
+        }
+        calls = ", ".join(
+            f"pg_catalog.set_config({sql_string(name)}, {sql_string(value)}, true)" for name, value in settings.items()
         )
+        return f"BEGIN ISOLATION LEVEL {ISOLATION_LEVELS[self.isolation]} {mode}; SELECT {calls}"
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ class StatementRun:
             try:
                 rows = await self._portal.next(self._batch_size, None)
             except Exception as error:
-                raise translate_error(error, []) from None
+                raise translate_error(error) from None
             yield rows
 
     @property
@@ -141,14 +150,14 @@ class Transaction:
         try:
             await self.connection.execute(self.settings.setup_sql())
         except Exception as error:
-            raise translate_error(error, []) from None
+            raise translate_error(error) from None
         self.open = True
 
     async def run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
         try:
             state = await self.connection._get_statement(sql, None, named=True)
         except Exception as error:
-            raise translate_error(error, params) from None
+            raise translate_error(error) from None
         parameter_types = state._get_parameters()
         if len(parameter_types) != len(params):
             raise bad_request(f"the statement takes {len(parameter_types)} parameters but {len(params)} were sent")
@@ -160,14 +169,14 @@ class Transaction:
         try:
             rows = await portal.first(first_batch, None)
         except Exception as error:
-            raise translate_error(error, params) from None
+            raise translate_error(error) from None
         return StatementRun(portal, describe_columns(state), rows, batch_size)
 
     async def commit(self) -> None:
         try:
             await self.connection.execute("COMMIT")
         except Exception as error:
-            raise translate_error(error, []) from None
+            raise translate_error(error) from None
         finally:
             self.open = False
 
@@ -188,20 +197,20 @@ def describe_columns(state: Any) -> list[Column]:
 # ---------------------------------------------------------------------------- errors
 
 
-def translate_error(error: BaseException, params: list[Any]) -> GatewayError:
+def translate_error(error: BaseException) -> GatewayError:
     """A PostgreSQL or driver error as the caller should see it (SPEC §4 error table)."""
     if isinstance(error, GatewayError):
         return error
     if isinstance(error, asyncpg.exceptions.DataError) and not isinstance(error, asyncpg.PostgresError):
         return bad_request(f"a parameter does not fit its type: {error}")
     if isinstance(error, asyncpg.PostgresError):
-        return _postgres_error(error, params)
+        return _postgres_error(error)
     if isinstance(error, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
         return database_unavailable()
     raise error
 
 
-def _postgres_error(error: asyncpg.PostgresError, params: list[Any]) -> GatewayError:
+def _postgres_error(error: asyncpg.PostgresError) -> GatewayError:
     sqlstate = error.sqlstate or ""
     fields = {
         key: getattr(error, key, None)
@@ -245,17 +254,7 @@ def _postgres_error(error: asyncpg.PostgresError, params: list[Any]) -> GatewayE
         failure = database_unavailable()
         failure.sqlstate = sqlstate
         return failure
-    if sqlstate.startswith(DATA_EXCEPTION_CLASS):
-        named = _parameter_in_message(message, params)
-        if named is not None:
-            return GatewayError(f"parameter ${named}: {message}", status=400, code="bad_request", **common)
+    parameter = BIND_PARAMETER_CONTEXT.search(fields["context"] or "")
+    if parameter is not None:
+        return GatewayError(f"parameter ${parameter.group(1)}: {message}", status=400, code="bad_request", **common)
     return GatewayError(message, status=400, code="sql_error", **common)
-
-
-def _parameter_in_message(message: str, params: list[Any]) -> int | None:
-    """PostgreSQL's input errors quote the offending text (`invalid input syntax for type
-    integer: "abc"`) but not the parameter number; find the parameter that sent that text."""
-    for index, value in enumerate(params, start=1):
-        if isinstance(value, str | int | float) and not isinstance(value, bool) and f'"{value}"' in message:
-            return index
-    return None
