@@ -33,7 +33,7 @@ from jwt.exceptions import (
 
 from gateway.config import GatewayConfig, IssuerConfig
 from gateway.errors import unauthenticated
-from gateway.secrets import SecretStore
+from gateway.secrets import MissingSecret, SecretStore
 
 HMAC_ALGORITHMS = ("HS256",)
 VERIFIED_TOKEN_CACHE_SIZE = 10_000
@@ -86,13 +86,26 @@ class SharedSecretIssuer:
         return self._secrets.get(self._secret_name).encode()
 
 
+@dataclass(frozen=True)
+class _CachedToken:
+    """A verified token with the key that verified it: when the issuer's key changes (a
+    rotated secret), the entry no longer counts and the token is verified afresh."""
+
+    verified: VerifiedToken
+    issuer: TokenIssuer
+    header: dict[str, Any]
+    key: Any
+
+
 class TokenVerifier:
     """Verifies bearer tokens against the configured issuers."""
 
     def __init__(self, issuers: list[TokenIssuer], cache_size: int = VERIFIED_TOKEN_CACHE_SIZE) -> None:
         self._by_iss = {issuer.config.issuer: issuer for issuer in issuers}
-        self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
+        self._cache: OrderedDict[str, _CachedToken] = OrderedDict()
         self._cache_size = cache_size
+        # The largest any issuer accepts, checked before the issuer is known; each issuer's
+        # own limit is checked once its `iss` is read.
         self.max_token_bytes = max((i.config.max_token_bytes for i in issuers), default=16 * 1024)
 
     @classmethod
@@ -108,24 +121,28 @@ class TokenVerifier:
         return self.verify(token.strip())
 
     def verify(self, token: str) -> VerifiedToken:
+        # Before any parsing, and before hashing the text for the cache. A token is base64url
+        # and dots, so a non-ASCII one is malformed and its length in characters is in bytes.
+        if len(token) > self.max_token_bytes:
+            raise unauthenticated("token_too_large")
+        if not token.isascii():
+            raise unauthenticated("malformed_token")
         cached = self._cache.get(token)
-        now = time.time()
         if cached is not None:
-            if cached.expires_at > now:
-                return cached
+            if cached.verified.expires_at > time.time() and _signing_key(cached.issuer, cached.header) == cached.key:
+                self._cache.move_to_end(token)
+                return cached.verified
             del self._cache[token]
-        verified = self._verify_uncached(token)
-        self._remember(token, verified)
-        return verified
+        entry = self._verify_uncached(token)
+        self._remember(token, entry)
+        return entry.verified
 
-    def _remember(self, token: str, verified: VerifiedToken) -> None:
-        self._cache[token] = verified
+    def _remember(self, token: str, entry: _CachedToken) -> None:
+        self._cache[token] = entry
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def _verify_uncached(self, token: str) -> VerifiedToken:
-        if len(token) > self.max_token_bytes:
-            raise unauthenticated("token_too_large")
+    def _verify_uncached(self, token: str) -> _CachedToken:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -134,13 +151,16 @@ class TokenVerifier:
         issuer = self._by_iss.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
         if issuer is None:
             raise unauthenticated("unknown_issuer")
+        config = issuer.config
+        if len(token) > config.max_token_bytes:
+            raise unauthenticated("token_too_large")
         if header.get("alg") not in issuer.algorithms:
             raise unauthenticated("algorithm_not_allowed")
-        config = issuer.config
+        key = _signing_key(issuer, header)
         try:
             claims = jwt.decode(
                 token,
-                key=issuer.signing_key(header),
+                key=key,
                 algorithms=issuer.algorithms,
                 audience=config.audience,
                 issuer=config.issuer,
@@ -149,12 +169,32 @@ class TokenVerifier:
             )
         except PyJWTError as error:
             raise unauthenticated(_reason(error)) from None
-        return VerifiedToken(
+        _check_lifetime(claims, config)
+        verified = VerifiedToken(
             issuer=config.name,
             claims=claims,
             expires_at=float(claims["exp"]) + config.leeway,
             claims_json=orjson.dumps(claims).decode(),
         )
+        return _CachedToken(verified, issuer, header, key)
+
+
+def _signing_key(issuer: TokenIssuer, header: dict[str, Any]) -> Any:
+    """The issuer's current key. A secret that cannot be read refuses the token: no key, no
+    verification (the cause is the gateway's configuration, which the caller never sees)."""
+    try:
+        return issuer.signing_key(header)
+    except MissingSecret:
+        raise unauthenticated("issuer_unavailable") from None
+
+
+def _check_lifetime(claims: dict[str, Any], config: IssuerConfig) -> None:
+    """SPEC §2: exp - iat (exp - now without iat) above max_token_lifetime is refused, so a
+    leaked long-lived token is refused even though it verifies."""
+    issued = claims.get("iat")
+    start = float(issued) if isinstance(issued, int | float) and not isinstance(issued, bool) else time.time()
+    if float(claims["exp"]) - start > config.max_token_lifetime:
+        raise unauthenticated("lifetime_too_long")
 
 
 def _reason(error: PyJWTError) -> str:

@@ -15,7 +15,9 @@ import orjson
 
 from gateway.auth import mint_hs256_token
 from gateway.config import ConfigError, GatewayConfig, load_config, missing_secrets, parse_duration, redacted
+from gateway.secrets import MissingSecret
 
+FAILED = 1
 USAGE_ERROR = 2
 
 
@@ -82,10 +84,18 @@ def cmd_token(args: argparse.Namespace) -> int:
         return _fail(f'no issuer named "{args.issuer}" in {config.source}')
     if issuer.hs256_secret is None:
         return _fail(f'issuer "{issuer.name}" has no hs256_secret: only HS256 (dev) issuers can mint tokens')
-    secret = config.secret_store().get(issuer.hs256_secret)
-    print(
-        mint_hs256_token(issuer, secret, args.sub, parse_duration(args.ttl), dict(_claim(item) for item in args.claim))
-    )
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as error:
+        return _fail(f"--ttl: expected {error}, got {args.ttl!r}")
+    claims = dict(_claim(item) for item in args.claim)
+    try:
+        secret = config.secret_store().get(issuer.hs256_secret)
+    except MissingSecret as error:
+        where = f"issuers[{config.issuers.index(issuer)}].hs256_secret"
+        print(f"gateway: {config.source}: {where}: {error}", file=sys.stderr)
+        return FAILED
+    print(mint_hs256_token(issuer, secret, args.sub, ttl, claims))
     return 0
 
 
@@ -106,7 +116,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     problems = missing_secrets(config, store)
     if problems:
         print("\n".join(problems), file=sys.stderr)
-        return 1
+        return FAILED
     return 0
 
 

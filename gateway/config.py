@@ -9,6 +9,8 @@ hold a secret's name.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import re
 import tomllib
 import types
@@ -16,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.secrets import MissingSecret, SecretStore
 
@@ -35,7 +38,9 @@ STATEMENT_KINDS: tuple[str, ...] = typing.get_args(StatementKind)
 # accepts unquoted, so quoting them can never be escaped.
 SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 TABLE_PATTERN = re.compile(r"^[^.\s\"]+\.(\*|[^.\s\"]+)$")
-LOOPBACK_HOSTS = ("localhost", "127.", "[::1]")
+# A secret's name is an environment variable name and a file name in secrets_dir: never a path.
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+AUDIT_STREAMS = ("stdout", "off")
 
 
 class ConfigError(ValueError):
@@ -166,11 +171,18 @@ def parse_config(
             known = ", ".join(sorted(environments)) or "none"
             raise ConfigError(f"{source}: env.{env}: no such environment (defined: {known})")
         raw = _merge(raw, environments[env])
-    reader = _Reader(source, base_dir or Path.cwd())
-    config = reader.build(GatewayConfig, raw, "")
-    config = dataclasses.replace(config, source=source)
+    base_dir = base_dir or Path.cwd()
+    config = _Reader(source, base_dir).build(GatewayConfig, raw, "")
+    config = dataclasses.replace(config, source=source, audit=_resolve_audit_sink(config.audit, base_dir))
     _validate(config, source)
     return config
+
+
+def _resolve_audit_sink(audit: AuditConfig, base_dir: Path) -> AuditConfig:
+    """A sink that is a file path is relative to the config file, like every other path."""
+    if audit.sink in AUDIT_STREAMS:
+        return audit
+    return dataclasses.replace(audit, sink=str((base_dir / audit.sink).resolve()))
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -185,9 +197,12 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_duration(text: str | float | int) -> float:
-    if isinstance(text, bool):
-        raise ValueError("a duration")
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError('a duration such as "250ms", "5s", "2m" or "1h"')
     if isinstance(text, int | float):
+        # TOML has inf and nan; neither is a timeout anyone means.
+        if not math.isfinite(text) or text < 0:
+            raise ValueError("a non-negative, finite number of seconds")
         return float(text)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", text)
     if not match:
@@ -306,19 +321,33 @@ def _validate(config: GatewayConfig, source: str) -> None:
 
     if not config.database.url.startswith(("postgresql://", "postgres://")):
         fail("database.url", "expected a postgresql:// URL")
-    if _url_has_password(config.database.url):
+    try:
+        has_password = _url_has_password(config.database.url)
+    except ValueError:  # urlsplit refuses, e.g., an unclosed [IPv6 host
+        fail("database.url", "expected a valid postgresql:// URL")
+    if has_password:
         fail("database.url", "must not contain a password; name it with password_secret")
+    if not 0 < config.server.port < 65536:
+        fail("server.port", "expected a TCP port between 1 and 65535")
+    for path, name in _secret_names(config):
+        if not SECRET_NAME.match(name):
+            fail(path, "expected the name of a secret (an environment variable or file name), not a value or path")
     if config.database.pool_min > config.database.pool_max:
         fail("database.pool_min", "expected at most database.pool_max")
     if config.database.pool_max < 1:
         fail("database.pool_max", "expected at least 1")
 
     issuer_names = set()
+    issuer_values = set()
     for i, issuer in enumerate(config.issuers):
         path = f"issuers[{i}]"
         if issuer.name in issuer_names:
             fail(f"{path}.name", f'duplicate issuer name "{issuer.name}"')
         issuer_names.add(issuer.name)
+        # A token's iss selects one issuer: a second with the same iss would never be used.
+        if issuer.issuer in issuer_values:
+            fail(f"{path}.issuer", f'duplicate issuer "{issuer.issuer}" (each iss may be configured once)')
+        issuer_values.add(issuer.issuer)
         if issuer.hs256_secret is None:
             fail(
                 path,
@@ -357,27 +386,48 @@ def _validate(config: GatewayConfig, source: str) -> None:
 
 
 def _url_has_password(url: str) -> bool:
-    authority = url.split("://", 1)[1].split("/", 1)[0]
-    return "@" in authority and ":" in authority.rsplit("@", 1)[0]
+    parts = urlsplit(url)
+    authority = parts.netloc
+    in_userinfo = "@" in authority and ":" in authority.rsplit("@", 1)[0]
+    # libpq also takes `?password=...` (and a client key's `sslpassword`) from the query string.
+    in_query = any(key.lower() in ("password", "sslpassword") for key in parse_qs(parts.query, keep_blank_values=True))
+    return in_userinfo or in_query
 
 
 def _https_or_loopback(url: str) -> bool:
-    if url.startswith("https://"):
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme == "https":
         return True
-    return url.startswith("http://") and url[len("http://") :].startswith(LOOPBACK_HOSTS)
+    return parts.scheme == "http" and _is_loopback(parts.hostname or "")
 
 
-def missing_secrets(config: GatewayConfig, store: SecretStore) -> list[str]:
-    """One message per secret the configuration names that cannot be read."""
+def _is_loopback(host: str) -> bool:
+    """By the parsed host, so `http://localhost.example.com` and `http://127.evil.dev` are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret_names(config: GatewayConfig) -> list[tuple[str, str]]:
+    """(key path, secret name) for every secret the configuration names."""
     named = [
         ("database.password_secret", config.database.password_secret),
         ("database.sslkey_secret", config.database.sslkey_secret),
     ]
     named += [(f"issuers[{i}].hs256_secret", issuer.hs256_secret) for i, issuer in enumerate(config.issuers)]
+    return [(path, name) for path, name in named if name is not None]
+
+
+def missing_secrets(config: GatewayConfig, store: SecretStore) -> list[str]:
+    """One message per secret the configuration names that cannot be read."""
     problems = []
-    for path, name in named:
-        if name is None:
-            continue
+    for path, name in _secret_names(config):
         try:
             store.get(name)
         except MissingSecret as error:

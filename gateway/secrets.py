@@ -30,21 +30,31 @@ class SecretStore:
         return path if path.is_file() else None
 
     def get(self, name: str) -> str:
+        """The secret's value. An empty value counts as missing: an HMAC key of "" would let
+        anyone sign tokens, and a file caught between truncate and write reads empty."""
         path = self._file_for(name)
         if path is not None:
-            stat = path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            cached = self._file_cache.get(name)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
-            # Files written by `echo` or editors end in a newline that is not part of the secret.
-            value = path.read_text().rstrip("\r\n")
-            self._file_cache[name] = (stamp, value)
+            value = self._read_file(name, path)
+            if not value:
+                raise MissingSecret(f'secret "{name}" is empty in {path}')
             return value
         value = os.environ.get(name)
         if value is None:
             where = f" or as a file in {self.secrets_dir}" if self.secrets_dir else ""
             raise MissingSecret(f'secret "{name}" is not set in the environment{where}')
+        if not value:
+            raise MissingSecret(f'secret "{name}" is empty in the environment')
+        return value
+
+    def _read_file(self, name: str, path: Path) -> str:
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._file_cache.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        # Files written by `echo` or editors end in a newline that is not part of the secret.
+        value = path.read_text().rstrip("\r\n")
+        self._file_cache[name] = (stamp, value)
         return value
 
     def file_path(self, name: str) -> Path | None:

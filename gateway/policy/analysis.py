@@ -2,13 +2,18 @@
 
 Two parsers read every statement. sqlglot gives the structure the rules are judged on
 (statement kind, every table access with its kind, resolved through CTE scopes); PostgreSQL's
-own parser (pglast) gives the statement count and root kind, which must agree with
-sqlglot's, and the names of functions, casts and operators exactly as PostgreSQL will
-resolve them (sqlglot renames functions: `lcase(x)` becomes `LOWER(x)`).
-Anything either parser cannot read, or any node outside the allowlists below, is a denial.
+own parser (pglast) gives the statement count, the root kind, every data-modifying statement
+and every relation name, which must all agree with sqlglot's (a text the two read
+differently is how a statement hides from the analyser), and the names of functions, casts
+and operators exactly as PostgreSQL will resolve them (sqlglot renames functions: `lcase(x)`
+becomes `LOWER(x)`). Anything either parser cannot read, or any node outside the allowlists
+below, is a denial.
 """
 
 from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
 
 import orjson
 import sqlglot
@@ -37,9 +42,52 @@ PG_STATEMENT_KINDS = {
     "GrantStmt": "ddl",
 }
 
+# DDL touches relations only (tables, views, indexes), never schemas, functions, sequences,
+# databases or roles, whose names no table rule can cover: the field holding the object type
+# of each DDL statement, and the types accepted.
+RELATION_OBJECT_TYPES = frozenset({"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_INDEX"})
+PG_DDL_OBJECT_TYPES: dict[str, tuple[str, frozenset[str]]] = {
+    "CreateTableAsStmt": ("objtype", frozenset({"OBJECT_TABLE"})),
+    "AlterTableStmt": ("objtype", RELATION_OBJECT_TYPES),
+    "DropStmt": ("removeType", RELATION_OBJECT_TYPES),
+    "CommentStmt": ("objtype", RELATION_OBJECT_TYPES | {"OBJECT_COLUMN"}),
+    "GrantStmt": ("objtype", frozenset({"OBJECT_TABLE"})),
+}
+# ALTER TABLE actions that change a table's shape. Ownership, row-level security, triggers,
+# rules, inheritance and storage are the database owner's business, never a caller's.
+PG_ALTER_TABLE_ACTIONS = frozenset(
+    {
+        "AT_AddColumn",
+        "AT_DropColumn",
+        "AT_ColumnDefault",
+        "AT_AlterColumnType",
+        "AT_SetNotNull",
+        "AT_DropNotNull",
+        "AT_AddConstraint",
+        "AT_DropConstraint",
+        "AT_ValidateConstraint",
+    }
+)
+# Data-modifying statements, wherever they are nested (the cross-check of §3).
+PG_WRITE_STATEMENTS = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete", "MergeStmt": "merge"}
+PG_MERGE_COMMANDS = {"CMD_INSERT": "insert", "CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_NOTHING": None}
+# Readable names for the utility statements callers try most.
+PG_STATEMENT_TITLES = {
+    "VariableSetStmt": "SET and RESET",
+    "VariableShowStmt": "SHOW",
+    "TransactionStmt": "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT)",
+    "CheckPointStmt": "CHECKPOINT",
+    "ClosePortalStmt": "CLOSE",
+    "FetchStmt": "FETCH and MOVE",
+    "CreateTrigStmt": "CREATE TRIGGER",
+    "CreateSeqStmt": "CREATE SEQUENCE",
+    "VacuumStmt": "VACUUM and ANALYZE",
+}
+
 # sqlglot's root class -> statement kind.
 ROOT_KINDS: dict[type[exp.Expression], str] = {
     exp.Select: "select",
+    exp.Values: "select",
     exp.Union: "select",
     exp.Intersect: "select",
     exp.Except: "select",
@@ -68,12 +116,16 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
         exp.Join,
         exp.Where,
         exp.Group,
+        exp.Rollup,
+        exp.Cube,
+        exp.GroupingSets,
         exp.Having,
         exp.Order,
         exp.Ordered,
         exp.Limit,
         exp.Offset,
         exp.Fetch,
+        exp.LimitOptions,
         exp.Distinct,
         exp.Window,
         exp.WindowSpec,
@@ -87,6 +139,10 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
         exp.Star,
         exp.Dot,
         exp.Literal,
+        exp.RawString,  # $$dollar-quoted$$ text; the cross-check catches a misread tag
+        exp.ByteString,  # E'...' (sqlglot's name for escape strings)
+        exp.BitString,
+        exp.HexString,
         exp.Null,
         exp.Boolean,
         exp.Parameter,
@@ -99,6 +155,7 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
         exp.Exists,
         exp.In,
         exp.Between,
+        exp.Overlaps,
         exp.Like,
         exp.ILike,
         exp.SimilarTo,
@@ -157,6 +214,9 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
         exp.JSONPathRoot,
         exp.JSONPathKey,
         exp.JSONPathSubscript,
+        # sqlglot reads `data -> 'k'` inside a call's arguments as a lambda; PostgreSQL has no
+        # lambdas, it is JSON access. Its operands are walked like any other node.
+        exp.Lambda,
         exp.ArrayContainsAll,
         exp.ArrayOverlaps,
         exp.RegexpLike,
@@ -176,6 +236,7 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
         exp.GrantPrivilege,
         exp.GrantPrincipal,
         exp.Constraint,
+        exp.AddConstraint,
         exp.AlterColumn,
         exp.RenameColumn,
         exp.Drop,
@@ -248,59 +309,161 @@ def analyze(sql: str, max_bytes: int) -> StatementFacts:
 
 def _analyze(sql: str, max_bytes: int) -> StatementFacts:
     scanned = scan(sql, max_bytes)
-    pg_kind, functions, casts = _postgres_view(sql)
+    postgres = _postgres_view(sql)
     tree = _sqlglot_tree(scanned.analysis_text)
     root_kind = _root_kind(tree)
-    if root_kind != pg_kind:
+    if root_kind != postgres.kind:
         raise Denial(
             "parser_disagreement",
-            f"the two parsers disagree on the statement kind ({root_kind} vs {pg_kind})",
+            f"the two parsers disagree on the statement kind ({root_kind} vs {postgres.kind})",
         )
-    accesses = _TableWalker().accesses(tree)
+    walker = _TableWalker()
+    accesses = walker.accesses(tree)
+    _cross_check(postgres, walker.names, _write_statements(tree))
+    if root_kind != "select" and not any(access.kind == root_kind for access in accesses):
+        # Every write and every DDL changes a table the rules must be asked about.
+        raise Denial("syntax", f"cannot tell which table this {root_kind.upper()} statement changes")
     return StatementFacts(
         kind=root_kind,
         accesses=frozenset(accesses),
-        functions=frozenset(functions),
-        casts=frozenset(casts),
+        functions=frozenset(postgres.functions),
+        casts=frozenset(postgres.casts),
         params_used=scanned.params_used,
         fingerprint=pg_parser.fingerprint(sql),
     )
 
 
+def _cross_check(postgres: _PostgresView, tables: set[TableName], writes: list[str]) -> None:
+    """PostgreSQL's reading and sqlglot's must name the same relations and the same
+    data-modifying statements; anything else means one of them misread the text."""
+    if tables != postgres.tables:
+        only_pg = ", ".join(sorted(map(str, postgres.tables - tables))) or "none"
+        only_sqlglot = ", ".join(sorted(map(str, tables - postgres.tables))) or "none"
+        raise Denial(
+            "parser_disagreement",
+            f"the two parsers disagree on the tables (only PostgreSQL sees: {only_pg}; "
+            f"only sqlglot sees: {only_sqlglot})",
+        )
+    if sorted(writes) != sorted(postgres.writes):
+        raise Denial(
+            "parser_disagreement",
+            f"the two parsers disagree on the data-modifying statements ({', '.join(sorted(writes)) or 'none'} "
+            f"vs {', '.join(sorted(postgres.writes)) or 'none'})",
+        )
+
+
+def _write_signature(
+    kind: str, target: TableName | None, *, upsert: bool = False, merge_actions: set[str] | None = None
+) -> str:
+    """One data-modifying statement as both views describe it, with its target table:
+    `insert orders`, `insert+update orders` (ON CONFLICT DO UPDATE), `merge(delete,insert) orders`."""
+    if kind == "merge":
+        kind = f"merge({','.join(sorted(merge_actions or ()))})"
+    elif upsert:
+        kind = "insert+update"
+    return f"{kind} {target if target is not None else '?'}"
+
+
 # ---------------------------------------------------------------------------- PostgreSQL's view
 
 
-def _postgres_view(sql: str) -> tuple[str, set[str], set[str]]:
-    """Root kind, function names and cast types as PostgreSQL's own parser reads them."""
+@dataclass
+class _PostgresView:
+    """What PostgreSQL's own parser reads in the text."""
+
+    kind: str
+    functions: set[str] = field(default_factory=set)
+    casts: set[str] = field(default_factory=set)
+    tables: set[TableName] = field(default_factory=set)  # every relation name, CTE references included
+    writes: list[str] = field(default_factory=list)  # data-modifying statements, nested ones included
+
+
+def _postgres_view(sql: str) -> _PostgresView:
+    """Root kind, relations, data-modifying statements, function names and cast types as
+    PostgreSQL's own parser reads them."""
     try:
         parsed = orjson.loads(pg_parser.parse_sql_json(sql))
     except pg_parser.ParseError as error:
         raise Denial("parse", f"PostgreSQL cannot parse the statement: {error}") from None
+    except orjson.JSONDecodeError:
+        # pglast's JSON is always well formed; orjson refuses it only past its nesting limit.
+        raise Denial("too_complex", "the statement is nested too deeply to analyse") from None
     statements = parsed.get("stmts", [])
     if len(statements) != 1:
         raise Denial("multiple_statements", f"exactly one statement is allowed, found {len(statements)}")
-    ((root_name, root),) = statements[0]["stmt"].items()
+    statement = statements[0]["stmt"]
+    ((root_name, root),) = statement.items()
     kind = PG_STATEMENT_KINDS.get(root_name)
     if kind is None:
         raise Denial("statement_class", f"{_statement_title(root_name)} statements are never run")
     if root_name == "SelectStmt" and root.get("intoClause"):
         raise Denial("select_into", "SELECT ... INTO is not allowed")
-    functions: set[str] = set()
-    casts: set[str] = set()
-    _collect_names(root, functions, casts)
-    return kind, functions, casts
+    view = _PostgresView(kind)
+    if kind == "ddl":
+        _check_ddl_object(root_name, root)
+        view.tables.update(_ddl_object_names(root_name, root))
+    _collect_names(statement, view)
+    return view
 
 
 def _statement_title(node_name: str) -> str:
+    if node_name in PG_STATEMENT_TITLES:
+        return PG_STATEMENT_TITLES[node_name]
     name = node_name.removesuffix("Stmt")
     return "".join(" " + c if c.isupper() and i else c for i, c in enumerate(name)).upper()
+
+
+def _check_ddl_object(root_name: str, root: dict) -> None:
+    if root_name == "GrantStmt" and root.get("targtype") != "ACL_TARGET_OBJECT":
+        raise Denial("statement_class", "GRANT and REVOKE on all tables in a schema are never run")
+    if root_name in PG_DDL_OBJECT_TYPES:
+        key, accepted = PG_DDL_OBJECT_TYPES[root_name]
+        object_type = str(root.get(key, ""))
+        if object_type not in accepted:
+            title = _statement_title(root_name)
+            raise Denial("statement_class", f"{title} on {object_type.removeprefix('OBJECT_')} is never run")
+    if root_name == "AlterTableStmt":
+        for command in root.get("cmds", []):
+            action = command.get("AlterTableCmd", {}).get("subtype")
+            if action not in PG_ALTER_TABLE_ACTIONS:
+                raise Denial("statement_class", f"ALTER TABLE action {str(action).removeprefix('AT_')} is never run")
+
+
+def _ddl_object_names(root_name: str, root: dict) -> list[TableName]:
+    """Relations DROP and COMMENT name as plain lists of strings (the others use RangeVars)."""
+    if root_name == "DropStmt":
+        return [_table_from_parts(_name_parts(item)) for item in root.get("objects", [])]
+    if root_name == "CommentStmt":
+        parts = _name_parts(root.get("object", {}))
+        if root.get("objtype") == "OBJECT_COLUMN":
+            parts = parts[:-1]  # table.column: the table is what changes
+        return [_table_from_parts(parts)]
+    return []
+
+
+def _name_parts(node: dict) -> list[str]:
+    return [item["String"]["sval"] for item in node.get("List", {}).get("items", []) if "String" in item]
+
+
+def _table_from_parts(parts: list[str]) -> TableName:
+    if len(parts) == 1:
+        return TableName(None, parts[0])
+    if len(parts) == 2:
+        return TableName(parts[0], parts[1])
+    raise Denial("syntax", f"name {'.'.join(parts) or '?'} is not a schema.table name")
+
+
+def _range_var(node: dict) -> TableName:
+    if node.get("catalogname"):
+        raise Denial("syntax", f"three-part name {node['catalogname']}.{node.get('schemaname')}.{node['relname']}")
+    return TableName(node.get("schemaname"), node["relname"])
 
 
 def _qualified(names: list[dict]) -> str:
     return ".".join(item["String"]["sval"] for item in names if "String" in item)
 
 
-def _collect_names(node: object, functions: set[str], casts: set[str]) -> None:
+def _collect_names(node: object, view: _PostgresView) -> None:
     stack = [node]
     while stack:
         current = stack.pop()
@@ -309,15 +472,33 @@ def _collect_names(node: object, functions: set[str], casts: set[str]) -> None:
             continue
         if not isinstance(current, dict):
             continue
+        if "relname" in current:  # a RangeVar, wrapped or not: a relation name as written
+            view.tables.add(_range_var(current))
         for key, value in current.items():
             if key == "FuncCall":
-                functions.add(_qualified(value["funcname"]))
+                view.functions.add(_qualified(value["funcname"]))
             elif key == "TypeCast":
-                casts.add(_qualified(value["typeName"]["names"]))
+                view.casts.add(_qualified(value["typeName"]["names"]))
             elif key == "A_Expr" and len(value.get("name", [])) > 1:
                 raise Denial("operator", f"explicit operator {_qualified(value['name'])} is not allowed")
+            elif key in PG_WRITE_STATEMENTS:
+                view.writes.append(_postgres_write(key, value))
+            elif key == "lockedRels":
+                continue  # FOR UPDATE OF names refer to FROM items, not to relations
             if isinstance(value, dict | list):
                 stack.append(value)
+
+
+def _postgres_write(node_name: str, node: dict) -> str:
+    kind = PG_WRITE_STATEMENTS[node_name]
+    target = _range_var(node["relation"]) if "relname" in node.get("relation", {}) else None
+    if kind == "merge":
+        clauses = [clause["MergeWhenClause"] for clause in node.get("mergeWhenClauses", [])]
+        # An unknown command stays in the signature as "?", so it can never match sqlglot's.
+        actions = {PG_MERGE_COMMANDS.get(clause.get("commandType"), "?") for clause in clauses}
+        return _write_signature(kind, target, merge_actions={action for action in actions if action})
+    upsert = (node.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE"
+    return _write_signature(kind, target, upsert=upsert)
 
 
 # ---------------------------------------------------------------------------- sqlglot's view
@@ -354,13 +535,61 @@ def _root_kind(tree: exp.Expression) -> str:
     return kind
 
 
+def _write_statements(tree: exp.Expression) -> list[str]:
+    """Every data-modifying statement in sqlglot's tree, described as `_write_signature` does."""
+    writes = []
+    for node in tree.walk():
+        if isinstance(node.parent, exp.When):
+            continue  # a MERGE action, counted with its MERGE
+        if isinstance(node, exp.Insert):
+            upsert = _is_upsert(node.args.get("conflict"))
+            writes.append(_write_signature("insert", _write_target(node), upsert=upsert))
+        elif isinstance(node, exp.Update | exp.Delete):
+            writes.append(_write_signature(node.key, _write_target(node)))
+        elif isinstance(node, exp.Merge):
+            writes.append(_write_signature("merge", _write_target(node), merge_actions=_merge_actions(node)))
+    return writes
+
+
+def _write_target(node: exp.Expression) -> TableName | None:
+    target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+    return table_name(target) if isinstance(target, exp.Table) and isinstance(target.this, exp.Identifier) else None
+
+
+def _is_upsert(conflict: exp.Expression | None) -> bool:
+    return conflict is not None and "UPDATE" in str(conflict.args.get("action") or "").upper()
+
+
+def _merge_actions(node: exp.Merge) -> set[str]:
+    kinds: set[str] = set()
+    whens = node.args.get("whens")
+    for when in whens.expressions if whens else []:
+        then = when.args.get("then")
+        if isinstance(then, exp.Insert):
+            kinds.add("insert")
+        elif isinstance(then, exp.Update):
+            kinds.add("update")
+        elif isinstance(then, exp.Var) and then.name.upper() == "DELETE":
+            kinds.add("delete")
+        elif isinstance(then, exp.Var) and then.name.upper() == "DO NOTHING":
+            continue
+        else:
+            raise Denial("syntax", f"unsupported MERGE action: {then.sql('postgres') if then else None}")
+    return kinds
+
+
+# PostgreSQL folds unquoted names to lower case in ASCII only (`ÖRDERS` is `Örders`), while
+# str.lower() folds every alphabet.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def identifier_name(identifier: exp.Expression | None) -> str | None:
     """A name folded as PostgreSQL folds it: unquoted to lower case, quoted kept exact."""
     if identifier is None:
         return None
     if isinstance(identifier, exp.Identifier):
-        return identifier.this if identifier.quoted else identifier.this.lower()
-    return identifier.name.lower()
+        return identifier.this if identifier.quoted else identifier.this.translate(_ASCII_LOWER)
+    return identifier.name.translate(_ASCII_LOWER)
 
 
 def table_name(table: exp.Table) -> TableName:
@@ -371,11 +600,14 @@ def table_name(table: exp.Table) -> TableName:
 
 class _TableWalker:
     """Every table a statement reads or writes, with the kind of access, resolving CTE names
-    by lexical scope: a CTE shadows a table only inside the WITH that defines it."""
+    by lexical scope: a CTE shadows a table only inside the WITH that defines it. Also every
+    relation name as written (`names`), for the cross-check with PostgreSQL's parser."""
 
     def __init__(self) -> None:
         self._targets: dict[int, set[str]] = {}
+        self._locked: set[int] = set()
         self._found: set[TableAccess] = set()
+        self.names: set[TableName] = set()
 
     def accesses(self, tree: exp.Expression) -> set[TableAccess]:
         self._visit(tree, frozenset())
@@ -390,15 +622,15 @@ class _TableWalker:
     def _mark_statement_targets(self, node: exp.Expression) -> None:
         if isinstance(node, exp.Insert):
             self._mark(node.this, "insert")
-            conflict = node.args.get("conflict")
-            if conflict is not None and "UPDATE" in str(conflict.args.get("action") or "").upper():
+            if _is_upsert(node.args.get("conflict")):
                 self._mark(node.this, "update")
         elif isinstance(node, exp.Update):
             self._mark(node.this, "update")
         elif isinstance(node, exp.Delete):
             self._mark(node.this, "delete")
         elif isinstance(node, exp.Merge):
-            self._mark(node.this, *self._merge_kinds(node))
+            # The statement's own kind, and each action's: MERGE ... THEN DELETE is a delete.
+            self._mark(node.this, "merge", *_merge_actions(node))
         elif isinstance(node, exp.Create):
             target = node.this.args.get("table") if isinstance(node.this, exp.Index) else node.this
             self._mark(target, "ddl")
@@ -408,6 +640,8 @@ class _TableWalker:
         elif isinstance(node, exp.TruncateTable):
             for table in node.expressions:
                 self._mark(table, "ddl")
+        elif isinstance(node, exp.Comment) and isinstance(node.this, exp.Column):
+            self._record_column_comment(node.this)
         elif isinstance(node, exp.Alter | exp.Comment):
             self._mark(node.this, "ddl")
         elif isinstance(node, exp.Grant | exp.Revoke):
@@ -415,31 +649,26 @@ class _TableWalker:
         elif isinstance(node, exp.Select):
             self._mark_locked_tables(node)
 
-    @staticmethod
-    def _merge_kinds(node: exp.Merge) -> set[str]:
-        kinds: set[str] = set()
-        whens = node.args.get("whens")
-        for when in whens.expressions if whens else []:
-            then = when.args.get("then")
-            if isinstance(then, exp.Insert):
-                kinds.add("insert")
-            elif isinstance(then, exp.Update):
-                kinds.add("update")
-            elif isinstance(then, exp.Var) and then.name.upper() == "DELETE":
-                kinds.add("delete")
-            elif isinstance(then, exp.Var) and then.name.upper() == "DO NOTHING":
-                continue
-            else:
-                raise Denial("syntax", f"unsupported MERGE action: {then.sql('postgres') if then else None}")
-        return kinds
+    def _record_column_comment(self, column: exp.Column) -> None:
+        """COMMENT ON COLUMN t.c changes table t."""
+        if column.args.get("catalog") is not None:
+            raise Denial("syntax", f"four-part name {column.sql('postgres')} is not allowed")
+        name = TableName(identifier_name(column.args.get("db")), identifier_name(column.args.get("table")) or "")
+        self.names.add(name)
+        self._found.add(TableAccess("ddl", name))
 
     def _mark_locked_tables(self, select: exp.Select) -> None:
+        """FOR UPDATE / FOR SHARE lock the rows of every table in FROM, including those inside
+        sub-queries there (PostgreSQL propagates the lock into them; not into CTEs, whose
+        references are told apart when recorded). `OF` lists are ignored: over-marking only
+        ever denies more."""
         if not select.args.get("locks"):
             return
-        sources = [select.args.get("from_"), *(select.args.get("joins") or [])]
-        for source in sources:
-            if source is not None and isinstance(source.this, exp.Table):
-                self._mark(source.this, "select", "update")
+        for source in [select.args.get("from_"), *(select.args.get("joins") or [])]:
+            if source is None:
+                continue
+            for table in source.this.find_all(exp.Table):
+                self._locked.add(id(table))
 
     def _visit(self, node: exp.Expression, ctes: frozenset[str]) -> None:
         self._mark_statement_targets(node)
@@ -465,8 +694,12 @@ class _TableWalker:
 
     def _record_table(self, node: exp.Table, ctes: frozenset[str]) -> None:
         name = table_name(node)
-        kinds = self._targets.get(id(node), {"select"})
-        if name.schema is None and name.name in ctes and kinds == {"select"}:
-            return  # a reference to a CTE in scope, not a table
+        self.names.add(name)
+        kinds = self._targets.get(id(node))
+        if kinds is None:
+            # The target of a write is always a table; anything else may name a CTE in scope.
+            if name.schema is None and name.name in ctes:
+                return
+            kinds = {"select", "update"} if id(node) in self._locked else {"select"}
         for kind in kinds:
             self._found.add(TableAccess(kind, name))

@@ -2,10 +2,11 @@
 
 Names are PostgreSQL's built-ins, judged as the parser reports the call (`lcase` and
 `"Lower"` are not `lower`). The safe list holds pure or stable functions that read only
-their arguments: aggregates, window functions, string, math, date/time, JSON and array
-functions. The deny list holds functions that reach outside the statement (files, other
-sessions, configuration, sleeping, locks, sequences); an identity's `functions` can lift
-one only by naming it exactly.
+their arguments: aggregates, window functions, string, math, date/time, JSON, array, range
+and text-search functions (not `ts_stat` or `ts_rewrite`, which run a query given as text).
+The deny list holds functions that reach outside the statement (files, other sessions,
+configuration, sleeping, locks, sequences); an identity's `functions` can lift one only by
+naming it exactly.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ SAFE_FUNCTIONS = frozenset(
     regexp_replace regexp_match regexp_matches regexp_split_to_array regexp_split_to_table
     regexp_count regexp_instr regexp_like regexp_substr starts_with translate quote_ident
     quote_literal quote_nullable string_to_array string_to_table array_to_string overlay unistr
-    normalize casefold
+    normalize casefold similar_to_escape like_escape
     abs ceil ceiling floor round trunc sign sqrt cbrt power pow exp ln log log10 mod div pi degrees
     radians sin cos tan cot asin acos atan atan2 sinh cosh tanh width_bucket gcd lcm factorial
     scale min_scale trim_scale random gen_random_uuid uuidv4 uuidv7
     now date_trunc date_part extract age make_date make_time make_timestamp make_timestamptz
     make_interval to_char to_date to_timestamp to_number date_bin justify_days justify_hours
     justify_interval isfinite clock_timestamp statement_timestamp transaction_timestamp timezone
-    timeofday
+    timeofday date overlaps
     to_json to_jsonb json_build_object jsonb_build_object json_build_array jsonb_build_array
     json_object jsonb_object json_array_length jsonb_array_length json_each jsonb_each json_each_text
     jsonb_each_text json_array_elements jsonb_array_elements json_array_elements_text
@@ -38,11 +39,17 @@ SAFE_FUNCTIONS = frozenset(
     jsonb_extract_path json_extract_path_text jsonb_extract_path_text json_typeof jsonb_typeof
     jsonb_set jsonb_set_lax jsonb_insert jsonb_pretty jsonb_strip_nulls json_strip_nulls
     jsonb_path_query jsonb_path_exists jsonb_path_match jsonb_path_query_array
-    jsonb_path_query_first array_to_json json_scalar json_serialize
+    jsonb_path_query_first array_to_json json_scalar json_serialize row_to_json
+    json_populate_record jsonb_populate_record json_populate_recordset jsonb_populate_recordset
+    json_to_record jsonb_to_record json_to_recordset jsonb_to_recordset
     array_length array_lower array_upper array_ndims array_dims cardinality array_append
     array_prepend array_cat array_position array_positions array_remove array_replace unnest
     generate_series generate_subscripts array_fill array_reverse array_sample array_shuffle
-    array_sort trim_array num_nonnulls num_nulls
+    array_sort trim_array num_nonnulls num_nulls pg_typeof
+    int4range int8range numrange tsrange tstzrange daterange isempty lower_inc upper_inc lower_inf
+    upper_inf range_merge
+    to_tsvector to_tsquery plainto_tsquery phraseto_tsquery websearch_to_tsquery ts_rank ts_rank_cd
+    ts_headline setweight tsvector_to_array array_to_tsvector numnode
     """.split()
 )
 

@@ -52,7 +52,10 @@ def scan(sql: str, max_bytes: int) -> ScannedText:
             raise Denial("lexical", "U&\"...\" and U&'...' escapes are not accepted")
         if token.name == "PARAM":
             # Token offsets are byte offsets into the UTF-8 text.
-            params.add(int(encoded[token.start + 1 : token.end + 1]))
+            number = int(encoded[token.start + 1 : token.end + 1])
+            if number < 1:
+                raise Denial("lexical", f"parameter ${number}: parameters are numbered from $1")
+            params.add(number)
             cut_points.append(token.end + 1)
     if not cut_points:
         return ScannedText(sql, frozenset())
