@@ -197,6 +197,7 @@ sslrootcert = "{ca}"
 pool_min = 1
 pool_max = {pool_max}
 acquire_timeout = "{acquire_timeout}"
+lock_timeout = "{lock_timeout}"
 
 [audit]
 sink = "stdout"
@@ -287,6 +288,7 @@ def gateway_config_text(server: PgServer, tls: TlsFiles, **overrides: Any) -> st
         "ca": tls.ca,
         "pool_max": 4,
         "acquire_timeout": "2s",
+        "lock_timeout": "2s",
         "statement_timeout": "5s",
         "max_body_bytes": 1_048_576,
         **overrides,
@@ -397,3 +399,183 @@ def writer(api_as: Callable[..., Api]) -> Api:
 @pytest.fixture
 def reader(api_as: Callable[..., Api]) -> Api:
     return api_as("reader", tenant="acme")
+
+
+@pytest.fixture(scope="session")
+def gateway_config(database: PgServer, tls_files: TlsFiles) -> Callable[..., str]:
+    """`gateway_config(EXTRA_TOML, pool_max=1)` -> the test configuration with overrides, and
+    extra TOML (more identities) appended; pass it to `launch_gateway(config_text=...)`."""
+
+    def make(extra: str = "", **overrides: Any) -> str:
+        return gateway_config_text(database, tls_files, **overrides) + extra
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def call_as(mint: Callable[..., str], http: httpx.Client) -> Callable[..., Api]:
+    """`call_as(some_gateway, "writer", tenant="acme")` -> an Api calling that gateway."""
+
+    def make(gateway: GatewayProcess, subject: str, **claims: Any) -> Api:
+        return Api(gateway.url, mint(subject, **claims), http)
+
+    return make
+
+
+# ---------------------------------------------------------------------------- behind the gateway's back
+
+
+# Slow by itself (ten billion rows to count) and cancellable at any moment: for timeouts
+# and cancellation, since pg_sleep is denied by policy.
+SLOW_SQL = "select count(*) from generate_series(1, 100000) a, generate_series(1, 100000) b"
+
+
+class Superuser:
+    """A superuser connection for checks behind the gateway (pg_stat_activity, committed rows)
+    and for holding locks, usable from synchronous tests: one event loop for its lifetime."""
+
+    def __init__(self, server: PgServer) -> None:
+        self._runner = asyncio.Runner()
+        self.connection: asyncpg.Connection = self._runner.run(server.connect())
+
+    def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return self._runner.run(self.connection.fetch(sql, *args))
+
+    def fetchval(self, sql: str, *args: Any) -> Any:
+        return self._runner.run(self.connection.fetchval(sql, *args))
+
+    def execute(self, sql: str) -> str:
+        return self._runner.run(self.connection.execute(sql))
+
+    def activity(self, condition: str, *args: Any) -> list[dict[str, Any]]:
+        """The rows of pg_stat_activity meeting `condition`, as they are now: inside a
+        transaction, pg_stat_activity would keep showing its first snapshot."""
+        self.fetch("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        return [dict(row) for row in self.fetch(f"SELECT * FROM pg_catalog.pg_stat_activity WHERE {condition}", *args)]
+
+    def backends_running(self, sql: str, *, waiting_on_lock: bool = False) -> list[int]:
+        """Pids of the backends running exactly this statement text now."""
+        rows = self.activity("query = $1 AND state = 'active'", sql)
+        return [row["pid"] for row in rows if not waiting_on_lock or row["wait_event_type"] == "Lock"]
+
+    def close(self) -> None:
+        try:
+            self._runner.run(self.connection.close(timeout=5))
+        finally:
+            self._runner.close()
+
+
+@pytest.fixture
+def superuser(database: PgServer) -> Iterator[Superuser]:
+    connection = Superuser(database)
+    yield connection
+    connection.close()
+
+
+def eventually(condition: Callable[[], Any], what: str, deadline: float = 15.0) -> Any:
+    """Poll `condition` until it returns something truthy; fail after a generous deadline.
+    For effects that happen asynchronously (a cancelled backend, a released connection)."""
+    give_up = time.monotonic() + deadline
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > give_up:
+            pytest.fail(f"gave up waiting: {what}")
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------- a gateway with one connection
+
+SOLO_IDENTITIES = """
+[[identities]]
+name = "inspector"
+issuer = "dev"
+match = { sub = "inspector" }
+role = "demo_writer"
+statement_timeout = "7s"
+functions = ["current_setting", "pg_backend_pid"]
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.*"]
+
+[[identities]]
+name = "inspector-reader"
+issuer = "dev"
+match = { sub = "inspector-reader" }
+role = "demo_reader"
+statement_timeout = "9s"
+functions = ["current_setting", "pg_backend_pid"]
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.*"]
+
+[[identities]]
+name = "read-only-writer"
+issuer = "dev"
+match = { sub = "read-only-writer" }
+role = "demo_writer"
+read_only = true
+functions = ["current_setting"]
+
+  [[identities.rules]]
+  allow = ["select", "insert"]
+  tables = ["public.ledger"]
+
+[[identities]]
+name = "scratch"
+issuer = "dev"
+match = { sub = "scratch" }
+role = "demo_writer"
+functions = ["pg_backend_pid"]
+
+  [[identities.rules]]
+  allow = ["ddl", "select", "insert"]
+  tables = ["pg_temp.*"]
+
+[[identities]]
+name = "bounded"
+issuer = "dev"
+match = { sub = "bounded" }
+role = "demo_reader"
+max_rows = 12345
+max_response_bytes = 1_000_000
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.orders"]
+
+[[identities]]
+name = "capped"
+issuer = "dev"
+match = { sub = "capped" }
+role = "demo_reader"
+max_rows = 5
+max_response_bytes = 2000
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.orders", "public.customers"]
+"""
+
+
+@pytest.fixture(scope="session")
+def solo_gateway(launch_gateway: Callable[..., GatewayProcess], gateway_config: Callable[..., str]) -> GatewayProcess:
+    """A gateway with ONE database connection, so consecutive requests share a backend, and
+    identities that may look at their own session (`current_setting`, `pg_backend_pid`),
+    create temporary tables, or meet result limits without a rate limit ("capped" has the
+    "limited" identity's limits; "bounded" cuts a result after its first batch). The
+    writer's statements may run for a minute: cancelling them is the client's doing."""
+    return launch_gateway(config_text=gateway_config(SOLO_IDENTITIES, pool_max=1, statement_timeout="60s"))
+
+
+@pytest.fixture(scope="session")
+def solo_as(solo_gateway: GatewayProcess, call_as: Callable[..., Api]) -> Callable[..., Api]:
+    """`solo_as("inspector", tenant="acme")` -> an Api calling the one-connection gateway."""
+
+    def make(subject: str, **claims: Any) -> Api:
+        return call_as(solo_gateway, subject, **claims)
+
+    return make

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -21,14 +22,41 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api import native
 from gateway.api.exchange import JSON
+from gateway.api.results import error_body
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, payload_too_large
 from gateway.pipeline import Pipeline, request_id_from
 
 logger = logging.getLogger("gateway")
 
 
-def _error_json(status: int, code: str, message: str, request_id: str) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message, "requestId": request_id}})
+def _error_json(error: GatewayError, request_id: str) -> bytes:
+    return orjson.dumps({"error": error_body(error, request_id)})
+
+
+class RequestIdentifier:
+    """Gives each request one id (the caller's `X-Request-Id` when sane, else a new one), kept
+    in the scope's state for endpoints and error handlers, and stamps it on every response
+    that does not carry it yet (health checks, framework errors)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(Headers(scope=scope).get("x-request-id"))
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers.append("X-Request-Id", request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class JsonBodyLimit:
@@ -50,22 +78,13 @@ class JsonBodyLimit:
             if message["type"] == "http.response.start" and message["status"] == 413:
                 headers = dict(message.get("headers", []))
                 if headers.get(b"content-type", b"").startswith(b"text/plain"):
-                    request_id = request_id_from(
-                        dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
-                    )
-                    replacement = _error_json(
-                        413,
-                        "payload_too_large",
-                        f"request body is too large (max is {self.max_body_bytes} bytes)",
-                        request_id,
-                    )
+                    replacement = _error_json(payload_too_large(self.max_body_bytes), scope["state"]["request_id"])
                     message = {
                         "type": "http.response.start",
                         "status": 413,
                         "headers": [
                             (b"content-type", JSON.encode()),
                             (b"content-length", str(len(replacement)).encode()),
-                            (b"x-request-id", request_id.encode()),
                         ],
                     }
             elif message["type"] == "http.response.body" and replacement:
@@ -94,20 +113,20 @@ async def readyz(request: Request) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "bad_request")
-    request_id = request_id_from(request.headers.get("x-request-id"))
     return Response(
-        _error_json(exc.status_code, code, str(exc.detail), request_id),
+        _error_json(GatewayError(str(exc.detail), status=exc.status_code, code=code), request.state.request_id),
         status_code=exc.status_code,
         media_type=JSON,
-        headers={"X-Request-Id": request_id},
+        headers=exc.headers,  # a 405 names the allowed methods
     )
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s", request.url.path)
-    request_id = request_id_from(request.headers.get("x-request-id"))
+    # Sent by Starlette's outermost middleware, past RequestIdentifier: stamp the id here.
+    request_id = request.state.request_id
     return Response(
-        _error_json(500, "internal_error", "internal error", request_id),
+        _error_json(GatewayError("internal error"), request_id),
         status_code=500,
         media_type=JSON,
         headers={"X-Request-Id": request_id},
@@ -133,10 +152,13 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    middleware = [Middleware(JsonBodyLimit, max_body_bytes=config.server.max_body_bytes)]
+    middleware = [
+        Middleware(RequestIdentifier),
+        Middleware(JsonBodyLimit, max_body_bytes=config.server.max_body_bytes),
+    ]
     if config.server.cors_origins:
         middleware.insert(
-            0,
+            1,
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.server.cors_origins),

@@ -1,6 +1,6 @@
 """What every endpoint does around the pipeline: open a `RequestScope` from the HTTP
 request, read the JSON body within the size limit, turn a `GatewayError` into its response,
-stamp `X-Request-Id` and `Server-Timing`, and cancel database work when the client leaves.
+stamp `Server-Timing`, and cancel database work when the client leaves.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from gateway.api.results import error_body
 from gateway.errors import GatewayError, bad_request, payload_too_large
-from gateway.pipeline import Pipeline, RequestScope, request_id_from, trace_id_from
+from gateway.pipeline import Pipeline, RequestScope, trace_id_from
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -33,7 +33,7 @@ def open_scope(request: Request, endpoint: str) -> RequestScope:
     client = request.client.host if request.client else None
     return pipeline.scope(
         endpoint,
-        request_id=request_id_from(request.headers.get("x-request-id")),
+        request_id=request.state.request_id,
         trace_id=trace_id_from(request.headers.get("traceparent")),
         client_ip=client,
         user_agent=request.headers.get("user-agent"),
@@ -55,7 +55,8 @@ async def read_json(request: Request) -> Any:
 
 
 def scope_headers(scope: RequestScope) -> dict[str, str]:
-    return {"X-Request-Id": scope.request_id, "Server-Timing": scope.server_timing()}
+    """`X-Request-Id` is stamped by the app's `RequestIdentifier` middleware."""
+    return {"Server-Timing": scope.server_timing()}
 
 
 def json_response(scope: RequestScope, payload: Any, status: int = 200) -> Response:

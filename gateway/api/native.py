@@ -8,6 +8,7 @@ open portal and commits at the end, reporting a late failure in the body's last 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -153,6 +154,9 @@ async def _stream(scope: RequestScope, run: StatementRun, writer: ResultWriter, 
         status = error.status
         scope.fail(error)
         yield writer.error_tail(error, scope.request_id)
+    except asyncio.CancelledError:  # the client left mid-stream
+        status = CLIENT_CLOSED_REQUEST
+        raise
     finally:
         _account(scope, writer, status)
         await close_shielded(scope, status)

@@ -13,6 +13,7 @@ row by row, so `_Portal` drives asyncpg's cursor protocol directly (pinned async
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,13 @@ ISOLATION_LEVELS = {
     "repeatable read": "REPEATABLE READ",
     "serializable": "SERIALIZABLE",
 }
+CANCEL_REPEAT_INTERVAL = 0.5  # seconds before a cancel request that did not take is sent again
 # PostgreSQL (13+) names the parameter whose input failed in the error's context:
 # `unnamed portal parameter $2 = '...'` or `portal "name" parameter $2`.
 BIND_PARAMETER_CONTEXT = re.compile(r'portal (?:"(?:[^"]|"")*" )?parameter \$(\d+)')
+# asyncpg's own DataError, raised while encoding a parameter (an array whose sub-arrays
+# differ in length), before anything is sent; it has no sqlstate from the server.
+ASYNCPG_ENCODING_ERROR = re.compile(r"invalid input for query argument \$(\d+): ")
 
 
 def sql_string(text: str) -> str:
@@ -117,6 +122,8 @@ class StatementRun:
         self.columns = columns
         self._pending: list | None = first_rows
         self._batch_size = batch_size
+        self._last_execute_rows = len(first_rows)
+        self._earlier_rows = 0  # rows of every Execute before the last one
 
     @property
     def exhausted(self) -> bool:
@@ -131,11 +138,19 @@ class StatementRun:
                 rows = await self._portal.next(self._batch_size, None)
             except Exception as error:
                 raise translate_error(error) from None
+            self._earlier_rows += self._last_execute_rows
+            self._last_execute_rows = len(rows)
             yield rows
 
     @property
     def command_tag(self) -> str:
-        return self._portal.status.decode() if self._portal.status else ""
+        """PostgreSQL's command tag, counting every row: the tag of a portal read in several
+        Executes counts only the last Execute's rows (`SELECT 0` after 200,000 rows)."""
+        tag = self._portal.status.decode() if self._portal.status else ""
+        head, _, count = tag.rpartition(" ")
+        if self._earlier_rows and count.isdigit():
+            return f"{head} {int(count) + self._earlier_rows}"
+        return tag
 
 
 class Transaction:
@@ -185,9 +200,28 @@ class Transaction:
             return
         self.open = False
         try:
+            await settle_cancellation(self.connection)
             await self.connection.execute("ROLLBACK")
         except Exception:
             self.connection.terminate()
+
+
+async def settle_cancellation(connection: GatewayConnection) -> None:
+    """Wait until a statement whose task was cancelled (the client left) has stopped.
+
+    asyncpg sends one CancelRequest. PostgreSQL acts on it at its next interrupt check, and
+    ignores it if that check comes while it reads the next protocol message: a request that
+    lands late in Bind (planning) is dropped before Execute, and the statement would run on
+    to its timeout holding the connection. So the request is repeated until it takes, through
+    asyncpg's internals (it has no public way to repeat one).
+    """
+    protocol = connection._protocol
+    if not protocol._is_cancelling():
+        return
+    settled = asyncio.ensure_future(protocol._wait_for_cancellation())
+    while not (await asyncio.wait({settled}, timeout=CANCEL_REPEAT_INTERVAL))[0]:
+        connection._cancel_current_command(asyncio.get_running_loop().create_future())
+    settled.result()
 
 
 def describe_columns(state: Any) -> list[Column]:
@@ -201,8 +235,8 @@ def translate_error(error: BaseException) -> GatewayError:
     """A PostgreSQL or driver error as the caller should see it (SPEC §4 error table)."""
     if isinstance(error, GatewayError):
         return error
-    if isinstance(error, asyncpg.exceptions.DataError) and not isinstance(error, asyncpg.PostgresError):
-        return bad_request(f"a parameter does not fit its type: {error}")
+    if isinstance(error, asyncpg.exceptions.DataError) and (encoding := ASYNCPG_ENCODING_ERROR.match(str(error))):
+        return bad_request(f"parameter ${encoding.group(1)}: {error.__cause__ or 'does not fit its type'}")
     if isinstance(error, asyncpg.PostgresError):
         return _postgres_error(error)
     if isinstance(error, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):

@@ -157,7 +157,7 @@ def parameter_value(value: Any, type_: Any, position: int) -> Any:
             return parse_array_literal(value, position)
         if isinstance(value, list):
             element_is_json = type_.name.removesuffix("[]") in ("json", "jsonb")
-            return _array_elements(value, element_is_json, position)
+            return _array_elements(value, element_is_json, type_.name, position)
         raise bad_request(f"parameter ${position}: expected an array or an array literal string for {type_.name}")
     return _scalar_text(value, type_.name in ("json", "jsonb"), type_.name, position)
 
@@ -179,13 +179,13 @@ def _scalar_text(value: Any, is_json: bool, type_name: str, position: int) -> st
     raise bad_request(f"parameter ${position}: {kind} does not fit type {type_name}")
 
 
-def _array_elements(items: list, is_json: bool, position: int) -> list:
+def _array_elements(items: list, is_json: bool, type_name: str, position: int) -> list:
     return [
         None
         if item is None
-        else _array_elements(item, is_json, position)
+        else _array_elements(item, is_json, type_name, position)
         if isinstance(item, list) and not is_json
-        else _scalar_text(item, is_json, "array element", position)
+        else _scalar_text(item, is_json, type_name, position)
         for item in items
     ]
 
