@@ -8,8 +8,9 @@ request's journey through them, and writes exactly one audit record when it clos
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import secrets as random_source
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -57,15 +58,20 @@ class Judged:
     decision: Decision
 
 
+# Request and trace ids need to be unique, not secret: a seeded PRNG instead of a system
+# call per id.
+_ids = random.Random(os.urandom(16))
+
+
 def request_id_from(header: str | None) -> str:
-    return header if header and SANE_REQUEST_ID.match(header) else random_source.token_hex(8)
+    return header if header and SANE_REQUEST_ID.match(header) else f"{_ids.getrandbits(64):016x}"
 
 
 def trace_id_from(traceparent: str | None) -> str:
     match = TRACEPARENT.match(traceparent or "")
     if match and match.group(1) != "0" * 32:
         return match.group(1)
-    return random_source.token_hex(16)
+    return f"{_ids.getrandbits(128):032x}"
 
 
 class Pipeline:
@@ -86,6 +92,8 @@ class Pipeline:
         self.database = database
         self.audit = audit
         self.limits = IdentityLimits()
+        # One per identity and transaction mode: a small, bounded set.
+        self._transaction_settings: dict[tuple[str, TransactionOptions], TransactionSettings] = {}
 
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
@@ -107,6 +115,23 @@ class Pipeline:
     async def stop(self) -> None:
         await self.database.close()
         self.audit.close()
+
+    def transaction_settings(self, identity: Identity, options: TransactionOptions) -> TransactionSettings:
+        key = (identity.name, options)
+        settings = self._transaction_settings.get(key)
+        if settings is None:
+            db = self.config.database
+            settings = self._transaction_settings[key] = TransactionSettings(
+                role=identity.role,
+                schemas=identity.schemas,
+                statement_timeout_ms=round(identity.statement_timeout * 1000),
+                lock_timeout_ms=round(db.lock_timeout * 1000),
+                idle_timeout_ms=round(db.idle_in_transaction_timeout * 1000),
+                isolation=options.isolation,
+                read_only=identity.read_only or options.read_only,
+                deferrable=options.deferrable,
+            )
+        return settings
 
     def scope(
         self,
@@ -194,18 +219,9 @@ class RequestScope:
     async def open_transaction(self, options: TransactionOptions) -> Transaction:
         assert self.caller is not None
         identity = self.caller.identity
-        db = self.pipeline.config.database
-        settings = TransactionSettings(
-            role=identity.role,
-            schemas=identity.schemas,
-            claims_json=self.caller.token.claims_json,
-            statement_timeout_ms=round(identity.statement_timeout * 1000),
-            lock_timeout_ms=round(db.lock_timeout * 1000),
-            idle_timeout_ms=round(db.idle_in_transaction_timeout * 1000),
-            application_name=f"gw {self.record.requestId[:24]} {self.record.traceId}",
-            isolation=options.isolation,
-            read_only=identity.read_only or options.read_only,
-            deferrable=options.deferrable,
+        settings = self.pipeline.transaction_settings(identity, options)
+        setup_sql = settings.setup_sql(
+            f"gw {self.record.requestId[:24]} {self.record.traceId}", self.caller.token.claims_json
         )
         started = time.perf_counter()
         try:
@@ -213,7 +229,7 @@ class RequestScope:
             connection = await self._exit_stack.enter_async_context(self.pipeline.database.connection())
             if any(judged.facts.kind == "ddl" for judged in self.judged):
                 connection.needs_full_reset = True  # DDL may leave temporary objects behind
-            transaction = Transaction(connection, settings)
+            transaction = Transaction(connection, settings, setup_sql)
             self._exit_stack.push_async_callback(transaction.rollback)
             await transaction.begin()
         finally:

@@ -51,6 +51,7 @@ def serve(
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # the audit's clientIp is the peer; forwarded headers are not trusted
         lifespan="on",
         log_level="info",
         timeout_graceful_shutdown=10,

@@ -6,7 +6,6 @@ stamp `Server-Timing`, and cancel database work when the client leaves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -75,29 +74,37 @@ def error_response(scope: RequestScope, error: GatewayError) -> Response:
 
 
 async def close_shielded(scope: RequestScope, status: int | None = None) -> None:
-    """Release the connection and audit even while the request task is being cancelled."""
+    """Release the connection and audit even while the request task is being cancelled (a
+    streaming response is cancelled when its client leaves). Endpoints that answer in one
+    piece are not cancelled and close with `scope.close()` directly."""
     with anyio.CancelScope(shield=True):
         await scope.close(status)
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first; asyncpg then cancels
-    the running statement on the server."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
+    """Await `work` in this task, cancelling it if the client disconnects first; asyncpg then
+    cancels the running statement on the server. One watcher task per call, nothing more:
+    this runs on every query."""
+    task = asyncio.current_task()
+    assert task is not None
+    client_left = False
+
+    async def watch() -> None:
+        nonlocal client_left
+        await _wait_for_disconnect(request)
+        client_left = True
         task.cancel()
-        raise
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not client_left:
+            raise
+        task.uncancel()
+        raise ClientGone from None
     finally:
         watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientGone
 
 
 async def _wait_for_disconnect(request: Request) -> None:

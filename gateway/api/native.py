@@ -117,7 +117,7 @@ async def query(request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
         if not streaming:
-            await close_shielded(scope)
+            await scope.close()
 
 
 async def _start(scope: RequestScope, judged: Judged) -> StatementRun:
@@ -186,7 +186,7 @@ async def batch(request: Request) -> Response:
         scope.record.status = CLIENT_CLOSED_REQUEST
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
-        await close_shielded(scope)
+        await scope.close()
 
 
 async def _run_batch(
@@ -225,7 +225,7 @@ async def explain(request: Request) -> Response:
     except GatewayError as error:
         return error_response(scope, error)
     finally:
-        await close_shielded(scope)
+        await scope.close()
 
 
 async def whoami(request: Request) -> Response:
@@ -248,4 +248,4 @@ async def whoami(request: Request) -> Response:
     except GatewayError as error:
         return error_response(scope, error)
     finally:
-        await close_shielded(scope)
+        await scope.close()

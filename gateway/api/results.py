@@ -8,6 +8,7 @@ orjson call each; nothing here holds more than one batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -44,7 +45,9 @@ def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
 class ResultWriter:
     """Encodes one statement's result, in order: `head`, `rows` per batch, `tail`."""
 
-    def __init__(self, columns: list[Column], *, array_rows: bool, ndjson: bool, max_rows: int, max_bytes: int) -> None:
+    def __init__(
+        self, columns: Sequence[Column], *, array_rows: bool, ndjson: bool, max_rows: int, max_bytes: int
+    ) -> None:
         self.names = [column.name for column in columns]
         self.converters = [json_converter(column.type) for column in columns]
         self.columns_json = [{"name": column.name, "type": column.type.name} for column in columns]

@@ -136,8 +136,10 @@ class Database:
         """A pooled connection within `acquire_timeout`, else 503 `overloaded`; a database
         that cannot be reached is 503 `database_unavailable`."""
         assert self.pool is not None, "Database.open() was not awaited"
+        # With a connection idle, acquiring cannot wait: skip the timeout's machinery.
+        timeout = None if self.pool.get_idle_size() else self.config.acquire_timeout
         try:
-            proxy = await self.pool.acquire(timeout=self.config.acquire_timeout)
+            proxy = await self.pool.acquire(timeout=timeout)
         except TimeoutError:
             raise overloaded() from None
         except CONNECTION_ERRORS:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import asyncpg
 from asyncpg.cursor import BaseCursor
+from asyncpg.types import Attribute
 
 from gateway.db.pool import GatewayConnection
 from gateway.db.types import parameter_value
@@ -47,21 +49,20 @@ def sql_string(text: str) -> str:
 
 @dataclass(frozen=True)
 class TransactionSettings:
+    """What a transaction is set up with, apart from the per-request tag and claims: one per
+    identity and transaction mode, so its SQL is built once."""
+
     role: str
     schemas: tuple[str, ...]
-    claims_json: str
     statement_timeout_ms: int
     lock_timeout_ms: int
     idle_timeout_ms: int
-    application_name: str
     isolation: str = "read committed"
     read_only: bool = False
     deferrable: bool = False
 
-    def setup_sql(self) -> str:
-        """BEGIN and every setting in one simple-query message: two statements for the server
-        to run instead of one per setting. `set_config(..., true)` is `SET LOCAL`; for
-        `role` it checks membership exactly as `SET LOCAL ROLE` does."""
+    @cached_property
+    def _setup_prefix(self) -> str:
         mode = "READ ONLY" if self.read_only else "READ WRITE"
         if self.deferrable:
             mode += " DEFERRABLE"
@@ -73,19 +74,26 @@ class TransactionSettings:
             "lock_timeout": str(self.lock_timeout_ms),
             "idle_in_transaction_session_timeout": str(self.idle_timeout_ms),
             "standard_conforming_strings": "on",
-            "application_name": self.application_name,
-            "request.jwt.claims": self.claims_json,
         }
-        calls = ", ".join(
-            f"pg_catalog.set_config({sql_string(name)}, {sql_string(value)}, true)" for name, value in settings.items()
-        )
+        calls = ", ".join(_set_local(name, value) for name, value in settings.items())
         return f"BEGIN ISOLATION LEVEL {ISOLATION_LEVELS[self.isolation]} {mode}; SELECT {calls}"
 
+    def setup_sql(self, application_name: str, claims_json: str) -> str:
+        """BEGIN and every setting in one simple-query message: two statements for the server
+        to run instead of one per setting. `set_config(..., true)` is `SET LOCAL`; for
+        `role` it checks membership exactly as `SET LOCAL ROLE` does."""
+        return (
+            f"{self._setup_prefix}, {_set_local('application_name', application_name)}, "
+            f"{_set_local('request.jwt.claims', claims_json)}"
+        )
 
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: Any  # asyncpg's Type: oid, name, kind, schema
+
+def _set_local(name: str, value: str) -> str:
+    return f"pg_catalog.set_config({sql_string(name)}, {sql_string(value)}, true)"
+
+
+# A result column: asyncpg's Attribute (`name`, and `type` with oid, name, kind, schema).
+Column = Attribute
 
 
 class _Portal(BaseCursor):
@@ -117,7 +125,7 @@ class _Portal(BaseCursor):
 class StatementRun:
     """A running statement: its columns, then batches of rows, then its command tag."""
 
-    def __init__(self, portal: _Portal, columns: list[Column], first_rows: list, batch_size: int) -> None:
+    def __init__(self, portal: _Portal, columns: tuple[Column, ...], first_rows: list, batch_size: int) -> None:
         self._portal = portal
         self.columns = columns
         self._pending: list | None = first_rows
@@ -156,14 +164,15 @@ class StatementRun:
 class Transaction:
     """BEGIN with the settings, statements, COMMIT; ROLLBACK on anything else."""
 
-    def __init__(self, connection: GatewayConnection, settings: TransactionSettings) -> None:
+    def __init__(self, connection: GatewayConnection, settings: TransactionSettings, setup_sql: str) -> None:
         self.connection = connection
         self.settings = settings
+        self._setup_sql = setup_sql
         self.open = False
 
     async def begin(self) -> None:
         try:
-            await self.connection.execute(self.settings.setup_sql())
+            await self.connection.execute(self._setup_sql)
         except Exception as error:
             raise translate_error(error) from None
         self.open = True
@@ -224,8 +233,8 @@ async def settle_cancellation(connection: GatewayConnection) -> None:
     settled.result()
 
 
-def describe_columns(state: Any) -> list[Column]:
-    return [Column(attribute.name, attribute.type) for attribute in state._get_attributes()]
+def describe_columns(state: Any) -> tuple[Column, ...]:
+    return state._get_attributes()
 
 
 # ---------------------------------------------------------------------------- errors

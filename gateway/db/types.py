@@ -15,6 +15,7 @@ import base64
 import math
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -129,6 +130,7 @@ def _array_of(element: Converter) -> Converter:
     return convert
 
 
+@lru_cache(maxsize=1024)
 def json_converter(type_: Any) -> Converter | None:
     """How to turn a column's value into JSON; None when the value is already right
     (text, int8, numeric, uuid, dates, intervals... stay PostgreSQL's text)."""

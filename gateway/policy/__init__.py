@@ -23,7 +23,19 @@ class PolicyEngine:
         self.facts = lru_cache(maxsize=config.analysis_cache_size)(
             partial(analyze, max_bytes=config.max_statement_bytes)
         )
+        # Decisions for the statements callers repeat, per identity (identities are immutable
+        # and named uniquely). Bounded like the analysis cache; emptied whole when full.
+        self._decisions: dict[tuple[str, str], tuple[StatementFacts, Decision]] = {}
+        self._decision_limit = config.analysis_cache_size
 
     def decide(self, identity: Identity, sql: str) -> tuple[StatementFacts, Decision]:
+        key = (identity.name, sql)
+        known = self._decisions.get(key)
+        if known is not None:
+            return known
         facts = self.facts(sql)
-        return facts, decide(identity, facts)
+        result = facts, decide(identity, facts)
+        if len(self._decisions) >= self._decision_limit:
+            self._decisions.clear()
+        self._decisions[key] = result
+        return result
