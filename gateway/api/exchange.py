@@ -6,14 +6,14 @@ stamp `Server-Timing`, and cancel database work when the client leaves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway.api.results import error_body
 from gateway.errors import GatewayError, bad_request, payload_too_large
@@ -23,8 +23,34 @@ T = TypeVar("T")
 JSON = "application/json"
 
 
+CLIENT_CLOSED_REQUEST = 499  # audit status for a client that left before the response
+
+Handler = Callable[[Request, RequestScope], Awaitable[Response]]
+
+
 class ClientGone(Exception):
     """The client disconnected before the response started."""
+
+
+async def answer(request: Request, endpoint: str, handler: Handler) -> Response:
+    """Run one endpoint's handler inside a request scope: errors become their responses,
+    and the scope is closed (connection returned, audit written) when the handler is done —
+    or, for a streaming response, when the stream ends."""
+    scope = open_scope(request, endpoint)
+    response: Response | None = None
+    try:
+        response = await handler(request, scope)
+        return response
+    except GatewayError as error:
+        return error_response(scope, error)
+    except ClientGone:
+        scope.record.status = CLIENT_CLOSED_REQUEST
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        if not isinstance(response, StreamingResponse):
+            if response is not None and not scope.record.status:
+                scope.record.status = response.status_code
+            await scope.close()
 
 
 def open_scope(request: Request, endpoint: str) -> RequestScope:

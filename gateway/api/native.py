@@ -16,12 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.api.exchange import (
+    CLIENT_CLOSED_REQUEST,
     JSON,
-    ClientGone,
+    answer,
     close_shielded,
-    error_response,
     json_response,
-    open_scope,
     read_json,
     scope_headers,
     until_disconnect,
@@ -30,9 +29,6 @@ from gateway.api.results import NDJSON, ResultWriter
 from gateway.db.session import ISOLATION_LEVELS, StatementRun
 from gateway.errors import GatewayError, bad_request
 from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
-
-CLIENT_CLOSED_REQUEST = 499  # audit status for a client that left before the response
-
 
 # ---------------------------------------------------------------------------- body decoding
 
@@ -91,33 +87,23 @@ def _writer(scope: RequestScope, run: StatementRun, *, array_rows: bool, ndjson:
 
 
 async def query(request: Request) -> Response:
-    scope = open_scope(request, "/v1/query")
-    streaming = False
-    try:
-        body = await read_json(request)
-        statement = _statement(body)
-        array_rows = _row_mode(body)
-        ndjson = _wants_ndjson(request)
-        scope.authenticate(request.headers.get("authorization"))
-        judged = scope.judge(statement)
-        run = await until_disconnect(request, _start(scope, judged))
-        writer = _writer(scope, run, array_rows=array_rows, ndjson=ndjson)
-        media_type = NDJSON if ndjson else JSON
-        if run.exhausted:
-            body_bytes = await _whole(scope, run, writer, judged)
-            return Response(body_bytes, media_type=media_type, headers=scope_headers(scope))
-        streaming = True
-        return StreamingResponse(
-            _stream(scope, run, writer, judged), media_type=media_type, headers=scope_headers(scope)
-        )
-    except GatewayError as error:
-        return error_response(scope, error)
-    except ClientGone:
-        scope.record.status = CLIENT_CLOSED_REQUEST
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    finally:
-        if not streaming:
-            await scope.close()
+    return await answer(request, "/v1/query", _query)
+
+
+async def _query(request: Request, scope: RequestScope) -> Response:
+    body = await read_json(request)
+    statement = _statement(body)
+    array_rows = _row_mode(body)
+    ndjson = _wants_ndjson(request)
+    scope.authenticate(request.headers.get("authorization"))
+    judged = scope.judge(statement)
+    run = await until_disconnect(request, _start(scope, judged))
+    writer = _writer(scope, run, array_rows=array_rows, ndjson=ndjson)
+    media_type = NDJSON if ndjson else JSON
+    if run.exhausted:
+        body_bytes = await _whole(scope, run, writer, judged)
+        return Response(body_bytes, media_type=media_type, headers=scope_headers(scope))
+    return StreamingResponse(_stream(scope, run, writer, judged), media_type=media_type, headers=scope_headers(scope))
 
 
 async def _start(scope: RequestScope, judged: Judged) -> StatementRun:
@@ -171,22 +157,17 @@ def _account(scope: RequestScope, writer: ResultWriter, status: int) -> None:
 async def batch(request: Request) -> Response:
     """All statements in one transaction; the response is sent after COMMIT, so its status
     says whether the whole batch happened. Results are bounded by the identity's limits."""
-    scope = open_scope(request, "/v1/batch")
-    try:
-        body = await read_json(request)
-        statements, options = _batch(body)
-        array_rows = _row_mode(body)
-        scope.authenticate(request.headers.get("authorization"))
-        judged = [scope.judge(statement) for statement in statements]
-        parts = await until_disconnect(request, _run_batch(scope, judged, options, array_rows))
-        return Response(b'{"results":[' + b",".join(parts) + b"]}", media_type=JSON, headers=scope_headers(scope))
-    except GatewayError as error:
-        return error_response(scope, error)
-    except ClientGone:
-        scope.record.status = CLIENT_CLOSED_REQUEST
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    finally:
-        await scope.close()
+    return await answer(request, "/v1/batch", _batch_answer)
+
+
+async def _batch_answer(request: Request, scope: RequestScope) -> Response:
+    body = await read_json(request)
+    statements, options = _batch(body)
+    array_rows = _row_mode(body)
+    scope.authenticate(request.headers.get("authorization"))
+    judged = [scope.judge(statement) for statement in statements]
+    parts = await until_disconnect(request, _run_batch(scope, judged, options, array_rows))
+    return Response(b'{"results":[' + b",".join(parts) + b"]}", media_type=JSON, headers=scope_headers(scope))
 
 
 async def _run_batch(
@@ -215,37 +196,30 @@ async def _run_batch(
 
 
 async def explain(request: Request) -> Response:
-    scope = open_scope(request, "/v1/explain")
-    try:
-        statement = _statement(await read_json(request))
-        scope.authenticate(request.headers.get("authorization"))
-        judged = scope.explain(statement)
-        scope.record.status = 200
-        return json_response(scope, judged.decision.as_json())
-    except GatewayError as error:
-        return error_response(scope, error)
-    finally:
-        await scope.close()
+    return await answer(request, "/v1/explain", _explain)
+
+
+async def _explain(request: Request, scope: RequestScope) -> Response:
+    statement = _statement(await read_json(request))
+    scope.authenticate(request.headers.get("authorization"))
+    return json_response(scope, scope.explain(statement).decision.as_json())
 
 
 async def whoami(request: Request) -> Response:
-    scope = open_scope(request, "/v1/whoami")
-    try:
-        caller = scope.authenticate(request.headers.get("authorization"))
-        identity = caller.identity
-        scope.record.status = 200
-        return json_response(
-            scope,
-            {
-                "identity": identity.name,
-                "role": identity.role,
-                "issuer": caller.token.issuer,
-                "subject": caller.token.claims.get("sub"),
-                "schemas": list(identity.schemas),
-                "limits": identity.limits(),
-            },
-        )
-    except GatewayError as error:
-        return error_response(scope, error)
-    finally:
-        await scope.close()
+    return await answer(request, "/v1/whoami", _whoami)
+
+
+async def _whoami(request: Request, scope: RequestScope) -> Response:
+    caller = scope.authenticate(request.headers.get("authorization"))
+    identity = caller.identity
+    return json_response(
+        scope,
+        {
+            "identity": identity.name,
+            "role": identity.role,
+            "issuer": caller.token.issuer,
+            "subject": caller.token.claims.get("sub"),
+            "schemas": list(identity.schemas),
+            "limits": identity.limits(),
+        },
+    )
