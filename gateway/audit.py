@@ -1,20 +1,27 @@
 """One audit record per request, as a JSON line, on its own sink (stdout, a file, or off).
 
-Owns the record's fields (SPEC §6) and writing them. Never the token, parameter values or
-any secret: the record is built from named fields only.
+Owns the record's fields (SPEC §6), writing them, the optional hash chain (each record
+carries the SHA-256 of the line before it, so a removed or edited line is detectable) and
+its verification, and reopening a file sink for log rotation. Never the token, parameter
+values or any secret: the record is built from named fields only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 FLUSH_DELAY = 0.05
+GENESIS = "0" * 64  # the `prev` of the first record of a chain that starts in an empty file
 
 
 @dataclass
@@ -50,21 +57,70 @@ class AuditRecord:
         return record
 
 
+def line_hash(line: bytes) -> str:
+    """The chain link: SHA-256 of a record's line, without its newline."""
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last non-empty line of a file, read from its end (audit files grow large)."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        block = min(size, 64 * 1024)
+        while block:
+            handle.seek(size - block)
+            lines = handle.read(block).rstrip(b"\n").split(b"\n")
+            if len(lines) > 1 or block == size:
+                return lines[-1] or None
+            block = min(size, block * 2)
+    return None
+
+
 class AuditSink:
-    def __init__(self, target: str) -> None:
-        self._stream: IO[bytes] | None
-        if target == "off":
+    """Writes records to `target`: "stdout", "off", or a file path (`{pid}` in it becomes the
+    process id, so several workers can each keep an unbroken chain)."""
+
+    def __init__(self, target: str, *, chain: bool = False) -> None:
+        self.target = target
+        self.chain = chain
+        self._prev = GENESIS
+        self._stream: IO[bytes] | None = None
+        self._flush_pending = False
+        self._path = Path(target.replace("{pid}", str(os.getpid()))) if target not in ("stdout", "off") else None
+        self._open()
+
+    def _open(self) -> None:
+        if self.target == "off":
             self._stream = None
-        elif target == "stdout":
+        elif self._path is None:
             self._stream = sys.stdout.buffer
         else:
-            self._stream = open(target, "ab")  # noqa: SIM115 - held open for the process's life
-        self._flush_pending = False
+            if self.chain and self._prev == GENESIS and self._path.exists():
+                last = _last_line(self._path)
+                self._prev = line_hash(last) if last else GENESIS
+            self._stream = open(self._path, "ab")  # noqa: SIM115 - held open until reopened or closed
+
+    def reopen(self) -> None:
+        """For log rotation (SIGHUP): close the file and open the path again. The chain runs on
+        across files: the first record of the new file links to the last of the old one."""
+        if self._path is None:
+            return
+        self.flush()
+        if self._stream is not None:
+            self._stream.close()
+        self._open()
 
     def write(self, record: AuditRecord) -> None:
         if self._stream is None:
             return
-        self._stream.write(orjson.dumps(record.finished(), option=orjson.OPT_APPEND_NEWLINE))
+        fields = record.finished()
+        if self.chain:
+            fields["prev"] = self._prev
+        line = orjson.dumps(fields)
+        if self.chain:
+            self._prev = line_hash(line)
+        self._stream.write(line + b"\n")
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -89,3 +145,34 @@ class AuditSink:
         self.flush()
         if self._stream is not None and self._stream is not sys.stdout.buffer:
             self._stream.close()
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    line: int  # 1-based line number of the first record whose link does not hold
+    problem: str
+
+
+def verify_chain(lines: Iterable[bytes], *, from_genesis: bool = False) -> tuple[int, ChainBreak | None]:
+    """Check every record's `prev` against the line before it. Returns the number of records
+    and the first break, if any. The first record may link to a rotated-away file unless
+    `from_genesis` says the chain must start here."""
+    prev: str | None = None
+    count = 0
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip(b"\n")
+        if not line:
+            continue
+        count += 1
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return count, ChainBreak(number, "not a JSON record")
+        link = record.get("prev") if isinstance(record, dict) else None
+        if not isinstance(link, str):
+            return count, ChainBreak(number, "record has no prev link")
+        expected = prev if prev is not None else (GENESIS if from_genesis else link)
+        if link != expected:
+            return count, ChainBreak(number, "prev does not match the line before: a record was removed or edited")
+        prev = line_hash(line)
+    return count, None

@@ -109,6 +109,21 @@ def _claim(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from gateway.audit import verify_chain
+
+    try:
+        with open(args.file, "rb") as handle:
+            count, broken = verify_chain(handle, from_genesis=args.from_genesis)
+    except OSError as error:
+        return _fail(f"cannot read {args.file}: {error.strerror}")
+    if broken is not None:
+        print(f"{args.file}:{broken.line}: chain broken: {broken.problem}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: {count} records, chain intact")
+    return 0
+
+
 def cmd_config_validate(args: argparse.Namespace) -> int:
     config = _load(args)
     store = config.secret_store()
@@ -162,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config")
     validate.add_argument("--env")
     validate.set_defaults(handler=cmd_config_validate)
+    audit = commands.add_parser("audit", help="audit log tools")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="check an audit file's hash chain")
+    verify.add_argument("file")
+    verify.add_argument("--from-genesis", action="store_true", help="the chain must start in this file")
+    verify.set_defaults(handler=cmd_audit_verify)
     return parser
 
 

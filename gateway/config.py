@@ -122,7 +122,16 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    sink: str = "stdout"  # "stdout", "off", or a file path (relative to the config file)
+    sink: str = "stdout"  # "stdout", "off", or a file path (relative to the config file; {pid} allowed)
+    chain: bool = False  # each record carries the SHA-256 of the one before
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: LogLevel = "info"  # operational logs: JSON lines on stderr, apart from the audit sink
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     issuers: tuple[IssuerConfig, ...] = ()
     identities: tuple[IdentityConfig, ...] = ()
     # Where the file was read from; not a TOML key.

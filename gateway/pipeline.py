@@ -8,10 +8,14 @@ request's journey through them, and writes exactly one audit record when it clos
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import re
+import signal
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +28,7 @@ from gateway.db.session import StatementRun, Transaction, TransactionSettings
 from gateway.errors import GatewayError, bad_request, policy_denied
 from gateway.identity import Identity, IdentityResolver
 from gateway.limits import IdentityLimits
+from gateway.metrics import GatewayMetrics
 from gateway.policy import Decision, PolicyEngine, StatementFacts
 from gateway.secrets import SecretStore
 
@@ -74,6 +79,13 @@ def trace_id_from(traceparent: str | None) -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
+def _on_sighup(callback: Callable[[], None]) -> None:
+    """Log rotation: `kill -HUP` reopens the audit file. Only a server's main thread can
+    receive signals; elsewhere (tests, embedding) this is skipped."""
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -92,6 +104,7 @@ class Pipeline:
         self.database = database
         self.audit = audit
         self.limits = IdentityLimits()
+        self.metrics = GatewayMetrics()
         # One per identity and transaction mode: a small, bounded set.
         self._transaction_settings: dict[tuple[str, TransactionOptions], TransactionSettings] = {}
 
@@ -104,10 +117,11 @@ class Pipeline:
             identities=IdentityResolver.from_config(config),
             policy=PolicyEngine(config.policy),
             database=Database(config.database, secrets),
-            audit=AuditSink(config.audit.sink),
+            audit=AuditSink(config.audit.sink, chain=config.audit.chain),
         )
 
     async def start(self) -> None:
+        _on_sighup(self.audit.reopen)
         await self.database.open()
         if self.config.database.check_login_role:
             await self.database.check_login_role([identity.role for identity in self.identities.identities])
@@ -159,6 +173,7 @@ class RequestScope:
     judged: list[Judged] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: {"auth": 0.0, "policy": 0.0, "db": 0.0})
     transaction: Transaction | None = None
+    error: GatewayError | None = None  # what the request failed with, if it failed
     _exit_stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _closed: bool = False
 
@@ -255,6 +270,7 @@ class RequestScope:
             self.timings["db"] += time.perf_counter() - started
 
     def fail(self, error: GatewayError) -> None:
+        self.error = error
         self.record.status = error.status
         self.record.sqlstate = error.sqlstate
 
@@ -269,8 +285,12 @@ class RequestScope:
             await self._exit_stack.aclose()
         finally:
             self.pipeline.audit.write(self.record)
+            self.pipeline.metrics.observe(self)
+            self.pipeline.metrics.observe_pool(*self.pipeline.database.pool_state())
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.record.started
 
     def server_timing(self) -> str:
-        total = (time.perf_counter() - self.record.started) * 1000
         parts = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.timings.items()]
-        return ", ".join([*parts, f"total;dur={total:.2f}"])
+        return ", ".join([*parts, f"total;dur={self.elapsed() * 1000:.2f}"])

@@ -15,6 +15,7 @@ from gateway.api import create_app
 from gateway.config import GatewayConfig, load_config
 from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
 from gateway.errors import GatewayError
+from gateway.logs import configure_logging
 
 
 async def preflight(config: GatewayConfig) -> str | None:
@@ -35,12 +36,15 @@ async def preflight(config: GatewayConfig) -> str | None:
 
 def app_from_environment() -> Starlette:
     """The app for uvicorn's worker processes, which re-read the configuration file."""
-    return create_app(load_config(os.environ["GATEWAY_CONFIG"], env=os.environ.get("GATEWAY_ENV") or None))
+    config = load_config(os.environ["GATEWAY_CONFIG"], env=os.environ.get("GATEWAY_ENV") or None)
+    configure_logging(config.logging.level)
+    return create_app(config)
 
 
 def serve(
     config: GatewayConfig, *, host: str, port: int, workers: int, config_path: str | None, env: str | None
 ) -> int:
+    configure_logging(config.logging.level)
     problem = asyncio.run(preflight(config))
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
@@ -53,7 +57,8 @@ def serve(
         access_log=False,
         proxy_headers=False,  # the audit's clientIp is the peer; forwarded headers are not trusted
         lifespan="on",
-        log_level="info",
+        log_config=None,  # uvicorn's loggers go through the gateway's JSON handler
+        log_level=config.logging.level,
         timeout_graceful_shutdown=10,
     )
     if workers > 1:

@@ -171,12 +171,20 @@ def jwt_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+# Every token minted and every gateway log of the session, for the check that no gateway
+# output ever contains a token or a secret (tests/test_zz_no_secrets_in_output.py).
+MINTED_TOKENS: list[str] = []
+GATEWAY_LOGS: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def mint(jwt_secret: str) -> Callable[..., str]:
     """`mint("orders-worker", tenant="acme")` -> a valid token from the test issuer."""
 
     def mint_token(subject: str, ttl: float = 600, **claims: Any) -> str:
-        return mint_hs256_token(DEV_ISSUER, jwt_secret, subject, ttl, claims)
+        token = mint_hs256_token(DEV_ISSUER, jwt_secret, subject, ttl, claims)
+        MINTED_TOKENS.append(token)
+        return token
 
     return mint_token
 
@@ -338,6 +346,7 @@ def launch_gateway(database: PgServer, tls_files: TlsFiles, gateway_env: dict[st
         text = config_text or gateway_config_text(database, tls_files, **overrides)
         gateway = start_gateway(text, tmp_path_factory.mktemp("gateway"), {**gateway_env, **(env or {})})
         started.append(gateway)
+        GATEWAY_LOGS.append(gateway.log_path)
         return gateway
 
     yield launch

@@ -5,6 +5,7 @@ errors raised outside an endpoint (unknown paths, oversized bodies, internal fai
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -36,8 +37,9 @@ def _error_json(error: GatewayError, request_id: str) -> bytes:
 
 class RequestIdentifier:
     """Gives each request one id (the caller's `X-Request-Id` when sane, else a new one), kept
-    in the scope's state for endpoints and error handlers, and stamps it on every response
-    that does not carry it yet (health checks, framework errors)."""
+    in the scope's state for endpoints and error handlers, and stamps it — with a
+    `Server-Timing` total — on every response that does not carry them yet (health checks,
+    framework errors)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -48,12 +50,15 @@ class RequestIdentifier:
             return
         request_id = request_id_from(Headers(scope=scope).get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers.append("X-Request-Id", request_id)
+                if "server-timing" not in headers:
+                    headers.append("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -110,6 +115,11 @@ async def readyz(request: Request) -> Response:
     )
 
 
+async def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.pipeline.metrics.render()
+    return Response(body, media_type=content_type)
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "bad_request")
@@ -145,6 +155,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
             await pipeline.stop()
 
     routes = [
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/query", native.query, methods=["POST"]),
         Route("/v1/batch", native.batch, methods=["POST"]),
         Route("/v1/explain", native.explain, methods=["POST"]),

@@ -65,6 +65,7 @@ class Database:
         self.pool: asyncpg.Pool | None = None
         self._codec_types: list[str] | None = None
         self._key_dir: tempfile.TemporaryDirectory | None = None
+        self.waiting = 0  # requests waiting for a connection (the pool does not say)
 
     # -------------------------------------------------------------- connecting
 
@@ -137,13 +138,17 @@ class Database:
         that cannot be reached is 503 `database_unavailable`."""
         assert self.pool is not None, "Database.open() was not awaited"
         # With a connection idle, acquiring cannot wait: skip the timeout's machinery.
-        timeout = None if self.pool.get_idle_size() else self.config.acquire_timeout
+        idle = self.pool.get_idle_size()
+        timeout = None if idle else self.config.acquire_timeout
+        self.waiting += not idle
         try:
             proxy = await self.pool.acquire(timeout=timeout)
         except TimeoutError:
             raise overloaded() from None
         except CONNECTION_ERRORS:
             raise database_unavailable() from None
+        finally:
+            self.waiting -= not idle
         # The connection itself, not the pool's proxy: asyncpg's cursors and prepared
         # statements outlive the proxy's lease (they are collected after release).
         connection: GatewayConnection = proxy._con
@@ -157,6 +162,13 @@ class Database:
             await self.pool.release(proxy, timeout=self.config.acquire_timeout)
         except Exception:  # a connection that cannot be reset is dropped, never reused
             connection.terminate()
+
+    def pool_state(self) -> tuple[int, int, int]:
+        """(connections in use, idle, requests waiting for one)."""
+        if self.pool is None:
+            return 0, 0, self.waiting
+        idle = self.pool.get_idle_size()
+        return self.pool.get_size() - idle, idle, self.waiting
 
     async def ping(self, timeout: float = 2.0) -> bool:
         try:

@@ -1,0 +1,96 @@
+"""Prometheus metrics: what each request did, observed once when it closes, and the pool's
+state; rendered for `GET /metrics`.
+
+Owns metric names, labels and buckets. With several workers set `PROMETHEUS_MULTIPROC_DIR`
+(an empty directory shared by the workers): prometheus-client then keeps each worker's values
+in files there and `/metrics` in any worker reports the sum (see README).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from gateway.pipeline import RequestScope
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        # In multiprocess mode values live in the shared directory, not in a registry.
+        registry = None if self.multiprocess else CollectorRegistry()
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests", "Requests by identity, endpoint and status",
+            ["identity", "endpoint", "status"], registry=registry,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds", "Time spent per request, by phase (auth, policy, db, total)",
+            ["phase"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.policy_denials = Counter(
+            "gateway_policy_denials", "Statements denied by policy, by identity and reason category",
+            ["identity", "reason"], registry=registry,
+        )
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Tokens refused, by stable reason code", ["reason"], registry=registry
+        )
+        self.jwks_refreshes = Counter(
+            "gateway_jwks_refreshes", "JWKS fetches, by issuer and outcome", ["issuer", "outcome"], registry=registry
+        )
+        self.rows = Counter("gateway_rows_streamed", "Result rows sent, by identity", ["identity"], registry=registry)
+        self.bytes = Counter(
+            "gateway_bytes_streamed", "Result bytes sent, by identity", ["identity"], registry=registry
+        )
+        pool_mode = {"multiprocess_mode": "livesum"}
+        self.pool_in_use = Gauge("gateway_pool_in_use", "Connections lent out", registry=registry, **pool_mode)
+        self.pool_idle = Gauge("gateway_pool_idle", "Connections idle in the pool", registry=registry, **pool_mode)
+        self.pool_waiting = Gauge(
+            "gateway_pool_waiting", "Requests waiting for a connection", registry=registry, **pool_mode
+        )
+
+    def observe(self, scope: RequestScope) -> None:
+        """Everything one finished request contributes, in one place."""
+        record = scope.record
+        identity = record.identity or ""
+        self.requests.labels(identity, record.endpoint, str(record.status)).inc()
+        for phase, seconds in scope.timings.items():
+            self.latency.labels(phase).observe(seconds)
+        self.latency.labels("total").observe(scope.elapsed())
+        error = scope.error
+        if error is not None and error.code == "unauthenticated":
+            self.auth_failures.labels(error.detail or "invalid_token").inc()
+        for judged in scope.judged:
+            if not judged.decision.allowed:
+                self.policy_denials.labels(identity, judged.decision.category or "denied").inc()
+        if record.rows:
+            self.rows.labels(identity).inc(record.rows)
+        if record.bytes:
+            self.bytes.labels(identity).inc(record.bytes)
+
+    def observe_pool(self, in_use: int, idle: int, waiting: int) -> None:
+        self.pool_in_use.set(in_use)
+        self.pool_idle.set(idle)
+        self.pool_waiting.set(waiting)
+
+    def render(self) -> tuple[bytes, str]:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        assert self.registry is not None
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
