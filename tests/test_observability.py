@@ -16,7 +16,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SLOW_SQL, Api, GatewayProcess, eventually
+from conftest import GATEWAY_LOGS, SLOW_SQL, Api, GatewayProcess, eventually, start_gateway
 from gateway.audit import verify_chain
 
 
@@ -228,3 +228,35 @@ def test_metrics_parse_and_counters_move_with_requests(launch_gateway, mint):
     assert moved("gateway_rows_streamed_total", identity="writer") >= 1
     assert moved("gateway_request_duration_seconds_count", phase="db") == 3
     assert ("gateway_pool_idle", ()) in after and ("gateway_pool_waiting", ()) in after
+
+
+def test_metrics_with_several_workers_report_the_sum_of_all_workers(
+    gateway_config, gateway_env, mint, tmp_path_factory
+):
+    folder = tmp_path_factory.mktemp("workers")
+    (folder / "prometheus").mkdir()
+    env = {**gateway_env, "PROMETHEUS_MULTIPROC_DIR": str(folder / "prometheus")}
+    gateway = start_gateway(gateway_config(), folder, env, extra_args=("--workers", "2"))
+    GATEWAY_LOGS.append(gateway.log_path)
+    try:
+        headers = {"Authorization": f"Bearer {mint('writer', tenant='acme')}"}
+        # New connections each time, so both workers take some of the requests.
+        for _ in range(20):
+            response = httpx.post(f"{gateway.url}/v1/query", json={"sql": "select 1 from orders"}, headers=headers)
+            assert response.status_code == 200
+        served = _samples(gateway)[
+            ("gateway_requests_total", (("endpoint", "/v1/query"), ("identity", "writer"), ("status", "200")))
+        ]
+        assert served == 20
+        assert len(_worker_pids(gateway)) == 2
+    finally:
+        gateway.stop()
+
+
+def _worker_pids(gateway: GatewayProcess) -> set[str]:
+    """From uvicorn's "Started server process [PID]" lines."""
+    return {
+        line.split("[", 1)[1].split("]", 1)[0]
+        for line in gateway.output().splitlines()
+        if "Started server process" in line
+    }
