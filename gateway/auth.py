@@ -1,16 +1,17 @@
 """Bearer token -> verified claims.
 
-Owns the issuers (key material per issuer), the checks every token must pass, and a
-bounded cache of tokens already verified. It does not decide who a caller is (see
-`gateway.identity`). Every failure is `unauthenticated(<stable reason>)`; the details of a
-failed check never reach the caller.
+Owns the checks every token must pass, the issuers' key lookup (`TokenIssuer`: a shared
+secret here, an OIDC issuer's JWKS in `gateway.jwks`), and a bounded cache of tokens already
+verified. It does not decide who a caller is (see `gateway.identity`). Every failure is
+`unauthenticated(<stable reason>)`; the details of a failed check never reach the caller.
 
-Issuers implement `TokenIssuer`: a shared-secret (HS256) issuer today; JWKS-backed issuers
-plug in by providing `signing_key` for a token header.
+Verification is synchronous and a cache hit does no I/O and no cryptography; only a token
+whose `kid` the issuer's loaded keys do not know awaits one (rate-limited) key fetch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,11 +33,17 @@ from jwt.exceptions import (
 )
 
 from gateway.config import GatewayConfig, IssuerConfig
-from gateway.errors import unauthenticated
+from gateway.errors import GatewayError, unauthenticated
+from gateway.jwks import FetchListener, JwksIssuer, KeyNotFound
 from gateway.secrets import MissingSecret, SecretStore
 
-HMAC_ALGORITHMS = ("HS256",)
 VERIFIED_TOKEN_CACHE_SIZE = 10_000
+# Headers that point at a key other than the issuer's own (a URL to fetch, or the key itself).
+# Keys come only from the configuration; a token carrying one of these is refused outright.
+KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
+# Issuer states in which tokens verify (`stale`: the issuer is unreachable, its last good
+# keys are still used).
+READY_STATES = frozenset({"ok", "stale"})
 
 # PyJWT exception -> the stable reason code callers see.
 FAILURE_REASONS: tuple[tuple[type[PyJWTError], str], ...] = (
@@ -62,28 +69,47 @@ class VerifiedToken:
 
 class TokenIssuer(Protocol):
     config: IssuerConfig
+    algorithms: list[str]
 
-    def signing_key(self, header: dict[str, Any]) -> Any: ...
+    def signing_key(self, header: dict[str, Any]) -> Any:
+        """The key for a token with this (unverified) header, compared with `==` to see
+        whether a cached token's key is still current. No I/O beyond a secret file's stat."""
+        ...
 
-    @property
-    def algorithms(self) -> list[str]: ...
+    def status(self) -> str:
+        """"ok", or why tokens of this issuer cannot be verified now (for /readyz)."""
+        ...
+
+    async def start(self, on_fetch: FetchListener | None = None) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class SharedSecretIssuer:
     """An HS256 issuer whose secret is read by name (re-read when its file changes)."""
 
     def __init__(self, config: IssuerConfig, secrets: SecretStore) -> None:
-        assert config.hs256_secret is not None
+        assert config.hs256_secret is not None and config.algorithms is not None
         self.config = config
+        self.algorithms = list(config.algorithms)
         self._secrets = secrets
         self._secret_name = config.hs256_secret
 
-    @property
-    def algorithms(self) -> list[str]:
-        return list(HMAC_ALGORITHMS)
-
     def signing_key(self, header: dict[str, Any]) -> bytes:
         return self._secrets.get(self._secret_name).encode()
+
+    def status(self) -> str:
+        try:
+            self._secrets.get(self._secret_name)
+        except MissingSecret:
+            return "secret_missing"
+        return "ok"
+
+    async def start(self, on_fetch: FetchListener | None = None) -> None:
+        """Nothing to load: the secret is read when a token is checked."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +127,7 @@ class TokenVerifier:
     """Verifies bearer tokens against the configured issuers."""
 
     def __init__(self, issuers: list[TokenIssuer], cache_size: int = VERIFIED_TOKEN_CACHE_SIZE) -> None:
+        self._issuers = issuers
         self._by_iss = {issuer.config.issuer: issuer for issuer in issuers}
         self._cache: OrderedDict[str, _CachedToken] = OrderedDict()
         self._cache_size = cache_size
@@ -110,17 +137,36 @@ class TokenVerifier:
 
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore) -> TokenVerifier:
-        return cls([SharedSecretIssuer(issuer, secrets) for issuer in config.issuers])
+        return cls([issuer_for(issuer, secrets) for issuer in config.issuers])
 
-    def verify_header(self, authorization: str | None) -> VerifiedToken:
-        if not authorization:
-            raise unauthenticated("missing_token")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise unauthenticated("not_bearer")
-        return self.verify(token.strip())
+    async def start(self, on_fetch: FetchListener | None = None) -> None:
+        """Load every OIDC issuer's keys; one that cannot be reached is retried in the background."""
+        await asyncio.gather(*(issuer.start(on_fetch) for issuer in self._issuers))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(issuer.close() for issuer in self._issuers))
+
+    def issuer_status(self) -> dict[str, str]:
+        return {issuer.config.name: issuer.status() for issuer in self._issuers}
+
+    async def verify_header(self, authorization: str | None) -> VerifiedToken:
+        """The request path: like `verify`, but a token whose kid the issuer's keys do not know
+        waits for one fetch of them (shared with concurrent callers, rate-limited) first."""
+        token = bearer_token(authorization)
+        try:
+            return self._verify(token)
+        except KeyNotFound as missing:
+            await missing.issuer.refresh_for_unknown_key()
+        return self.verify(token)
 
     def verify(self, token: str) -> VerifiedToken:
+        """The claims of a valid token, from the keys loaded now."""
+        try:
+            return self._verify(token)
+        except KeyNotFound as missing:
+            raise unauthenticated(missing.reason) from None
+
+    def _verify(self, token: str) -> VerifiedToken:
         # Before any parsing, and before hashing the text for the cache. A token is base64url
         # and dots, so a non-ASCII one is malformed and its length in characters is in bytes.
         if len(token) > self.max_token_bytes:
@@ -129,7 +175,7 @@ class TokenVerifier:
             raise unauthenticated("malformed_token")
         cached = self._cache.get(token)
         if cached is not None:
-            if cached.verified.expires_at > time.time() and _signing_key(cached.issuer, cached.header) == cached.key:
+            if _still_valid(cached):
                 self._cache.move_to_end(token)
                 return cached.verified
             del self._cache[token]
@@ -148,6 +194,8 @@ class TokenVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except PyJWTError:
             raise unauthenticated("malformed_token") from None
+        if any(name in header for name in KEY_REFERENCE_HEADERS):
+            raise unauthenticated("untrusted_key_header")
         issuer = self._by_iss.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
         if issuer is None:
             raise unauthenticated("unknown_issuer")
@@ -177,6 +225,32 @@ class TokenVerifier:
             claims_json=orjson.dumps(claims).decode(),
         )
         return _CachedToken(verified, issuer, header, key)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not authorization:
+        raise unauthenticated("missing_token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthenticated("not_bearer")
+    return token.strip()
+
+
+def issuer_for(config: IssuerConfig, secrets: SecretStore) -> TokenIssuer:
+    """A shared-secret issuer, or an OIDC issuer verifying with its JWKS."""
+    return JwksIssuer(config) if config.is_oidc else SharedSecretIssuer(config, secrets)
+
+
+def _still_valid(cached: _CachedToken) -> bool:
+    """Not past exp, and its issuer would still verify it with the same key: a rotated secret
+    or a key gone from the JWKS drops it."""
+    if cached.verified.expires_at <= time.time():
+        return False
+    try:
+        return _signing_key(cached.issuer, cached.header) == cached.key
+    except (GatewayError, KeyNotFound):
+        return False
 
 
 def _signing_key(issuer: TokenIssuer, header: dict[str, Any]) -> Any:

@@ -1,4 +1,5 @@
-"""The `gateway` command: serve, dev, check, token, config validate (SPEC §7).
+"""The `gateway` command: serve, dev, check, token, config validate, catalog dump, audit
+verify (SPEC §7).
 
 Owns argument parsing and exit codes; each command calls into the package and prints.
 Exit codes: 0 success (or "allowed"), 1 denied or failed, 2 usage or configuration error.
@@ -7,6 +8,7 @@ Exit codes: 0 success (or "allowed"), 1 denied or failed, 2 usage or configurati
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.auth import mint_hs256_token
+from gateway.catalog import CatalogError, CatalogSnapshot, dump_snapshot, load_snapshot
 from gateway.config import ConfigError, GatewayConfig, load_config, missing_secrets, parse_duration, redacted
 from gateway.secrets import MissingSecret
 
@@ -71,10 +74,57 @@ def cmd_check(args: argparse.Namespace) -> int:
     identity = IdentityResolver.from_config(config).by_name(args.identity)
     if identity is None:
         return _fail(f'no identity named "{args.identity}" in {config.source}')
+    if args.snapshot:
+        catalog = load_snapshot(args.snapshot)
+    elif args.database:
+        catalog = _read_catalog(config)
+    else:
+        catalog = None
+        print(
+            "gateway: no catalog snapshot (--snapshot FILE or --database): unqualified tables must be allowed in "
+            "every schema of the search path, and functions shadowing built-ins go unnoticed",
+            file=sys.stderr,
+        )
     sql = args.sql if args.sql is not None else sys.stdin.read()
-    _, decision = PolicyEngine(config.policy).decide(identity, sql)
+    _, decision = PolicyEngine(config.policy, catalog).decide(identity, sql)
     _print_json(decision.as_json())
     return 0 if decision.allowed else 1
+
+
+class CatalogUnavailable(Exception):
+    """The catalog snapshot could not be read from the database."""
+
+
+def _read_catalog(config: GatewayConfig) -> CatalogSnapshot:
+    from gateway.db.catalog import read_catalog
+    from gateway.db.pool import CONNECTION_ERRORS, Database
+    from gateway.errors import GatewayError
+
+    async def read() -> CatalogSnapshot:
+        database = Database(config.database, config.secret_store())
+        try:
+            await database.open(size=1)
+            async with database.connection() as connection:
+                return await read_catalog(connection)
+        finally:
+            await database.close()
+
+    try:
+        return asyncio.run(read())
+    except (MissingSecret, GatewayError, *CONNECTION_ERRORS) as error:
+        raise CatalogUnavailable(f"cannot read the catalog from {config.database.url}: {error}") from None
+
+
+def cmd_catalog_dump(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        snapshot = _read_catalog(config)
+    except CatalogUnavailable as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        return FAILED
+    sys.stdout.buffer.write(dump_snapshot(snapshot))
+    sys.stdout.flush()
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -160,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--env")
     check.add_argument("--identity", required=True)
     check.add_argument("--sql")
+    source = check.add_mutually_exclusive_group()
+    source.add_argument("--snapshot", metavar="FILE", help="catalog snapshot from `gateway catalog dump`")
+    source.add_argument("--database", action="store_true", help="read the catalog from the configured database")
     check.set_defaults(handler=cmd_check)
 
     token = commands.add_parser("token", help="mint a token for an HS256 (dev) issuer")
@@ -177,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config")
     validate.add_argument("--env")
     validate.set_defaults(handler=cmd_config_validate)
+    catalog = commands.add_parser("catalog", help="catalog snapshot tools")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    dump = catalog_commands.add_parser("dump", help="print the database's catalog snapshot as JSON")
+    dump.add_argument("--config")
+    dump.add_argument("--env")
+    dump.set_defaults(handler=cmd_catalog_dump)
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="check an audit file's hash chain")
@@ -190,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except ConfigError as error:
+    except (ConfigError, CatalogError, CatalogUnavailable) as error:
         return _fail(str(error))
     except argparse.ArgumentTypeError as error:
         return _fail(str(error))

@@ -41,6 +41,10 @@ TABLE_PATTERN = re.compile(r"^[^.\s\"]+\.(\*|[^.\s\"]+)$")
 # A secret's name is an environment variable name and a file name in secrets_dir: never a path.
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 AUDIT_STREAMS = ("stdout", "off")
+HMAC_ALGORITHMS = ("HS256",)
+# Asymmetric only: an OIDC issuer's keys are public, so an HMAC "signature" keyed with one
+# proves nothing (key confusion), and `none` proves nothing at all.
+OIDC_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 
 
 class ConfigError(ValueError):
@@ -77,17 +81,32 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class IssuerConfig:
+    """A shared-secret issuer (`hs256_secret`) or an OIDC issuer (keys from its JWKS)."""
+
     name: str
     issuer: str
     audience: str
     hs256_secret: str | None = None
-    jwks_uri: str | None = None
-    algorithms: tuple[str, ...] = ()
+    jwks_uri: str | None = None  # OIDC: else from the discovery document
+    algorithms: tuple[str, ...] | None = None  # default: ["HS256"] with hs256_secret, else ["RS256"]
     max_token_lifetime: Seconds = 24 * 3600.0
     leeway: Seconds = 30.0
     jwks_cache: Seconds = 3600.0
     jwks_refresh_min_interval: Seconds = 30.0
+    jwks_max_stale: Seconds = 24 * 3600.0  # last good keys kept this long past jwks_cache while unreachable
+    jwks_fetch_timeout: Seconds = 5.0
+    jwks_ca: ConfigPath | None = None  # CA bundle for the discovery and JWKS URLs (else the system's)
     max_token_bytes: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        # The default depends on the kind of issuer; RS256 is what Google, GitHub Actions, Okta,
+        # Auth0 and Kubernetes sign with.
+        if self.algorithms is None:
+            object.__setattr__(self, "algorithms", HMAC_ALGORITHMS if self.hs256_secret else ("RS256",))
+
+    @property
+    def is_oidc(self) -> bool:
+        return self.hs256_secret is None
 
 
 @dataclass(frozen=True)
@@ -101,8 +120,10 @@ class RuleConfig:
 class IdentityConfig:
     name: str
     issuer: str
-    role: str
+    role: str | None = None  # or, for a role per token, role_claim with its allowlist in roles
     match: dict[str, Any] = field(default_factory=dict)
+    role_claim: str | None = None
+    roles: tuple[str, ...] = ()
     read_only: bool = False
     max_rows: int = 10_000
     max_response_bytes: int = 10 * 1024 * 1024
@@ -113,11 +134,21 @@ class IdentityConfig:
     schemas: tuple[str, ...] = ("public",)
     rules: tuple[RuleConfig, ...] = ()
 
+    def database_roles(self) -> tuple[str, ...]:
+        """Every role a request of this identity may run as."""
+        if self.role_claim is not None:
+            return self.roles
+        return () if self.role is None else (self.role,)
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
     max_statement_bytes: int = 32 * 1024
     analysis_cache_size: int = 4096
+    # New statement texts each identity may have analysed (cache misses cost CPU); over it: 429.
+    analysis_rate: PerSecond = 200.0
+    # How often the catalog snapshot is re-read from the database; 0 turns re-reading off.
+    catalog_refresh: Seconds = 300.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +181,10 @@ class GatewayConfig:
 
     def issuer(self, name: str) -> IssuerConfig:
         return next(issuer for issuer in self.issuers if issuer.name == name)
+
+    def identity_roles(self) -> list[str]:
+        """Every database role some identity may run as: the login must be a member of each."""
+        return sorted({role for identity in self.identities for role in identity.database_roles()})
 
     def secret_store(self) -> SecretStore:
         return SecretStore(Path(self.secrets_dir) if self.secrets_dir else None)
@@ -358,18 +393,7 @@ def _validate(config: GatewayConfig, source: str) -> None:
         if issuer.issuer in issuer_values:
             fail(f"{path}.issuer", f'duplicate issuer "{issuer.issuer}" (each iss may be configured once)')
         issuer_values.add(issuer.issuer)
-        if issuer.hs256_secret is None:
-            fail(
-                path,
-                "expected hs256_secret: this version verifies HS256 (shared-secret) issuers only; "
-                "OIDC/JWKS issuers are not supported yet",
-            )
-        if issuer.algorithms and tuple(issuer.algorithms) != ("HS256",):
-            fail(f"{path}.algorithms", 'expected ["HS256"] for an issuer with hs256_secret')
-        for key in ("jwks_uri",):
-            url = getattr(issuer, key)
-            if url and not _https_or_loopback(url):
-                fail(f"{path}.{key}", "expected an https:// URL (plain http only on loopback hosts)")
+        _validate_issuer(issuer, path, fail)
 
     identity_names = set()
     for i, identity in enumerate(config.identities):
@@ -379,8 +403,7 @@ def _validate(config: GatewayConfig, source: str) -> None:
         identity_names.add(identity.name)
         if identity.issuer not in issuer_names:
             fail(f"{path}.issuer", f'expected the name of an issuer, got "{identity.issuer}"')
-        if not SQL_NAME.match(identity.role):
-            fail(f"{path}.role", "expected a plain role name (letters, digits, _ and $)")
+        _validate_identity_roles(identity, path, fail)
         for j, schema in enumerate(identity.schemas):
             if not SQL_NAME.match(schema):
                 fail(f"{path}.schemas[{j}]", "expected a plain schema name (letters, digits, _ and $)")
@@ -393,6 +416,65 @@ def _validate(config: GatewayConfig, source: str) -> None:
             for table in rule.columns:
                 if not TABLE_PATTERN.match(table) or table.endswith(".*"):
                     fail(f"{path}.rules[{j}].columns.{table}", 'expected a "schema.table" key')
+                if table not in rule.tables and f"{table.split('.')[0]}.*" not in rule.tables:
+                    # Column rules narrow what a rule allows: on a table it does not cover, nothing.
+                    fail(f"{path}.rules[{j}].columns.{table}", "expected a table this rule's tables cover")
+    if config.policy.analysis_rate <= 0:
+        fail("policy.analysis_rate", "expected a rate above zero")
+
+
+Fail = typing.Callable[[str, str], typing.NoReturn]
+# Settings that only an OIDC issuer uses: on a shared-secret issuer they would do nothing.
+OIDC_ONLY_KEYS = ("jwks_uri", "jwks_ca")
+
+
+def _validate_issuer(issuer: IssuerConfig, path: str, fail: Fail) -> None:
+    assert issuer.algorithms is not None  # resolved in IssuerConfig.__post_init__
+    if not issuer.algorithms:
+        fail(f"{path}.algorithms", "expected at least one algorithm")
+    if not issuer.is_oidc:
+        if issuer.algorithms != HMAC_ALGORITHMS:
+            fail(f"{path}.algorithms", 'expected ["HS256"] for an issuer with hs256_secret')
+        for key in OIDC_ONLY_KEYS:
+            if getattr(issuer, key) is not None:
+                fail(f"{path}.{key}", "only for OIDC issuers (this issuer has hs256_secret)")
+        return
+    # Keys fetched over plain http could be swapped by anyone on the path.
+    for key in ("issuer", "jwks_uri"):
+        url = getattr(issuer, key)
+        if url is not None and not is_https_or_loopback(url):
+            fail(f"{path}.{key}", "expected an https:// URL (plain http only on loopback hosts)")
+    for j, algorithm in enumerate(issuer.algorithms):
+        if algorithm not in OIDC_ALGORITHMS:
+            fail(
+                f"{path}.algorithms[{j}]",
+                f"expected one of {', '.join(OIDC_ALGORITHMS)} for an OIDC issuer (never HS* or none), "
+                f"got {algorithm!r}",
+            )
+    for key in ("jwks_cache", "jwks_fetch_timeout"):
+        if getattr(issuer, key) <= 0:
+            fail(f"{path}.{key}", "expected a duration above zero")
+
+
+def _validate_identity_roles(identity: IdentityConfig, path: str, fail: Fail) -> None:
+    """A fixed `role`, or a `role_claim` naming one of an allowlist of `roles`: never a role
+    name taken from a token unchecked."""
+    if identity.role_claim is None:
+        if identity.roles:
+            fail(f"{path}.roles", "only with role_claim (roles lists the roles role_claim may name)")
+        if identity.role is None:
+            fail(f"{path}.role", "required key is missing (or set role_claim and roles)")
+    else:
+        if identity.role is not None:
+            fail(f"{path}.role", "expected either role or role_claim, not both")
+        if not identity.role_claim:
+            fail(f"{path}.role_claim", "expected the name of a claim")
+        if not identity.roles:
+            fail(f"{path}.roles", "expected the roles role_claim may name (an allowlist)")
+    key = "role" if identity.role_claim is None else "roles"
+    for role in identity.database_roles():
+        if not SQL_NAME.match(role):
+            fail(f"{path}.{key}", f"expected a plain role name (letters, digits, _ and $), got {role!r}")
 
 
 def _url_has_password(url: str) -> bool:
@@ -404,7 +486,7 @@ def _url_has_password(url: str) -> bool:
     return in_userinfo or in_query
 
 
-def _https_or_loopback(url: str) -> bool:
+def is_https_or_loopback(url: str) -> bool:
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -59,7 +59,7 @@ def policy_denied(reason: str) -> GatewayError:
 
 
 def payload_too_large(limit: int) -> GatewayError:
-    return GatewayError(f"request body is too large (max is {limit} bytes)", status=413, code="payload_too_large")
+    return GatewayError(f"request is too large (max is {limit} bytes)", status=413, code="payload_too_large")
 
 
 def rate_limited(message: str, retry_after: float) -> GatewayError:
@@ -89,5 +89,13 @@ def database_unavailable(retry_after: int = 2) -> GatewayError:
     )
 
 
-def response_too_large(limit: int) -> GatewayError:
-    return GatewayError(f"response is too large (max is {limit} bytes)", status=507, code="response_too_large")
+def response_too_large(limit: int, unit: str = "bytes") -> GatewayError:
+    return GatewayError(f"response is too large (max is {limit} {unit})", status=507, code="response_too_large")
+
+
+def query_cancelled() -> GatewayError:
+    """The client left while its statement ran; the statement was cancelled on the server.
+    499 is nginx's "client closed request", the status the audit record carries."""
+    return GatewayError(
+        "Query cancelled, connection was terminated", status=499, code="client_closed_request", sqlstate="08P01"
+    )

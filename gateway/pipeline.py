@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import re
@@ -23,6 +24,7 @@ from typing import Any
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
 from gateway.config import GatewayConfig
+from gateway.db.catalog import read_catalog
 from gateway.db.pool import Database
 from gateway.db.session import StatementRun, Transaction, TransactionSettings
 from gateway.errors import GatewayError, bad_request, policy_denied
@@ -35,6 +37,8 @@ from gateway.secrets import SecretStore
 FETCH_BATCH_ROWS = 5000
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+logger = logging.getLogger("gateway")
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,9 @@ def trace_id_from(traceparent: str | None) -> str:
 
 
 def _on_sighup(callback: Callable[[], None]) -> None:
-    """Log rotation: `kill -HUP` reopens the audit file. Only a server's main thread can
-    receive signals; elsewhere (tests, embedding) this is skipped."""
+    """`kill -HUP` reopens the audit file (log rotation) and re-reads the catalog snapshot.
+    Only a server's main thread can receive signals; elsewhere (tests, embedding) this is
+    skipped."""
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
 
@@ -105,8 +110,11 @@ class Pipeline:
         self.audit = audit
         self.limits = IdentityLimits()
         self.metrics = GatewayMetrics()
-        # One per identity and transaction mode: a small, bounded set.
-        self._transaction_settings: dict[tuple[str, TransactionOptions], TransactionSettings] = {}
+        # One per identity, role (several with a role claim) and transaction mode: a small,
+        # bounded set.
+        self._transaction_settings: dict[tuple[str, str, TransactionOptions], TransactionSettings] = {}
+        self._catalog_wanted = asyncio.Event()
+        self._catalog_task: asyncio.Task | None = None
 
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
@@ -115,23 +123,60 @@ class Pipeline:
             config,
             verifier=TokenVerifier.from_config(config, secrets),
             identities=IdentityResolver.from_config(config),
-            policy=PolicyEngine(config.policy),
+            policy=PolicyEngine(config.policy, limit_misses=True),
             database=Database(config.database, secrets),
             audit=AuditSink(config.audit.sink, chain=config.audit.chain),
         )
 
     async def start(self) -> None:
-        _on_sighup(self.audit.reopen)
+        _on_sighup(self._hangup)
         await self.database.open()
         if self.config.database.check_login_role:
-            await self.database.check_login_role([identity.role for identity in self.identities.identities])
+            await self.database.check_login_role(self.config.identity_roles())
+        await self.refresh_catalog()
+        self._catalog_task = asyncio.create_task(self._keep_catalog_fresh())
+        await self.verifier.start(on_fetch=self._count_key_fetch)
+
+    def _count_key_fetch(self, issuer: str, outcome: str) -> None:
+        self.metrics.jwks_refreshes.labels(issuer, outcome).inc()
 
     async def stop(self) -> None:
+        if self._catalog_task is not None:
+            self._catalog_task.cancel()
+        await self.verifier.close()
         await self.database.close()
         self.audit.close()
 
+    def _hangup(self) -> None:
+        self.audit.reopen()
+        self._catalog_wanted.set()
+
+    async def refresh_catalog(self) -> bool:
+        """Read the catalog snapshot the policy resolves names with; True when it changed
+        (decisions made with the old one are dropped)."""
+        async with self.database.connection() as connection:
+            snapshot = await read_catalog(connection)
+        if snapshot == self.policy.catalog:
+            return False
+        self.policy.use_catalog(snapshot)
+        return True
+
+    async def _keep_catalog_fresh(self) -> None:
+        """Every `policy.catalog_refresh` (0: never) and on SIGHUP. A failed read keeps the
+        snapshot in use until the next round."""
+        interval = self.config.policy.catalog_refresh or None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._catalog_wanted.wait(), interval)
+            self._catalog_wanted.clear()
+            try:
+                await self.refresh_catalog()
+            except Exception as error:
+                taken_at = self.policy.catalog.taken_at if self.policy.catalog else "never"
+                logger.warning("catalog snapshot not refreshed (%s); still using the one taken at %s", error, taken_at)
+
     def transaction_settings(self, identity: Identity, options: TransactionOptions) -> TransactionSettings:
-        key = (identity.name, options)
+        key = (identity.name, identity.role, options)
         settings = self._transaction_settings.get(key)
         if settings is None:
             db = self.config.database
@@ -181,10 +226,11 @@ class RequestScope:
     def request_id(self) -> str:
         return self.record.requestId
 
-    def authenticate(self, authorization: str | None) -> Caller:
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """Verified claims -> identity. Awaits only for a token whose key must be fetched."""
         started = time.perf_counter()
         try:
-            token = self.pipeline.verifier.verify_header(authorization)
+            token = await self.pipeline.verifier.verify_header(authorization)
             self.record.issuer = token.issuer
             sub = token.claims.get("sub")
             self.record.sub = sub if isinstance(sub, str) else None
@@ -242,8 +288,10 @@ class RequestScope:
         try:
             self._exit_stack.enter_context(self.pipeline.limits.admit(identity))
             connection = await self._exit_stack.enter_async_context(self.pipeline.database.connection())
-            if any(judged.facts.kind == "ddl" for judged in self.judged):
-                connection.needs_full_reset = True  # DDL may leave temporary objects behind
+            if any(judged.decision.resets_session for judged in self.judged):
+                # DDL may leave temporary objects behind, a function outside the safe list
+                # session settings, locks or sequence state.
+                connection.needs_full_reset = True
             transaction = Transaction(connection, settings, setup_sql)
             self._exit_stack.push_async_callback(transaction.rollback)
             await transaction.begin()

@@ -24,7 +24,7 @@ async def preflight(config: GatewayConfig) -> str | None:
     try:
         await database.open(size=1)
         if config.database.check_login_role:
-            await database.check_login_role([identity.role for identity in config.identities])
+            await database.check_login_role(config.identity_roles())
     except LoginRoleError as error:
         return f"refusing to start: {error}"
     except (GatewayError, *CONNECTION_ERRORS) as error:

@@ -9,6 +9,7 @@ that need this suite's own TLS setup are then skipped.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -30,6 +31,7 @@ import trustme
 from gateway.auth import mint_hs256_token
 from gateway.config import IssuerConfig
 from gateway.embedded import LocalPostgres, ServerTls, find_bindir, free_loopback_port
+from oidc_provider import OidcProvider
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SQL = REPO / "gateway" / "dev_assets" / "demo.sql"
@@ -588,3 +590,56 @@ def solo_as(solo_gateway: GatewayProcess, call_as: Callable[..., Api]) -> Callab
         return call_as(solo_gateway, subject, **claims)
 
     return make
+
+
+# ---------------------------------------------------------------------------- an OIDC provider
+
+
+@pytest.fixture
+def oidc_provider() -> Iterator[OidcProvider]:
+    """A loopback OIDC provider for one test, not started yet: add issuers, then `start()` it
+    (or leave it down, as an issuer that cannot be reached). Stopped after the test."""
+    provider = OidcProvider()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def attacker() -> Iterator[OidcProvider]:
+    """The attacker's own key server on loopback, with a key of its own (issuer "attacker"):
+    tokens point at it, and it must never be asked for anything, all session long."""
+    server = OidcProvider()
+    server.add_issuer("attacker", "ES256")
+    yield server.start()
+    server.stop()
+
+
+# ---------------------------------------------------------------------------- Node.js packages
+
+NODE_DIR = REPO / "tests" / "node"
+
+
+@pytest.fixture(scope="session")
+def node_packages() -> Path:
+    """tests/node with its npm packages installed (`npm ci --prefix tests/node`, which the
+    README's test command runs). Without them the Node tests are skipped, except in CI (`CI`
+    set), where a missing install is a failure."""
+    if not (NODE_DIR / "node_modules").is_dir():
+        message = "tests/node/node_modules is missing: run `npm ci --prefix tests/node`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return NODE_DIR
+
+
+@pytest.fixture(scope="session")
+def node_script(node_packages: Path) -> Callable[..., Any]:
+    """`node_script("driver.mjs", GATEWAY_TOKEN=...)` -> what the script printed, as JSON."""
+
+    def run_script(script: str, timeout: float = 30, **env: str) -> Any:
+        result = subprocess.run(["node", str(node_packages / script)], cwd=node_packages, env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"{script} exited with {result.returncode}:\n{result.stderr}"
+        return json.loads(result.stdout)
+
+    return run_script

@@ -166,7 +166,7 @@ def test_explain_of_an_allowed_statement(writer):
         "identity": "writer",
         "kind": "select",
         "tables": ["public.orders"],
-        "columns": [],
+        "columns": ["public.orders.id", "public.orders.status"],
         "functions": ["lower"],
         "reason": None,
     }
@@ -237,7 +237,7 @@ def test_healthz_answers_without_a_token(api_as):
 def test_readyz_reports_the_database_and_issuers(api_as):
     response = api_as(None).get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "issuers": "ok"}}
+    assert response.json() == {"status": "ready", "checks": {"database": "ok", "issuers": {"dev": "ok"}}}
 
 
 # ---------------------------------------------------------------------------- unknown paths and methods

@@ -1,4 +1,6 @@
-"""The `gateway` command (SPEC §7), run in-process: `check`, `token` and `config validate`.
+"""The `gateway` command (SPEC §7), run in-process: `check` (with and without a catalog
+snapshot), `token` and `config validate`. Those that need a database are in
+`test_policy_database.py`.
 
 Exit codes: 0 allowed / success, 1 denied / failed (a missing secret), 2 usage or
 configuration error.
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import SharedSecretIssuer, TokenVerifier
+from gateway.catalog import dump_snapshot, snapshot_from_rows
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.secrets import SecretStore
@@ -112,7 +115,7 @@ def test_check_prints_the_decision_as_json(capsys, config_path):
         "identity": "orders-worker",
         "kind": "select",
         "tables": ["public.orders"],
-        "columns": [],
+        "columns": ["public.orders.status"],
         "functions": ["lower"],
         "reason": None,
     }
@@ -195,6 +198,77 @@ def test_check_without_identity_is_a_usage_error(capsys, config_path):
     with pytest.raises(SystemExit) as raised:
         main(["check", "--config", str(config_path), "--sql", "select 1"])
     assert raised.value.code == 2
+
+
+SNAPSHOT = snapshot_from_rows(
+    {"public": {"orders": ["id", "status"], "customers": ["id", "name"]}},
+    {"public": {"lower": ["character varying"]}},
+)
+
+
+@pytest.fixture
+def snapshot_path(tmp_path: Path) -> Path:
+    path = tmp_path / "snapshot.json"
+    path.write_bytes(dump_snapshot(SNAPSHOT))
+    return path
+
+
+def test_check_with_a_snapshot_judges_names_with_it(capsys, config_path, snapshot_path):
+    code, out, err = run(
+        capsys, "check", "--config", str(config_path), "--identity", "orders-worker", "--snapshot",
+        str(snapshot_path), "--sql", "select lower(status) from orders",
+    )
+    assert code == 1
+    assert "public.lower(character varying)" in json.loads(out)["reason"]
+    assert err == ""
+
+
+def test_check_with_a_snapshot_lists_the_columns(capsys, config_path, snapshot_path):
+    code, out, _ = run(
+        capsys, "check", "--config", str(config_path), "--identity", "orders-worker", "--snapshot",
+        str(snapshot_path), "--sql", "select name, status from orders join customers on customers.id = orders.id",
+    )
+    assert code == 0
+    assert json.loads(out)["columns"] == [
+        "public.customers.id", "public.customers.name", "public.orders.id", "public.orders.status"]
+
+
+def test_check_without_a_snapshot_says_what_it_cannot_see(capsys, config_path):
+    code, _, err = run(
+        capsys, "check", "--config", str(config_path), "--identity", "orders-worker", "--sql", "select 1"
+    )
+    assert code == 0
+    assert "no catalog snapshot" in err
+
+
+def test_check_with_an_unreadable_snapshot_exits_2(capsys, config_path, tmp_path):
+    path = tmp_path / "snapshot.json"
+    path.write_text("{not json")
+    code, out, err = run(
+        capsys, "check", "--config", str(config_path), "--identity", "orders-worker", "--snapshot", str(path),
+        "--sql", "select 1",
+    )
+    assert code == 2
+    assert out == ""
+    assert str(path) in err
+
+
+def test_check_takes_a_snapshot_or_the_database_not_both(capsys, config_path, snapshot_path):
+    with pytest.raises(SystemExit) as raised:
+        main(["check", "--config", str(config_path), "--identity", "orders-worker", "--snapshot",
+              str(snapshot_path), "--database", "--sql", "select 1"])
+    assert raised.value.code == 2
+
+
+def test_check_with_an_unreachable_database_exits_2(capsys, config_path, secrets_set):
+    code, out, err = run(
+        capsys, "check", "--config", str(config_path), "--identity", "orders-worker", "--database", "--sql",
+        "select 1",
+    )
+    assert code == 2
+    assert out == ""
+    assert "cannot read the catalog" in err
+    assert DB_PASSWORD not in err
 
 
 # ---------------------------------------------------------------------------- gateway token

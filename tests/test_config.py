@@ -393,6 +393,15 @@ def test_secret_name_that_is_a_path_is_an_error(write):
     assert "issuers[0].hs256_secret: expected the name of a secret" in load_error(write(text))
 
 
+def oidc(**settings: str) -> str:
+    """WITH_IDENTITY with its issuer made an OIDC one (Google's, no hs256_secret), plus
+    `settings` written as TOML values."""
+    lines = "".join(f"\n{key} = {value}" for key, value in settings.items())
+    return WITH_IDENTITY.replace('issuer = "edge-sql-gateway-dev"', 'issuer = "https://accounts.google.com"').replace(
+        '\nhs256_secret = "GATEWAY_DEV_SECRET"', lines
+    )
+
+
 @pytest.mark.parametrize(
     "uri",
     [
@@ -404,10 +413,7 @@ def test_secret_name_that_is_a_path_is_an_error(write):
     ],
 )
 def test_plain_http_jwks_uri_is_an_error_off_loopback(write, uri):
-    text = WITH_IDENTITY.replace(
-        'hs256_secret = "GATEWAY_DEV_SECRET"', f'hs256_secret = "GATEWAY_DEV_SECRET"\njwks_uri = "{uri}"'
-    )
-    assert "issuers[0].jwks_uri: expected an https:// URL" in load_error(write(text))
+    assert "issuers[0].jwks_uri: expected an https:// URL" in load_error(write(oidc(jwks_uri=f'"{uri}"')))
 
 
 @pytest.mark.parametrize(
@@ -420,10 +426,102 @@ def test_plain_http_jwks_uri_is_an_error_off_loopback(write, uri):
     ],
 )
 def test_https_or_loopback_jwks_uri_is_accepted(write, uri):
-    text = WITH_IDENTITY.replace(
-        'hs256_secret = "GATEWAY_DEV_SECRET"', f'hs256_secret = "GATEWAY_DEV_SECRET"\njwks_uri = "{uri}"'
-    )
-    assert load_config(write(text)).issuers[0].jwks_uri == uri
+    assert load_config(write(oidc(jwks_uri=f'"{uri}"'))).issuers[0].jwks_uri == uri
+
+
+def test_oidc_issuer_loads_with_its_defaults(write):
+    issuer = load_config(write(oidc())).issuers[0]
+    assert issuer.is_oidc and issuer.hs256_secret is None
+    assert issuer.algorithms == ("RS256",)
+    assert (issuer.jwks_uri, issuer.jwks_ca) == (None, None)
+    assert (issuer.jwks_max_stale, issuer.jwks_fetch_timeout) == (24 * 3600.0, 5.0)
+
+
+def test_shared_secret_issuer_defaults_to_hs256(write):
+    assert load_config(write(WITH_IDENTITY)).issuers[0].algorithms == ("HS256",)
+
+
+@pytest.mark.parametrize("algorithms", ['["RS256", "PS256", "ES256", "EdDSA"]', '["ES256"]'])
+def test_oidc_issuer_takes_asymmetric_algorithms(write, algorithms):
+    assert load_config(write(oidc(algorithms=algorithms))).issuers[0].algorithms == tuple(json.loads(algorithms))
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS512", "none", "RS384", "rs256"])
+def test_oidc_issuer_refuses_other_algorithms(write, algorithm):
+    message = load_error(write(oidc(algorithms=f'["RS256", "{algorithm}"]')))
+    assert "issuers[0].algorithms[1]: expected one of RS256, PS256, ES256, EdDSA for an OIDC issuer" in message
+
+
+def test_empty_algorithm_list_is_an_error(write):
+    assert "issuers[0].algorithms: expected at least one algorithm" in load_error(write(oidc(algorithms="[]")))
+
+
+@pytest.mark.parametrize("issuer", ["http://accounts.example.com", "accounts.google.com", "http://127.evil.dev"])
+def test_oidc_issuer_must_be_https_off_loopback(write, issuer):
+    text = oidc().replace('issuer = "https://accounts.google.com"', f'issuer = "{issuer}"')
+    assert "issuers[0].issuer: expected an https:// URL" in load_error(write(text))
+
+
+def test_oidc_issuer_on_loopback_may_be_plain_http(write):
+    text = oidc().replace('issuer = "https://accounts.google.com"', 'issuer = "http://127.0.0.1:8000/idp"')
+    assert load_config(write(text)).issuers[0].issuer == "http://127.0.0.1:8000/idp"
+
+
+@pytest.mark.parametrize("setting", ['jwks_uri = "https://keys.example.com/jwks"', 'jwks_ca = "ca.pem"'])
+def test_oidc_setting_on_a_shared_secret_issuer_is_an_error(write, setting):
+    secret = 'hs256_secret = "GATEWAY_DEV_SECRET"'
+    text = WITH_IDENTITY.replace(secret, f"{secret}\n{setting}")
+    assert "only for OIDC issuers (this issuer has hs256_secret)" in load_error(write(text))
+
+
+def test_jwks_ca_is_relative_to_the_file(write, tmp_path):
+    assert load_config(write(oidc(jwks_ca='"certs/ca.pem"'))).issuers[0].jwks_ca == str(tmp_path / "certs" / "ca.pem")
+
+
+def test_zero_jwks_cache_is_an_error(write):
+    assert "issuers[0].jwks_cache: expected a duration above zero" in load_error(write(oidc(jwks_cache='"0s"')))
+
+
+ROLE_CLAIM = 'role_claim = "tenant_role"\nroles = ["tenant_a", "tenant_b"]'
+
+
+def test_role_claim_with_an_allowlist_replaces_role(write):
+    identity = load_config(write(WITH_IDENTITY.replace('role = "orders_writer"', ROLE_CLAIM))).identities[0]
+    assert (identity.role, identity.role_claim, identity.roles) == (None, "tenant_role", ("tenant_a", "tenant_b"))
+    assert identity.database_roles() == ("tenant_a", "tenant_b")
+
+
+def test_role_claim_without_roles_is_an_error(write):
+    text = WITH_IDENTITY.replace('role = "orders_writer"', 'role_claim = "tenant_role"')
+    assert "identities[0].roles: expected the roles role_claim may name (an allowlist)" in load_error(write(text))
+
+
+def test_role_and_role_claim_together_are_an_error(write):
+    text = WITH_IDENTITY.replace('role = "orders_writer"', f'role = "orders_writer"\n{ROLE_CLAIM}')
+    assert "identities[0].role: expected either role or role_claim, not both" in load_error(write(text))
+
+
+def test_roles_without_role_claim_is_an_error(write):
+    text = WITH_IDENTITY.replace('role = "orders_writer"', 'role = "orders_writer"\nroles = ["tenant_a"]')
+    assert "identities[0].roles: only with role_claim" in load_error(write(text))
+
+
+@pytest.mark.parametrize("role", ["tenant a", "x;drop", ""])
+def test_bad_role_in_the_allowlist_is_an_error(write, role):
+    text = WITH_IDENTITY.replace('role = "orders_writer"', f'role_claim = "r"\nroles = ["tenant_a", "{role}"]')
+    assert "identities[0].roles: expected a plain role name" in load_error(write(text))
+
+
+def test_identity_roles_cover_every_allowlisted_role(write):
+    second = """
+[[identities]]
+name = "tenants"
+issuer = "dev"
+role_claim = "tenant_role"
+roles = ["tenant_b", "orders_writer"]
+"""
+    config = load_config(write(WITH_IDENTITY + second))
+    assert config.identity_roles() == ["orders_writer", "tenant_b"]
 
 
 def test_invalid_toml_names_the_file(write):

@@ -4,13 +4,14 @@ order; the first whose `match` holds wins; no match is a 403 `no_identity`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from gateway.config import parse_config
 from gateway.errors import GatewayError
-from gateway.identity import Identity, IdentityResolver, claim_at
+from gateway.identity import Identity, IdentityResolver, claim_at, matches
 
 CONFIG: dict[str, Any] = {
     "name": "identity-tests",
@@ -193,3 +194,67 @@ def test_identity_carries_role_rules_and_limits_from_config():
 def test_identity_is_found_by_name(resolver):
     assert resolver.by_name("ops").role == "ops"
     assert resolver.by_name("nobody") is None
+
+
+def test_dotted_key_reaches_into_a_claim_whose_name_has_dots():
+    claims = {"kubernetes.io": {"namespace": "etl", "serviceaccount": {"name": "loader"}}}
+    assert claim_at(claims, "kubernetes.io.namespace") == "etl"
+    assert claim_at(claims, "kubernetes.io.serviceaccount.name") == "loader"
+
+
+def test_dotted_key_through_a_missing_prefix_does_not_match():
+    assert not matches({"kubernetes.io.namespace": "etl"}, {"kubernetes": {"io": "x"}})
+
+
+# ---------------------------------------------------------------------------- role from a claim
+
+TENANTS: dict[str, Any] = CONFIG | {
+    "identities": [
+        {
+            "name": "tenant-api",
+            "issuer": "dev",
+            "match": {"aud_group": "api"},
+            "role_claim": "app.db_role",
+            "roles": ["tenant_a", "tenant_b"],
+        },
+        {"name": "fallback", "issuer": "dev", "role": "anonymous_reader", "match": {"aud_group": "api"}},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def tenants() -> IdentityResolver:
+    return IdentityResolver.from_config(parse_config(TENANTS))
+
+
+@pytest.mark.parametrize("role", ["tenant_a", "tenant_b"])
+def test_role_claim_names_the_role_among_the_allowed(tenants, role):
+    identity = tenants.resolve("dev", {"aud_group": "api", "app": {"db_role": role}})
+    assert (identity.name, identity.role) == ("tenant-api", role)
+
+
+@pytest.mark.parametrize("role", ["postgres", "tenant_c", ["tenant_a"], 1, None])
+def test_role_claim_outside_the_allowlist_does_not_match(tenants, role):
+    identity = tenants.resolve("dev", {"aud_group": "api", "app": {"db_role": role}})
+    assert identity.name == "fallback"
+
+
+def test_missing_role_claim_does_not_match(tenants):
+    assert tenants.resolve("dev", {"aud_group": "api"}).name == "fallback"
+
+
+def test_role_claim_outside_the_allowlist_with_no_other_identity_is_no_identity():
+    only = TENANTS | {"identities": TENANTS["identities"][:1]}
+    with pytest.raises(GatewayError) as raised:
+        IdentityResolver.from_config(parse_config(only)).resolve("dev", {"aud_group": "api", "app": {"db_role": "x"}})
+    assert (raised.value.status, raised.value.code) == (403, "no_identity")
+
+
+def test_identities_for_each_role_share_everything_but_the_role(tenants):
+    a = tenants.resolve("dev", {"aud_group": "api", "app": {"db_role": "tenant_a"}})
+    b = tenants.resolve("dev", {"aud_group": "api", "app": {"db_role": "tenant_b"}})
+    assert dataclasses.replace(a, role="x") == dataclasses.replace(b, role="x")
+
+
+def test_identity_with_a_role_claim_is_found_by_name(tenants):
+    assert tenants.by_name("tenant-api").name == "tenant-api"

@@ -838,6 +838,69 @@ DDL = [
 COLUMNS = [
     case("star-on-narrowed-table", "select * from customers", "narrowed", False, "columns"),
     case("star-on-table-without-column-rules", "select * from orders", "narrowed", True),
+    case("listed-columns-of-narrowed-table", "select id, name from customers where id = $1", "narrowed", True),
+    case("unlisted-column-in-where", "select id from customers where country = $1", "narrowed", False, "columns"),
+    case("qualified-star-on-narrowed-table", "select c.* from customers c", "narrowed", False, "columns"),
+    case("whole-row-reference", "select c from customers c", "narrowed", False, "columns"),
+    case("whole-row-in-function", "select row_to_json(c) from customers c", "narrowed", False, "columns"),
+    case("composite-field-access", "select (c).name from customers c", "narrowed", False, "columns"),
+]
+
+# The attack classes of issue 3, beyond the corpus above.
+PARSER_DIFFERENTIALS = [
+    case("mysql-alias-ifnull", "select ifnull(note, '') from orders", "writer", False, "function"),
+    case("quoted-deny-listed-name", 'select "set_config"(\'role\', \'x\', false)', "owner", False, "function"),
+    case("copy-query-to-program", "copy (select 1) to program 'id'", "owner", False, "statement_class"),
+    case("show-all", "SHOW ALL", "owner", False, "statement_class"),
+    case("reset-session-authorization", "RESET SESSION AUTHORIZATION", "owner", False, "statement_class"),
+    case("abort", "ABORT", "owner", False, "statement_class"),
+    case("security-label", "SECURITY LABEL ON TABLE orders IS 'x'", "owner", False, "statement_class"),
+    case("xmltable-in-from", "select * from xmltable('/a' passing '<a/>' columns x int path 'x')", "owner", False,
+         "syntax"),
+    case("values-params-without-spaces-alone", "values ($1,$2)", "writer", True),
+    case("param-glued-to-dollar-quote", "select $1,$2$$x$$", "owner", False, "parse"),
+]
+
+SCOPE_TRICKS = [
+    case("set-operation-reads-unlisted-table", "select id from orders union all select secret from payments",
+         "writer", False, "table"),
+    case("intersect-reads-unlisted-table", "select id from orders intersect select id from payments", "writer",
+         False, "table"),
+    case("catalog-table-inside-cte", "with x as (select * from pg_catalog.pg_authid) select 1", "reader", False,
+         "table"),
+    case("cte-named-like-catalog-table", "with pg_class as (select 1) select * from pg_class", "reader", True),
+    case("quoted-catalog-schema", 'select * from "pg_catalog"."pg_class"', "reader", False, "table"),
+    case("table-statement-of-catalog", "TABLE pg_authid", "owner", False, "table"),
+    case("catalog-view-unqualified", "select * from pg_stat_activity", "owner", False, "table"),
+    case("lateral-subquery-reads-unlisted-table",
+         "select * from orders o, lateral (select * from payments p where p.order_id = o.id) x", "writer", False,
+         "table"),
+]
+
+FUNCTIONS_IN_DISGUISE = [
+    case("qualified-table-function", "select * from pg_catalog.pg_read_file('x')", "owner", False, "function"),
+    case("rows-from-table-function", "select * from rows from (pg_ls_dir('.')) as t", "owner", False, "function"),
+    case("set-config-as-table-function", "select * from set_config('role', 'postgres', false)", "owner", False,
+         "function"),
+    case("lateral-file-read", "select * from orders, lateral pg_read_file('/etc/passwd') f", "owner", False,
+         "function"),
+    case("parenthesised-qualified-sleep", "select (pg_catalog.pg_sleep(1))", "owner", False, "function"),
+    case("large-object-read", "select lo_get(1)", "owner", False, "function"),
+    case("cast-to-enum", "select mood::mood from orders", "owner", False, "cast"),
+    case("cast-to-lookalike-builtin-type", "select 'a'::public.text", "owner", False, "cast"),
+    case("domain-with-function-in-check", "CREATE DOMAIN d AS int CHECK (pg_sleep(1) is null)", "migrator", False,
+         "statement_class"),
+    case("explicit-equals-operator", "select 1 OPERATOR(pg_catalog.=) 1", "owner", False, "operator"),
+]
+
+SESSION_POISONING = [
+    case("standard-conforming-strings-off", "select set_config('standard_conforming_strings', 'off', false)",
+         "owner", False, "function"),
+    case("session-role-switch", "select set_config('role', 'postgres', false)", "owner", False, "function"),
+    case("qualified-set-config", "select pg_catalog.set_config('search_path', 'public', false)", "owner", False,
+         "function"),
+    case("set-statement", "SET standard_conforming_strings = off", "owner", False, "statement_class"),
+    case("sequence-state", "select nextval('orders_id_seq')", "owner", False, "function"),
 ]
 
 
@@ -917,6 +980,26 @@ def test_column_narrowing_denies_whole_rows(engine, sql, identity, allowed, cate
     assert_decision(engine, sql, identity, allowed, category)
 
 
+@pytest.mark.parametrize(("sql", "identity", "allowed", "category"), PARSER_DIFFERENTIALS)
+def test_text_the_parsers_could_read_differently_fails_closed(engine, sql, identity, allowed, category):
+    assert_decision(engine, sql, identity, allowed, category)
+
+
+@pytest.mark.parametrize(("sql", "identity", "allowed", "category"), SCOPE_TRICKS)
+def test_scope_tricks_do_not_hide_a_table(engine, sql, identity, allowed, category):
+    assert_decision(engine, sql, identity, allowed, category)
+
+
+@pytest.mark.parametrize(("sql", "identity", "allowed", "category"), FUNCTIONS_IN_DISGUISE)
+def test_functions_in_disguise_are_judged_by_their_name(engine, sql, identity, allowed, category):
+    assert_decision(engine, sql, identity, allowed, category)
+
+
+@pytest.mark.parametrize(("sql", "identity", "allowed", "category"), SESSION_POISONING)
+def test_statements_that_would_change_the_session_are_denied(engine, sql, identity, allowed, category):
+    assert_decision(engine, sql, identity, allowed, category)
+
+
 def test_corpus_holds_at_least_a_hundred_statements():
     corpus = [
         EVERYDAY,
@@ -932,6 +1015,10 @@ def test_corpus_holds_at_least_a_hundred_statements():
         READ_ONLY,
         DDL,
         COLUMNS,
+        PARSER_DIFFERENTIALS,
+        SCOPE_TRICKS,
+        FUNCTIONS_IN_DISGUISE,
+        SESSION_POISONING,
     ]
     assert sum(len(table) for table in corpus) >= 100
 

@@ -21,9 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.api import native
+from gateway.api import native, neon
 from gateway.api.exchange import JSON
 from gateway.api.results import error_body
+from gateway.auth import READY_STATES
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, payload_too_large
 from gateway.pipeline import Pipeline, request_id_from
@@ -57,6 +58,8 @@ class RequestIdentifier:
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers.append("X-Request-Id", request_id)
+                if scope["path"] == neon.PATH:  # the proxy's header, on every answer from /sql
+                    headers.append("Neon-Request-Id", request_id)
                 if "server-timing" not in headers:
                     headers.append("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
             await send(message)
@@ -83,7 +86,12 @@ class JsonBodyLimit:
             if message["type"] == "http.response.start" and message["status"] == 413:
                 headers = dict(message.get("headers", []))
                 if headers.get(b"content-type", b"").startswith(b"text/plain"):
-                    replacement = _error_json(payload_too_large(self.max_body_bytes), scope["state"]["request_id"])
+                    error = payload_too_large(self.max_body_bytes)
+                    replacement = (
+                        neon.error_json(error)
+                        if scope["path"] == neon.PATH
+                        else _error_json(error, scope["state"]["request_id"])
+                    )
                     message = {
                         "type": "http.response.start",
                         "status": 413,
@@ -106,8 +114,10 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     database_ok = await pipeline.database.ping()
-    checks = {"database": "ok" if database_ok else "unreachable", "issuers": "ok"}
-    status = 200 if database_ok else 503
+    issuers = pipeline.verifier.issuer_status()
+    checks = {"database": "ok" if database_ok else "unreachable", "issuers": issuers}
+    ready = database_ok and all(state in READY_STATES for state in issuers.values())
+    status = 200 if ready else 503
     return Response(
         orjson.dumps({"status": "ready" if status == 200 else "not_ready", "checks": checks}),
         status_code=status,
@@ -160,6 +170,8 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
         Route("/v1/batch", native.batch, methods=["POST"]),
         Route("/v1/explain", native.explain, methods=["POST"]),
         Route("/v1/whoami", native.whoami, methods=["GET"]),
+        Route(neon.PATH, neon.sql, methods=["POST"]),
+        Route(neon.PATH, neon.preflight, methods=["OPTIONS"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
@@ -174,8 +186,8 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
                 CORSMiddleware,
                 allow_origins=list(config.server.cors_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Traceparent", "X-Request-Id"],
-                expose_headers=["X-Request-Id", "Server-Timing"],
+                allow_headers=["Authorization", "Content-Type", "Traceparent", "X-Request-Id", *neon.REQUEST_HEADERS],
+                expose_headers=["X-Request-Id", "Server-Timing", *neon.RESPONSE_HEADERS],
                 max_age=600,
             ),
         )

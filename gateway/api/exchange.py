@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.api.results import error_body
-from gateway.errors import GatewayError, bad_request, payload_too_large
-from gateway.pipeline import Pipeline, RequestScope, trace_id_from
+from gateway.db.session import StatementRun
+from gateway.errors import GatewayError, bad_request, payload_too_large, query_cancelled
+from gateway.pipeline import Judged, Pipeline, RequestScope, Statement, TransactionOptions, trace_id_from
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -26,26 +27,30 @@ JSON = "application/json"
 CLIENT_CLOSED_REQUEST = 499  # audit status for a client that left before the response
 
 Handler = Callable[[Request, RequestScope], Awaitable[Response]]
+ErrorResponder = Callable[[RequestScope, GatewayError], Response]
 
 
 class ClientGone(Exception):
     """The client disconnected before the response started."""
 
 
-async def answer(request: Request, endpoint: str, handler: Handler) -> Response:
-    """Run one endpoint's handler inside a request scope: errors become their responses,
-    and the scope is closed (connection returned, audit written) when the handler is done —
-    or, for a streaming response, when the stream ends."""
+async def answer(request: Request, endpoint: str, handler: Handler, on_error: ErrorResponder | None = None) -> Response:
+    """Run one endpoint's handler inside a request scope: errors become their responses (in
+    the wire format's shape: `on_error`, the native one by default), and the scope is closed
+    (connection returned, audit written) when the handler is done — or, for a streaming
+    response, when the stream ends."""
+    on_error = on_error or error_response
     scope = open_scope(request, endpoint)
     response: Response | None = None
     try:
         response = await handler(request, scope)
         return response
     except GatewayError as error:
-        return error_response(scope, error)
+        return on_error(scope, error)
     except ClientGone:
+        gone = on_error(scope, query_cancelled())  # nobody reads it; the audit says 499
         scope.record.status = CLIENT_CLOSED_REQUEST
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return gone
     finally:
         if not isinstance(response, StreamingResponse):
             if response is not None and not scope.record.status:
@@ -77,6 +82,40 @@ async def read_json(request: Request) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise bad_request(f"the body is not valid JSON: {error}") from None
+
+
+def statement_from(body: Any, where: str = "body", sql_key: str = "sql") -> Statement:
+    """`{"<sql_key>": "...", "params": [...]}` -> a Statement; params may be absent or null."""
+    if not isinstance(body, dict):
+        raise bad_request(f"{where} must be a JSON object")
+    sql = body.get(sql_key)
+    if not isinstance(sql, str):
+        raise bad_request(f'{where}: "{sql_key}" must be a string')
+    params = body.get("params", [])
+    if params is None:
+        params = []
+    if not isinstance(params, list):
+        raise bad_request(f'{where}: "params" must be an array')
+    return Statement(sql, params)
+
+
+Encoder = Callable[[Judged, StatementRun], Awaitable[bytes]]
+
+
+async def run_in_transaction(
+    scope: RequestScope, judged: list[Judged], options: TransactionOptions, encode: Encoder
+) -> list[bytes]:
+    """Every statement in one transaction, each result read whole and encoded in turn, then
+    COMMIT: the caller answers after the commit, so its status says whether all of it happened."""
+    await scope.open_transaction(options)
+    parts = [await encode(item, await scope.run(item)) for item in judged]
+    await scope.commit()
+    return parts
+
+
+def results_body(parts: list[bytes]) -> bytes:
+    """A batch's answer in both wire formats: `{"results": [<one result per statement>]}`."""
+    return b'{"results":[' + b",".join(parts) + b"]}"
 
 
 def scope_headers(scope: RequestScope) -> dict[str, str]:

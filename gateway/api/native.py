@@ -22,7 +22,10 @@ from gateway.api.exchange import (
     close_shielded,
     json_response,
     read_json,
+    results_body,
+    run_in_transaction,
     scope_headers,
+    statement_from,
     until_disconnect,
 )
 from gateway.api.results import NDJSON, ResultWriter
@@ -31,20 +34,6 @@ from gateway.errors import GatewayError, bad_request
 from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
 
 # ---------------------------------------------------------------------------- body decoding
-
-
-def _statement(body: Any, where: str = "body") -> Statement:
-    if not isinstance(body, dict):
-        raise bad_request(f"{where} must be a JSON object")
-    sql = body.get("sql")
-    if not isinstance(sql, str):
-        raise bad_request(f'{where}: "sql" must be a string')
-    params = body.get("params", [])
-    if params is None:
-        params = []
-    if not isinstance(params, list):
-        raise bad_request(f'{where}: "params" must be an array')
-    return Statement(sql, params)
 
 
 def _row_mode(body: dict) -> bool:
@@ -57,7 +46,7 @@ def _row_mode(body: dict) -> bool:
 def _batch(body: Any) -> tuple[list[Statement], TransactionOptions]:
     if not isinstance(body, dict) or not isinstance(body.get("statements"), list) or not body["statements"]:
         raise bad_request('"statements" must be a non-empty array')
-    statements = [_statement(item, f"statements[{i}]") for i, item in enumerate(body["statements"])]
+    statements = [statement_from(item, f"statements[{i}]") for i, item in enumerate(body["statements"])]
     isolation = body.get("isolation", "read committed")
     if isolation not in ISOLATION_LEVELS:
         raise bad_request('"isolation" must be one of ' + ", ".join(f'"{level}"' for level in ISOLATION_LEVELS))
@@ -92,10 +81,10 @@ async def query(request: Request) -> Response:
 
 async def _query(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
-    statement = _statement(body)
+    statement = statement_from(body)
     array_rows = _row_mode(body)
     ndjson = _wants_ndjson(request)
-    scope.authenticate(request.headers.get("authorization"))
+    await scope.authenticate(request.headers.get("authorization"))
     judged = scope.judge(statement)
     run = await until_disconnect(request, _start(scope, judged))
     writer = _writer(scope, run, array_rows=array_rows, ndjson=ndjson)
@@ -164,35 +153,31 @@ async def _batch_answer(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
     statements, options = _batch(body)
     array_rows = _row_mode(body)
-    scope.authenticate(request.headers.get("authorization"))
+    await scope.authenticate(request.headers.get("authorization"))
     judged = [scope.judge(statement) for statement in statements]
     parts = await until_disconnect(request, _run_batch(scope, judged, options, array_rows))
-    return Response(b'{"results":[' + b",".join(parts) + b"]}", media_type=JSON, headers=scope_headers(scope))
+    return Response(results_body(parts), media_type=JSON, headers=scope_headers(scope))
 
 
 async def _run_batch(
     scope: RequestScope, judged: list[Judged], options: TransactionOptions, array_rows: bool
 ) -> list[bytes]:
-    await scope.open_transaction(options)
     assert scope.caller is not None
-    bytes_left = scope.caller.identity.max_response_bytes
-    parts = []
-    for item in judged:
-        run = await scope.run(item)
+    identity = scope.caller.identity
+    bytes_left = identity.max_response_bytes
+
+    async def encode(item: Judged, run: StatementRun) -> bytes:
+        nonlocal bytes_left
         writer = ResultWriter(
-            run.columns,
-            array_rows=array_rows,
-            ndjson=False,
-            max_rows=scope.caller.identity.max_rows,
-            max_bytes=bytes_left,
+            run.columns, array_rows=array_rows, ndjson=False, max_rows=identity.max_rows, max_bytes=bytes_left
         )
         chunks = [writer.head(), *[chunk async for chunk in _rows(run, writer)]]
         chunks.append(writer.tail(run.command_tag, item.facts.kind))
         bytes_left -= writer.bytes_sent
         _account(scope, writer, 200)
-        parts.append(b"".join(chunks))
-    await scope.commit()
-    return parts
+        return b"".join(chunks)
+
+    return await run_in_transaction(scope, judged, options, encode)
 
 
 async def explain(request: Request) -> Response:
@@ -200,8 +185,8 @@ async def explain(request: Request) -> Response:
 
 
 async def _explain(request: Request, scope: RequestScope) -> Response:
-    statement = _statement(await read_json(request))
-    scope.authenticate(request.headers.get("authorization"))
+    statement = statement_from(await read_json(request))
+    await scope.authenticate(request.headers.get("authorization"))
     return json_response(scope, scope.explain(statement).decision.as_json())
 
 
@@ -210,7 +195,7 @@ async def whoami(request: Request) -> Response:
 
 
 async def _whoami(request: Request, scope: RequestScope) -> Response:
-    caller = scope.authenticate(request.headers.get("authorization"))
+    caller = await scope.authenticate(request.headers.get("authorization"))
     identity = caller.identity
     return json_response(
         scope,

@@ -20,14 +20,21 @@ from gateway.errors import GatewayError
 NDJSON = "application/x-ndjson"
 
 
-def command_and_count(tag: str, kind: str | None, rows_sent: int) -> tuple[str, int]:
-    """`INSERT 0 3` -> ("INSERT", 3); `SELECT 2` -> ("SELECT", 2). A portal left open at a
-    limit has no tag yet: the statement kind and the rows sent stand in."""
+def parse_command_tag(tag: str) -> tuple[str, int | None]:
+    """`INSERT 0 3` -> ("INSERT", 3); `SELECT 2` -> ("SELECT", 2); `CREATE TABLE` ->
+    ("CREATE", None); an empty query's empty tag -> ("", None)."""
     words = tag.split()
     if not words:
-        return (kind or "").upper(), rows_sent
+        return "", None
     count_word = words[2] if words[0] == "INSERT" and len(words) > 2 else (words[1] if len(words) > 1 else "")
-    return words[0], int(count_word) if count_word.isdigit() else rows_sent
+    return words[0], int(count_word) if count_word.isdigit() else None
+
+
+def command_and_count(tag: str, kind: str | None, rows_sent: int) -> tuple[str, int]:
+    """The tag's command and count. A portal left open at a limit has no tag yet: the
+    statement kind and the rows sent stand in, as they do for a count the tag lacks."""
+    command, count = parse_command_tag(tag)
+    return command or (kind or "").upper(), rows_sent if count is None else count
 
 
 def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:

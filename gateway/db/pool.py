@@ -25,9 +25,14 @@ from gateway.secrets import SecretStore
 
 # What a connection may carry from one request to the next is nothing: every setting is
 # transaction-local and the policy refuses statements that change session state. After a
-# statement that may create session objects (DDL can create temporary tables), this full
-# reset runs when the connection goes back to the pool.
-FULL_RESET = "CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP;"
+# statement that may leave session state behind (DDL can create temporary tables; a function
+# an identity is allowed beyond the safe list can set session settings with set_config, take
+# advisory locks or advance sequences), this full reset runs when the connection goes back to
+# the pool. RESET ALL leaves the role alone: RESET ROLE comes first.
+FULL_RESET = (
+    "RESET ROLE; CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); "
+    "DISCARD TEMP; DISCARD SEQUENCES;"
+)
 
 CONNECTION_ERRORS = (
     OSError,

@@ -14,10 +14,11 @@ row by row, so `_Portal` drives asyncpg's cursor protocol directly (pinned async
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from asyncpg.cursor import BaseCursor
@@ -237,6 +238,40 @@ def describe_columns(state: Any) -> tuple[Column, ...]:
     return state._get_attributes()
 
 
+class RowField(NamedTuple):
+    """One column of PostgreSQL's RowDescription message, as the server sent it."""
+
+    name: bytes
+    table_oid: int  # 0 when the column is not a table's
+    column_number: int  # the attribute number in that table, else 0
+    type_oid: int
+    type_size: int  # pg_type.typlen: -1 variable length, -2 C string
+    type_modifier: int  # atttypmod: -1 when none, else type-specific (varchar(10) -> 14)
+    format: int
+
+
+def row_description(run: StatementRun) -> list[RowField]:
+    """The statement's RowDescription, field by field, for the Neon protocol's `fields`.
+
+    asyncpg's public `Attribute` has only a column's name and type; the table OID, column
+    number, type size and modifier are in the RowDescription that asyncpg keeps on the
+    prepared statement state, in a C-level attribute Python cannot name. The garbage
+    collector's list of the state's references reaches it (the one list of 7-tuples, one per
+    column) without asking the catalogs for what the server already sent (checked on the
+    pinned asyncpg range; the Node tests compare every field with node-postgres's)."""
+    count = len(run.columns)
+    if not count:
+        return []
+    for referent in gc.get_referents(run._portal._state):
+        if isinstance(referent, list) and len(referent) == count and _is_row_description(referent):
+            return [RowField(*field) for field in referent]
+    raise RuntimeError("asyncpg no longer keeps the RowDescription where this asyncpg version range did")
+
+
+def _is_row_description(items: list) -> bool:
+    return all(isinstance(item, tuple) and len(item) == len(RowField._fields) for item in items)
+
+
 # ---------------------------------------------------------------------------- errors
 
 
@@ -248,6 +283,10 @@ def translate_error(error: BaseException) -> GatewayError:
         return bad_request(f"parameter ${encoding.group(1)}: {error.__cause__ or 'does not fit its type'}")
     if isinstance(error, asyncpg.PostgresError):
         return _postgres_error(error)
+    if isinstance(error, asyncpg.exceptions.UnsupportedClientFeatureError):
+        # asyncpg reads range and composite values only in binary, from binary elements; the
+        # gateway reads every scalar as text, so such a column cannot be returned as it is.
+        return bad_request(f"{error}; select the column cast to text")
     if isinstance(error, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
         return database_unavailable()
     raise error

@@ -146,6 +146,20 @@ def _composite_text(record: Any) -> str:
     return format_record_literal(record)
 
 
+# The Neon protocol without raw text output (curl users; the driver always asks for raw
+# text): Neon's proxy makes JSON values of these types, arrays of them included, and leaves
+# every other value PostgreSQL's text (proxy json.rs, pg_text_to_json).
+NEON_JSON_TYPES = frozenset({"bool", "int2", "int4", "float4", "float8", "json", "jsonb"})
+
+
+@lru_cache(maxsize=1024)
+def neon_json_converter(type_: Any) -> Converter | None:
+    if type_.kind == "array":
+        element = type_.name.removesuffix("[]")
+        return _array_of(SCALAR_CONVERTERS[element] if element in NEON_JSON_TYPES else _identity)
+    return SCALAR_CONVERTERS[type_.name] if type_.name in NEON_JSON_TYPES else None
+
+
 # ---------------------------------------------------------------------------- JSON -> parameter
 
 
@@ -190,6 +204,24 @@ def _array_elements(items: list, is_json: bool, type_name: str, position: int) -
         else _scalar_text(item, is_json, type_name, position)
         for item in items
     ]
+
+
+def json_to_pg_text(value: Any) -> str | None:
+    """A Neon request parameter as PostgreSQL text, as Neon's proxy reads one (json.rs,
+    json_to_pg_text): the driver sends strings and nulls; from other clients booleans, numbers
+    and objects become their JSON text, and arrays array literals (nested, null elements
+    NULL, objects as their JSON text). Elements are quoted by PostgreSQL's array rules where
+    the proxy JSON-quotes them, so a string with a backslash or a newline reads back as sent."""
+    text = _json_as_text(value)
+    return format_array_literal(text) if isinstance(text, list) else text
+
+
+def _json_as_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return [_json_as_text(item) for item in value]
+    return orjson.dumps(value).decode()
 
 
 # ---------------------------------------------------------------------------- array literals

@@ -6,8 +6,9 @@ own parser (pglast) gives the statement count, the root kind, every data-modifyi
 and every relation name, which must all agree with sqlglot's (a text the two read
 differently is how a statement hides from the analyser), and the names of functions, casts
 and operators exactly as PostgreSQL will resolve them (sqlglot renames functions: `lcase(x)`
-becomes `LOWER(x)`). Anything either parser cannot read, or any node outside the allowlists
-below, is a denial.
+becomes `LOWER(x)`), and the column references with their query levels
+(`gateway.policy.columns`). Anything either parser cannot read, or any node outside the
+allowlists below, is a denial.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pglast import parser as pg_parser
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from gateway.policy.facts import Denial, StatementFacts, TableAccess, TableName
+from gateway.policy.columns import column_facts
+from gateway.policy.facts import ColumnFacts, Denial, StatementFacts, TableAccess, TableName
 from gateway.policy.lexical import scan
+from gateway.policy.pgtree import entries, names
 
 # PostgreSQL's root statement node -> statement kind. Every other statement is refused.
 PG_STATEMENT_KINDS = {
@@ -82,6 +85,7 @@ PG_STATEMENT_TITLES = {
     "CreateTrigStmt": "CREATE TRIGGER",
     "CreateSeqStmt": "CREATE SEQUENCE",
     "VacuumStmt": "VACUUM and ANALYZE",
+    "SecLabelStmt": "SECURITY LABEL",
 }
 
 # sqlglot's root class -> statement kind.
@@ -326,6 +330,7 @@ def _analyze(sql: str, max_bytes: int) -> StatementFacts:
     return StatementFacts(
         kind=root_kind,
         accesses=frozenset(accesses),
+        columns=postgres.columns,
         functions=frozenset(postgres.functions),
         casts=frozenset(postgres.casts),
         params_used=scanned.params_used,
@@ -376,6 +381,7 @@ class _PostgresView:
     casts: set[str] = field(default_factory=set)
     tables: set[TableName] = field(default_factory=set)  # every relation name, CTE references included
     writes: list[str] = field(default_factory=list)  # data-modifying statements, nested ones included
+    columns: ColumnFacts = field(default_factory=ColumnFacts)
 
 
 def _postgres_view(sql: str) -> _PostgresView:
@@ -403,6 +409,7 @@ def _postgres_view(sql: str) -> _PostgresView:
         _check_ddl_object(root_name, root)
         view.tables.update(_ddl_object_names(root_name, root))
     _collect_names(statement, view)
+    view.columns = column_facts(root_name, root)
     return view
 
 
@@ -442,7 +449,7 @@ def _ddl_object_names(root_name: str, root: dict) -> list[TableName]:
 
 
 def _name_parts(node: dict) -> list[str]:
-    return [item["String"]["sval"] for item in node.get("List", {}).get("items", []) if "String" in item]
+    return list(names(node.get("List", {}).get("items")))
 
 
 def _table_from_parts(parts: list[str]) -> TableName:
@@ -453,45 +460,28 @@ def _table_from_parts(parts: list[str]) -> TableName:
     raise Denial("syntax", f"name {'.'.join(parts) or '?'} is not a schema.table name")
 
 
-def _range_var(node: dict) -> TableName:
-    if node.get("catalogname"):
-        raise Denial("syntax", f"three-part name {node['catalogname']}.{node.get('schemaname')}.{node['relname']}")
-    return TableName(node.get("schemaname"), node["relname"])
-
-
-def _qualified(names: list[dict]) -> str:
-    return ".".join(item["String"]["sval"] for item in names if "String" in item)
+def _qualified(items: list[dict]) -> str:
+    return ".".join(names(items))
 
 
 def _collect_names(node: object, view: _PostgresView) -> None:
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, list):
-            stack.extend(current)
-            continue
-        if not isinstance(current, dict):
-            continue
-        if "relname" in current:  # a RangeVar, wrapped or not: a relation name as written
-            view.tables.add(_range_var(current))
-        for key, value in current.items():
-            if key == "FuncCall":
-                view.functions.add(_qualified(value["funcname"]))
-            elif key == "TypeCast":
-                view.casts.add(_qualified(value["typeName"]["names"]))
-            elif key == "A_Expr" and len(value.get("name", [])) > 1:
-                raise Denial("operator", f"explicit operator {_qualified(value['name'])} is not allowed")
-            elif key in PG_WRITE_STATEMENTS:
-                view.writes.append(_postgres_write(key, value))
-            elif key == "lockedRels":
-                continue  # FOR UPDATE OF names refer to FROM items, not to relations
-            if isinstance(value, dict | list):
-                stack.append(value)
+    # FOR UPDATE OF names refer to FROM items, not to relations.
+    for current, key, value in entries(node, stop=frozenset({"lockedRels"})):
+        if key == "relname":  # a RangeVar, wrapped or not: a relation name as written
+            view.tables.add(TableName.from_range_var(current))
+        elif key == "FuncCall":
+            view.functions.add(_qualified(value["funcname"]))
+        elif key == "TypeCast":
+            view.casts.add(_qualified(value["typeName"]["names"]))
+        elif key == "A_Expr" and len(value.get("name", [])) > 1:
+            raise Denial("operator", f"explicit operator {_qualified(value['name'])} is not allowed")
+        elif key in PG_WRITE_STATEMENTS:
+            view.writes.append(_postgres_write(key, value))
 
 
 def _postgres_write(node_name: str, node: dict) -> str:
     kind = PG_WRITE_STATEMENTS[node_name]
-    target = _range_var(node["relation"]) if "relname" in node.get("relation", {}) else None
+    target = TableName.from_range_var(node["relation"]) if "relname" in node.get("relation", {}) else None
     if kind == "merge":
         clauses = [clause["MergeWhenClause"] for clause in node.get("mergeWhenClauses", [])]
         # An unknown command stays in the signature as "?", so it can never match sqlglot's.

@@ -1,18 +1,24 @@
-"""Facts + an identity's rules -> a decision with a reason a developer can act on.
+"""Facts + an identity's rules (+ the catalog snapshot) -> a decision with a reason a
+developer can act on.
 
-Owns name resolution against the identity's pinned search path, rule matching per
-(kind, table), and the function and cast checks. It never parses SQL.
+Owns rule matching per (kind, table) and per column, the function checks (built-in safe
+list, deny list, the identity's own functions, names a schema on the search path shadows)
+and the cast check. Names are resolved by `gateway.policy.resolution`; nothing here parses
+SQL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.catalog import CatalogSnapshot
 from gateway.config import RuleConfig
 from gateway.identity import Identity
 from gateway.policy.analysis import SAFE_CAST_TYPES
-from gateway.policy.facts import StatementFacts, TableAccess, TableName
+from gateway.policy.facts import StatementFacts, TableAccess
 from gateway.policy.functions import is_builtin_safe, is_denied, unqualified
+from gateway.policy.resolution import ColumnResolver, ColumnUse, resolve_table
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
@@ -26,6 +32,10 @@ class Decision:
     functions: tuple[str, ...]
     reason: str | None = None
     category: str | None = None  # stable name of the reason's class, None when allowed
+    columns: tuple[str, ...] = ()  # "schema.table.column"; "schema.table.*" for every column
+    # The statement may leave session state behind (DDL, or a function that is not a built-in
+    # on the safe list): its connection gets a full reset before reuse.
+    resets_session: bool = False
 
     def as_json(self) -> dict:
         return {
@@ -33,7 +43,7 @@ class Decision:
             "identity": self.identity,
             "kind": self.kind,
             "tables": list(self.tables),
-            "columns": [],
+            "columns": list(self.columns),
             "functions": list(self.functions),
             "reason": self.reason,
         }
@@ -43,17 +53,6 @@ class _Refused(Exception):
     def __init__(self, category: str, reason: str) -> None:
         self.category = category
         self.reason = reason
-
-
-def resolve_table(name: TableName, schemas: tuple[str, ...]) -> list[str]:
-    """The qualified names an unqualified reference may mean. With `pg_catalog` first on the
-    pinned search path, a `pg_` name is a catalog relation (every relation in pg_catalog is
-    prefixed so). With several schemas, the name could mean any of them: all must be allowed."""
-    if name.schema is not None:
-        return [f"{name.schema}.{name.name}"]
-    if name.name.startswith("pg_"):
-        return [f"pg_catalog.{name.name}"]
-    return [f"{schema}.{name.name}" for schema in schemas]
 
 
 def rule_covers(rule: RuleConfig, kind: str, qualified: str) -> bool:
@@ -68,56 +67,124 @@ def rule_covers(rule: RuleConfig, kind: str, qualified: str) -> bool:
     return False
 
 
-def decide(identity: Identity, facts: StatementFacts) -> Decision:
-    resolved = sorted({q for access in facts.accesses for q in resolve_table(access.table, identity.schemas)})
+def allowed_columns(identity: Identity, table: str, kinds: Iterable[str]) -> frozenset[str] | None:
+    """The columns of `table` the identity may use for any of `kinds`: None for every column
+    (a rule covering it without narrowing it), else the union of the rules' column lists."""
+    allowed: set[str] = set()
+    for rule in identity.rules:
+        if any(rule_covers(rule, kind, table) for kind in kinds):
+            if table not in rule.columns:
+                return None
+            allowed.update(rule.columns[table])
+    return frozenset(allowed)
+
+
+def decide(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot | None = None) -> Decision:
+    tables = sorted({q for access in facts.accesses for q in resolve_table(access.table, identity.schemas, catalog)})
     functions = tuple(sorted(facts.functions))
+    uses: list[ColumnUse] = []
     try:
         if facts.denial is not None:
             raise _Refused(facts.denial.category, facts.denial.message)
         for access in sorted(facts.accesses):
-            _check_access(identity, access)
-        for function in functions:
-            _check_function(identity, function)
+            _check_access(identity, access, catalog)
+        uses = sorted(set(ColumnResolver(facts.columns, identity.schemas, catalog).uses()), key=_use_order)
+        for use in uses:
+            _check_column(identity, use)
+        runs_other_code = [_check_function(identity, function, catalog) for function in functions]
         for cast in sorted(facts.casts):
             if unqualified(cast) not in SAFE_CAST_TYPES:
                 raise _Refused("cast", f"a cast to {cast} is not allowed (only built-in scalar types)")
     except _Refused as refused:
-        return Decision(False, identity.name, facts.kind, tuple(resolved), functions, refused.reason, refused.category)
-    return Decision(True, identity.name, facts.kind, tuple(resolved), functions)
+        return Decision(
+            False,
+            identity.name,
+            facts.kind,
+            tuple(tables),
+            functions,
+            reason=refused.reason,
+            category=refused.category,
+            columns=_column_names(uses),
+        )
+    resets = facts.kind == "ddl" or any(runs_other_code)
+    return Decision(
+        True, identity.name, facts.kind, tuple(tables), functions, columns=_column_names(uses), resets_session=resets
+    )
 
 
-def _check_access(identity: Identity, access: TableAccess) -> None:
+def _use_order(use: ColumnUse) -> tuple[str, str, str]:
+    return use.table, use.column or "", use.action
+
+
+def _column_names(uses: list[ColumnUse]) -> tuple[str, ...]:
+    return tuple(sorted({f"{use.table}.{use.column or '*'}" for use in uses}))
+
+
+def _check_access(identity: Identity, access: TableAccess, catalog: CatalogSnapshot | None) -> None:
     who = f'identity "{identity.name}"'
-    for qualified in resolve_table(access.table, identity.schemas):
+    for qualified in resolve_table(access.table, identity.schemas, catalog):
         if identity.read_only and access.kind != "select":
             raise _Refused("read_only", f"{access.kind.upper()} on {qualified} is not allowed for {who} (read-only)")
-        covering = [rule for rule in identity.rules if rule_covers(rule, access.kind, qualified)]
-        if not covering:
+        if not any(rule_covers(rule, access.kind, qualified) for rule in identity.rules):
             raise _Refused(
                 "table",
                 f"{access.kind.upper()} on {qualified} is not allowed for {who}; a rule with "
                 f'allow = ["{access.kind}"] and tables = ["{qualified}"] would allow it',
             )
-        if any(qualified in rule.columns for rule in covering):
-            raise _Refused(
-                "columns",
-                f"{qualified} has column rules for {who}, which this version cannot enforce; "
-                "statements on it are denied",
-            )
 
 
-def _check_function(identity: Identity, function: str) -> None:
-    if function in identity.functions:
+def _check_column(identity: Identity, use: ColumnUse) -> None:
+    allowed = allowed_columns(identity, use.table, use.kinds)
+    if allowed is None or (use.action != "every" and use.column in allowed):
         return
-    if is_denied(function):
+    who = f'identity "{identity.name}"'
+    narrowed = f"its rules narrow {use.table} to {', '.join(sorted(allowed)) or 'no columns'}"
+    if use.action == "every":
+        raise _Refused(
+            "columns",
+            f"{use.detail} uses every column of {use.table}, which {who} may not: {narrowed}; name the columns instead",
+        )
+    if use.column is None:
+        raise _Refused(
+            "columns",
+            f"an INSERT into {use.table} without a column list writes every column, which {who} may "
+            f"not: {narrowed}; list the columns",
+        )
+    (kind,) = use.kinds if use.action == "write" else ("select",)
+    verb = "writing" if use.action == "write" else "reading"
+    raise _Refused(
+        "columns",
+        f"{verb} column {use.table}.{use.column} is not allowed for {who}: {narrowed}; a rule with "
+        f'allow = ["{kind}"] and "{use.column}" in columns."{use.table}" would allow it',
+    )
+
+
+def _check_function(identity: Identity, function: str, catalog: CatalogSnapshot | None) -> bool:
+    """Refuse a call the identity may not make; True when it may run something other than a
+    built-in on the safe list."""
+    who = f'identity "{identity.name}"'
+    if is_denied(function) and function not in identity.functions:
         raise _Refused(
             "function",
-            f"function {function} is on the deny list; only naming it exactly in the functions of "
-            f'identity "{identity.name}" allows it',
+            f"function {function} is on the deny list; only naming it exactly in the functions of {who} allows it",
         )
+    defining = catalog.function_schemas(function, identity.schemas) if catalog and "." not in function else []
+    for schema in defining:
+        if f"{schema}.{function}" not in identity.functions:
+            signature = catalog.signatures(schema, function)[0]
+            raise _Refused(
+                "function",
+                f"function {function} also exists as {schema}.{function}({signature}) on the search path of {who}, "
+                f"and PostgreSQL may pick it over the built-in; call pg_catalog.{function}(...) or add "
+                f'"{schema}.{function}" to its functions to allow it',
+            )
+    if defining:
+        return True  # every definition on the path is allowed by its qualified name
+    if function in identity.functions:
+        return not is_builtin_safe(function)
     if not is_builtin_safe(function):
         raise _Refused(
             "function",
-            f'function {function} is not allowed for identity "{identity.name}"; add "{function}" '
-            "to its functions to allow it",
+            f'function {function} is not allowed for {who}; add "{function}" to its functions to allow it',
         )
+    return False

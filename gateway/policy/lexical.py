@@ -51,8 +51,8 @@ def scan(sql: str, max_bytes: int) -> ScannedText:
         if token.name in UNICODE_ESCAPE_TOKENS:
             raise Denial("lexical", "U&\"...\" and U&'...' escapes are not accepted")
         if token.name == "PARAM":
-            # Token offsets are byte offsets into the UTF-8 text.
-            number = int(encoded[token.start + 1 : token.end + 1])
+            # pglast gives character offsets into the text (libpg_query's byte offsets, converted).
+            number = int(sql[token.start + 1 : token.end + 1])
             if number < 1:
                 raise Denial("lexical", f"parameter ${number}: parameters are numbered from $1")
             params.add(number)
@@ -61,7 +61,7 @@ def scan(sql: str, max_bytes: int) -> ScannedText:
         return ScannedText(sql, frozenset())
     pieces, previous = [], 0
     for cut in cut_points:
-        pieces.append(encoded[previous:cut])
+        pieces.append(sql[previous:cut])
         previous = cut
-    pieces.append(encoded[previous:])
-    return ScannedText(b" ".join(pieces).decode("utf-8"), frozenset(params))
+    pieces.append(sql[previous:])
+    return ScannedText(" ".join(pieces), frozenset(params))

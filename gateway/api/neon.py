@@ -1,0 +1,288 @@
+"""The Neon serverless driver's HTTP protocol, `POST /sql` (NEON-HTTP.md): an unmodified
+`@neondatabase/serverless`, and drizzle-orm's `neon-http` on top of it, runs against the
+gateway with `neonConfig.fetchEndpoint` pointing here and the token as `authToken`.
+
+A second adapter around the one pipeline: authentication, policy, limits, the transaction
+and audit are those of `/v1`. Only the body and headers are read differently, rows are
+written as PostgreSQL's text output, and errors as the PostgreSQL-shaped 400s the driver reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.exchange import (
+    JSON,
+    answer,
+    read_json,
+    results_body,
+    run_in_transaction,
+    scope_headers,
+    statement_from,
+    until_disconnect,
+)
+from gateway.api.results import parse_command_tag
+from gateway.db.session import Column, RowField, StatementRun, row_description
+from gateway.db.types import Converter, format_array_literal, json_to_pg_text, neon_json_converter
+from gateway.errors import GatewayError, bad_request, response_too_large
+from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
+
+PATH = "/sql"
+ISOLATION_LEVELS = {
+    "ReadUncommitted": "read uncommitted",
+    "ReadCommitted": "read committed",
+    "RepeatableRead": "repeatable read",
+    "Serializable": "serializable",
+}
+# What a browser must be allowed to send and to read (CORS): the driver's headers, and the
+# pool opt-in that drivers 0.4.26 to 0.8 sent.
+REQUEST_HEADERS = (
+    "Neon-Connection-String",
+    "Neon-Raw-Text-Output",
+    "Neon-Array-Mode",
+    "Neon-Batch-Isolation-Level",
+    "Neon-Batch-Read-Only",
+    "Neon-Batch-Deferrable",
+    "Neon-Pool-Opt-In",
+)
+RESPONSE_HEADERS = ("Neon-Request-Id", "Neon-Batch-Isolation-Level", "Neon-Batch-Read-Only", "Neon-Batch-Deferrable")
+
+# The driver reads the body of a 400 only, so everything wrong with the statement is a 400:
+# PostgreSQL's errors, serialization failures (40001, safe to retry), statement timeouts
+# (57014), a cancelled query, bad parameters, and policy denials (as 42501). Failures of the
+# caller (401, 403 no_identity), of capacity (429, 503) and of size (413, 507) keep their
+# status and get a short body, which the driver shows in its message.
+STATEMENT_FAILURES = frozenset({400, 409, 499, 504})
+INSUFFICIENT_PRIVILEGE = "42501"
+# The proxy's error keys after `message` and `code`, in its order, and the field of
+# PostgreSQL's error (as `translate_error` keeps them in `pg_fields`) each one carries.
+ERROR_KEYS = {
+    "detail": "detail",
+    "hint": "hint",
+    "position": "position",
+    "internalPosition": "internal_position",
+    "internalQuery": "internal_query",
+    "severity": "severity",
+    "where": "context",
+    "table": "table_name",
+    "column": "column_name",
+    "schema": "schema_name",
+    "dataType": "data_type_name",
+    "constraint": "constraint_name",
+    "file": "server_source_filename",
+    "line": "server_source_line",
+    "routine": "server_source_function",
+}
+
+
+# ---------------------------------------------------------------------------- request
+
+
+@dataclass(frozen=True)
+class NeonQuery:
+    statement: Statement
+    array_mode: bool
+
+
+@dataclass(frozen=True)
+class NeonRequest:
+    queries: list[NeonQuery]
+    batch: bool
+    raw_text: bool
+    transaction: TransactionOptions
+    echo: dict[str, str]  # the batch headers the proxy repeats on its answer
+
+
+def decode(headers: Headers, body: Any) -> NeonRequest:
+    """A single query `{query, params, arrayMode?}` or a batch `{queries: [...]}` (tried in
+    that order, as the proxy does), shaped by the Neon headers."""
+    check_connection_string(headers.get("neon-connection-string"))
+    array_mode = _flag(headers, "neon-array-mode")
+    raw_text = _flag(headers, "neon-raw-text-output")
+    transaction, echo = _batch_options(headers)
+    if isinstance(body, dict) and "query" in body:
+        return NeonRequest([_query(body, array_mode, "body")], False, raw_text, TransactionOptions(), {})
+    if isinstance(body, dict) and isinstance(body.get("queries"), list):
+        queries = [_query(item, array_mode, f"queries[{i}]") for i, item in enumerate(body["queries"])]
+        return NeonRequest(queries, True, raw_text, transaction, echo)
+    raise bad_request('could not parse the HTTP request body: expected {"query", "params"} or {"queries": [...]}')
+
+
+def _query(item: Any, array_mode: bool, where: str) -> NeonQuery:
+    statement = statement_from(item, where, sql_key="query")
+    mode = item.get("arrayMode", array_mode)
+    if not isinstance(mode, bool):
+        raise bad_request(f'{where}: "arrayMode" must be true or false')
+    return NeonQuery(Statement(statement.sql, [json_to_pg_text(value) for value in statement.params]), mode)
+
+
+def check_connection_string(value: str | None) -> None:
+    """The driver always sends its connection string; the gateway takes nothing from it. The
+    user and password are not credentials here (the bearer token is), and the database is the
+    configured one whatever it names, so none of it is decoded. A value that is not a
+    postgres URL is refused as the proxy refuses it: a client misconfigured against the
+    gateway fails as it would against Neon. Absent is fine (curl)."""
+    if value is None:
+        return
+    try:
+        scheme = urlsplit(value).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in ("postgres", "postgresql"):
+        raise bad_request("invalid connection string: expected a postgres:// or postgresql:// URL")
+
+
+def _flag(headers: Headers, name: str) -> bool:
+    """Only the exact value `true` is true, as in the proxy."""
+    return headers.get(name) == "true"
+
+
+def _batch_options(headers: Headers) -> tuple[TransactionOptions, dict[str, str]]:
+    level = headers.get("neon-batch-isolation-level")
+    if level is not None and level not in ISOLATION_LEVELS:
+        raise bad_request("invalid isolation level")
+    read_only = _flag(headers, "neon-batch-read-only")
+    deferrable = _flag(headers, "neon-batch-deferrable")
+    options = TransactionOptions(read_only=read_only, deferrable=deferrable)
+    echo = {}
+    if level is not None:
+        options = TransactionOptions(ISOLATION_LEVELS[level], read_only, deferrable)
+        echo["Neon-Batch-Isolation-Level"] = level
+    if read_only:
+        echo["Neon-Batch-Read-Only"] = "true"
+    if deferrable:
+        echo["Neon-Batch-Deferrable"] = "true"
+    return options, echo
+
+
+# ---------------------------------------------------------------------------- endpoint
+
+
+async def sql(request: Request) -> Response:
+    return await answer(request, PATH, _sql, on_error=error_response)
+
+
+async def _sql(request: Request, scope: RequestScope) -> Response:
+    neon = decode(request.headers, await read_json(request))
+    await scope.authenticate(request.headers.get("authorization"))
+    judged = [scope.judge(query.statement) for query in neon.queries]
+    results = ResultEncoder(scope, neon.raw_text)
+    array_modes = iter([query.array_mode for query in neon.queries])
+
+    async def encode(item: Judged, run: StatementRun) -> bytes:
+        return await results.encode(run, next(array_modes))  # called once per query, in order
+
+    parts = await until_disconnect(request, run_in_transaction(scope, judged, neon.transaction, encode))
+    body = results_body(parts) if neon.batch else parts[0]
+    scope.record.bytes += len(body)
+    return Response(body, media_type=JSON, headers={**scope_headers(scope), **neon.echo})
+
+
+async def preflight(request: Request) -> Response:
+    """`OPTIONS /sql` answers 200, as the proxy's does. The CORS headers are the app's CORS
+    middleware's, for the configured origins only (README: "/sql and CORS")."""
+    return Response(status_code=200)
+
+
+# ---------------------------------------------------------------------------- results
+
+
+class ResultEncoder:
+    """Results as the proxy writes them, each read whole: the driver knows no truncation, so
+    more rows in one result than the identity's `max_rows`, or more bytes in the whole answer
+    than its `max_response_bytes`, is a 507."""
+
+    def __init__(self, scope: RequestScope, raw_text: bool) -> None:
+        assert scope.caller is not None
+        self.scope = scope
+        self.raw_text = raw_text
+        self.max_rows = scope.caller.identity.max_rows
+        self.max_bytes = scope.caller.identity.max_response_bytes
+        self.size = 0
+
+    def _converter(self, column: Column) -> Converter | None:
+        if self.raw_text:
+            # asyncpg hands arrays over as nested lists of element texts; every other value
+            # is PostgreSQL's text output already.
+            return format_array_literal if column.type.kind == "array" else None
+        return neon_json_converter(column.type)
+
+    async def encode(self, run: StatementRun, array_mode: bool) -> bytes:
+        names = [column.name for column in run.columns]
+        converters = [self._converter(column) for column in run.columns]
+        fields = [_field(field) for field in row_description(run)]
+        chunks = [self._counted(b'{"fields":' + orjson.dumps(fields) + b',"rows":[')]
+        rows = 0
+        async for batch in run.batches():
+            rows += len(batch)
+            if rows > self.max_rows:
+                raise response_too_large(self.max_rows, "rows")
+            values = [_converted(record, converters) for record in batch]
+            if values:
+                encoded = orjson.dumps(values if array_mode else [dict(zip(names, row, strict=True)) for row in values])
+                chunks.append(self._counted((b"," if rows > len(batch) else b"") + encoded[1:-1]))
+        command, count = parse_command_tag(run.command_tag)
+        summary = {"command": command, "rowCount": count, "rowAsArray": array_mode}
+        chunks.append(self._counted(b"]," + orjson.dumps(summary)[1:]))
+        self.scope.record.rows += rows
+        return b"".join(chunks)
+
+    def _counted(self, chunk: bytes) -> bytes:
+        """The proxy's limit is on the whole answer, a batch's results together."""
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise response_too_large(self.max_bytes)
+        return chunk
+
+
+def _converted(record: Any, converters: list[Converter | None]) -> list[Any]:
+    return [
+        value if value is None or convert is None else convert(value)
+        for value, convert in zip(record, converters, strict=True)
+    ]
+
+
+def _field(field: RowField) -> dict[str, Any]:
+    return {
+        "name": field.name.decode(),
+        "dataTypeID": field.type_oid,
+        "tableID": field.table_oid,
+        "columnID": field.column_number,
+        "dataTypeSize": field.type_size,
+        "dataTypeModifier": field.type_modifier,
+        "format": "text",
+    }
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def status_of(error: GatewayError) -> int:
+    return 400 if error.status in STATEMENT_FAILURES or error.code == "policy_denied" else error.status
+
+
+def error_json(error: GatewayError) -> bytes:
+    """A 400's body has every key of the proxy's PostgreSQL error (`position` and `line`
+    strings; `code` and `severity` empty for an error that is not PostgreSQL's); any other
+    status gets a short `{"message", "code"}` with the gateway's stable code."""
+    if status_of(error) != 400:
+        return orjson.dumps({"message": error.message, "code": error.code})
+    code = INSUFFICIENT_PRIVILEGE if error.code == "policy_denied" else error.sqlstate or ""
+    body = {"message": error.message, "code": code}
+    body.update({key: error.pg_fields.get(name) for key, name in ERROR_KEYS.items()})
+    body["severity"] = body["severity"] or ("ERROR" if code else "")
+    return orjson.dumps(body)
+
+
+def error_response(scope: RequestScope, error: GatewayError) -> Response:
+    scope.fail(error)
+    status = scope.record.status = status_of(error)
+    headers = {**scope_headers(scope), **error.headers}
+    return Response(error_json(error), status_code=status, media_type=JSON, headers=headers)

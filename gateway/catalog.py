@@ -1,0 +1,135 @@
+"""The catalog snapshot: which relations (with their columns) and which functions exist in
+which schema — what the policy needs to resolve names exactly as PostgreSQL will.
+
+Owns the immutable `CatalogSnapshot`, its lookups and its JSON file form (`gateway catalog
+dump`, `gateway check --snapshot`). Reading one from a live database is `gateway.db.catalog`;
+judging statements with it is `gateway.policy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+SNAPSHOT_FORMAT = 1
+CATALOG_SCHEMA = "pg_catalog"
+
+
+class CatalogError(ValueError):
+    """A snapshot file that cannot be read; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """Relations and functions per schema. Equal snapshots describe the same catalog, whenever
+    and wherever they were taken."""
+
+    # schema -> relation (table, view, materialized view, foreign table, sequence) -> columns,
+    # system columns (ctid, xmin, ...) included for relations that have them
+    relations: Mapping[str, Mapping[str, frozenset[str]]]
+    # schema -> function name -> argument lists, e.g. {"public": {"lower": ("character varying",)}};
+    # pg_catalog's own functions are left out: only the others can shadow a built-in
+    functions: Mapping[str, Mapping[str, tuple[str, ...]]]
+    taken_at: str = field(default="", compare=False)
+    database: str = field(default="", compare=False)
+
+    def columns(self, schema: str, relation: str) -> frozenset[str] | None:
+        """The relation's columns, or None when the snapshot does not know the relation."""
+        return self.relations.get(schema, {}).get(relation)
+
+    def find_relation(self, name: str, schemas: tuple[str, ...]) -> str | None:
+        """The schema an unqualified relation name resolves to on the pinned search path
+        `pg_catalog, <schemas>, pg_temp`, or None when no schema in the snapshot has it."""
+        for schema in (CATALOG_SCHEMA, *schemas):
+            if name in self.relations.get(schema, {}):
+                return schema
+        return None
+
+    def function_schemas(self, name: str, schemas: tuple[str, ...]) -> list[str]:
+        """The schemas among `schemas` that define a function called `name`."""
+        return [schema for schema in schemas if name in self.functions.get(schema, {})]
+
+    def signatures(self, schema: str, name: str) -> tuple[str, ...]:
+        return self.functions.get(schema, {}).get(name, ())
+
+    # ------------------------------------------------------------------ JSON form
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "taken_at": self.taken_at,
+            "database": self.database,
+            "relations": {
+                schema: {name: sorted(columns) for name, columns in sorted(relations.items())}
+                for schema, relations in sorted(self.relations.items())
+            },
+            "functions": {
+                schema: {name: list(signatures) for name, signatures in sorted(functions.items())}
+                for schema, functions in sorted(self.functions.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> CatalogSnapshot:
+        """Raises ValueError naming the first part that is not a snapshot."""
+        if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f'expected a catalog snapshot object with "format": {SNAPSHOT_FORMAT}')
+        return cls(
+            relations=_frozen(_nested_lists(data.get("relations"), "relations"), frozenset),
+            functions=_frozen(_nested_lists(data.get("functions"), "functions"), tuple),
+            taken_at=str(data.get("taken_at", "")),
+            database=str(data.get("database", "")),
+        )
+
+
+def _nested_lists(value: Any, key: str) -> dict[str, dict[str, list[str]]]:
+    """`{schema: {name: [string, ...]}}`, checked."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: expected an object of schemas")
+    for schema, entries in value.items():
+        if not isinstance(entries, dict):
+            raise ValueError(f"{key}.{schema}: expected an object")
+        for name, items in entries.items():
+            if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+                raise ValueError(f"{key}.{schema}.{name}: expected a list of strings")
+    return value
+
+
+def _frozen(value: dict[str, dict[str, list[str]]], kind: type) -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType(
+        {
+            schema: MappingProxyType({name: kind(items) for name, items in entries.items()})
+            for schema, entries in value.items()
+        }
+    )
+
+
+def snapshot_from_rows(
+    relations: dict[str, dict[str, list[str]]],
+    functions: dict[str, dict[str, list[str]]],
+    *,
+    taken_at: str = "",
+    database: str = "",
+) -> CatalogSnapshot:
+    return CatalogSnapshot(_frozen(relations, frozenset), _frozen(functions, tuple), taken_at, database)
+
+
+def load_snapshot(path: str | Path) -> CatalogSnapshot:
+    path = Path(path)
+    try:
+        return CatalogSnapshot.from_json(orjson.loads(path.read_bytes()))
+    except FileNotFoundError:
+        raise CatalogError(f"{path}: file not found") from None
+    except orjson.JSONDecodeError as error:
+        raise CatalogError(f"{path}: not valid JSON: {error}") from None
+    except ValueError as error:
+        raise CatalogError(f"{path}: {error}") from None
+
+
+def dump_snapshot(snapshot: CatalogSnapshot) -> bytes:
+    return orjson.dumps(snapshot.to_json(), option=orjson.OPT_INDENT_2) + b"\n"

@@ -1,0 +1,79 @@
+"""Python client of the gateway's native API, for Cloud Functions, Prefect flows and scripts.
+
+`GatewayClient` (blocking) and `AsyncGatewayClient` (asyncio) send `query`, `batch`,
+`stream` (NDJSON, row by row), `explain` and `whoami`, with a bearer token from a token
+provider, and raise the gateway's errors as typed exceptions (`GatewayError` and one
+subclass per error code). This package owns the client side only and imports nothing from
+the server.
+
+    from gateway.client import GatewayClient, GcpIdentityToken
+
+    url = "https://gateway.example.com"
+    with GatewayClient(url, GcpIdentityToken(audience=url)) as gateway:
+        orders = gateway.query("select id, total from orders where status = $1", "new").rows
+
+Retries: 429 and 503 answers, after their `Retry-After`, within `retries` tries and
+`max_retry_wait` seconds; see `gateway.client._retry` for which calls retry which answers.
+"""
+
+from gateway.client._async import AsyncGatewayClient, AsyncRowStream
+from gateway.client._errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    GatewayError,
+    IncompleteResponse,
+    NoIdentity,
+    Overloaded,
+    PayloadTooLarge,
+    PolicyDenied,
+    RateLimited,
+    ResponseTooLarge,
+    SerializationFailure,
+    SqlError,
+    StatementTimeout,
+    TokenError,
+    Unauthenticated,
+)
+from gateway.client._results import Column, Explanation, QueryResult
+from gateway.client._sync import GatewayClient, RowStream
+from gateway.client._tokens import (
+    EnvToken,
+    FetchedToken,
+    FileToken,
+    GcpIdentityToken,
+    GithubActionsToken,
+    StaticToken,
+    TokenProvider,
+)
+
+__all__ = [
+    "AsyncGatewayClient",
+    "AsyncRowStream",
+    "BadRequest",
+    "Column",
+    "DatabaseUnavailable",
+    "EnvToken",
+    "Explanation",
+    "FetchedToken",
+    "FileToken",
+    "GatewayClient",
+    "GatewayError",
+    "GcpIdentityToken",
+    "GithubActionsToken",
+    "IncompleteResponse",
+    "NoIdentity",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PolicyDenied",
+    "QueryResult",
+    "RateLimited",
+    "ResponseTooLarge",
+    "RowStream",
+    "SerializationFailure",
+    "SqlError",
+    "StatementTimeout",
+    "StaticToken",
+    "TokenError",
+    "TokenProvider",
+    "Unauthenticated",
+]
