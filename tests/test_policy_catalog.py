@@ -17,6 +17,8 @@ from gateway.config import ConfigError, PolicyConfig, parse_config
 from gateway.errors import GatewayError
 from gateway.identity import Identity
 from gateway.policy import PolicyEngine
+from gateway.policy.analysis import SAFE_CAST_TYPES
+from gateway.policy.functions import DENIED_FUNCTIONS, DENIED_PREFIXES, SAFE_FUNCTIONS
 
 SYSTEM_COLUMNS = ["tableoid", "cmax", "xmax", "cmin", "xmin", "ctid"]
 RELATIONS = {
@@ -444,6 +446,22 @@ def test_non_ascii_text_before_a_parameter_is_analysed(engine):
     assert decision.allowed, decision.reason
 
 
+def test_a_failure_while_judging_is_a_denial_not_an_error(monkeypatch):
+    def broken(self):
+        raise KeyError("bug")
+
+    monkeypatch.setattr("gateway.policy.resolution.ColumnResolver.uses", broken)
+    decision = decide(engine_with(), "reader", "select id from orders")
+    assert (decision.allowed, decision.category) == (False, "internal")
+    assert "could not be judged" in decision.reason
+
+
+def test_a_denied_decision_still_lists_the_columns_it_understood(engine):
+    decision = decide(engine, "narrowed", "delete from orders where id = $1")
+    assert decision.category == "table"
+    assert decision.columns == ("public.orders.id",)
+
+
 # ---------------------------------------------------------------------------- the snapshot file
 
 
@@ -508,3 +526,21 @@ def test_an_analysis_rate_of_zero_is_refused():
     with pytest.raises(ConfigError) as raised:
         parse_config({**BASE, "policy": {"analysis_rate": "0/s"}})
     assert "policy.analysis_rate" in str(raised.value)
+
+
+# ---------------------------------------------------------------------------- the documentation
+
+POLICY_DOC = Path(__file__).resolve().parent.parent / "docs" / "policy.md"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param(sorted(SAFE_FUNCTIONS), id="safe-functions"),
+        pytest.param(sorted(DENIED_FUNCTIONS) + list(DENIED_PREFIXES), id="deny-list"),
+        pytest.param(sorted(SAFE_CAST_TYPES), id="safe-cast-types"),
+    ],
+)
+def test_docs_list_every_name_of_the_safe_and_deny_lists(names):
+    text = POLICY_DOC.read_text()
+    assert [name for name in names if f"`{name}`" not in text] == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from gateway.catalog import CatalogSnapshot
 from gateway.config import RuleConfig
@@ -80,15 +81,31 @@ def allowed_columns(identity: Identity, table: str, kinds: Iterable[str]) -> fro
 
 
 def decide(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot | None = None) -> Decision:
+    """Never raises: a failure while judging is a denial too, never an error or a pass."""
+    try:
+        return _judge(identity, facts, catalog)
+    except Exception as error:
+        return Decision(
+            False,
+            identity.name,
+            facts.kind,
+            (),
+            tuple(sorted(facts.functions)),
+            reason=f"the statement could not be judged ({type(error).__name__})",
+            category="internal",
+        )
+
+
+def _judge(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot | None) -> Decision:
     tables = sorted({q for access in facts.accesses for q in resolve_table(access.table, identity.schemas, catalog)})
     functions = tuple(sorted(facts.functions))
-    uses: list[ColumnUse] = []
+    uses = sorted(set(ColumnResolver(facts.columns, identity.schemas, catalog).uses()), key=_use_order)
+    denied = partial(Decision, False, identity.name, facts.kind, tuple(tables), functions, columns=_column_names(uses))
     try:
         if facts.denial is not None:
             raise _Refused(facts.denial.category, facts.denial.message)
         for access in sorted(facts.accesses):
             _check_access(identity, access, catalog)
-        uses = sorted(set(ColumnResolver(facts.columns, identity.schemas, catalog).uses()), key=_use_order)
         for use in uses:
             _check_column(identity, use)
         runs_other_code = [_check_function(identity, function, catalog) for function in functions]
@@ -96,16 +113,7 @@ def decide(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot |
             if unqualified(cast) not in SAFE_CAST_TYPES:
                 raise _Refused("cast", f"a cast to {cast} is not allowed (only built-in scalar types)")
     except _Refused as refused:
-        return Decision(
-            False,
-            identity.name,
-            facts.kind,
-            tuple(tables),
-            functions,
-            reason=refused.reason,
-            category=refused.category,
-            columns=_column_names(uses),
-        )
+        return denied(reason=refused.reason, category=refused.category)
     resets = facts.kind == "ddl" or any(runs_other_code)
     return Decision(
         True, identity.name, facts.kind, tuple(tables), functions, columns=_column_names(uses), resets_session=resets
