@@ -77,7 +77,7 @@ class TokenIssuer(Protocol):
         ...
 
     def status(self) -> str:
-        """"ok", or why tokens of this issuer cannot be verified now (for /readyz)."""
+        """For /readyz: "ok", or why this issuer's tokens cannot be verified now."""
         ...
 
     async def start(self, on_fetch: FetchListener | None = None) -> None: ...
@@ -115,7 +115,8 @@ class SharedSecretIssuer:
 @dataclass(frozen=True)
 class _CachedToken:
     """A verified token with the key that verified it: when the issuer's key changes (a
-    rotated secret), the entry no longer counts and the token is verified afresh."""
+    rotated secret, a key gone from the JWKS), the entry no longer counts and the token is
+    verified afresh."""
 
     verified: VerifiedToken
     issuer: TokenIssuer
