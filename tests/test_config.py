@@ -834,16 +834,17 @@ def test_dev_assets_configuration_is_valid():
     assert config.issuers and config.identities
 
 
-@pytest.mark.skipif(not (EXAMPLES / "gateway.toml").exists(), reason="no wrangler-like-config/gateway.toml yet")
 def test_gateway_example_is_a_valid_configuration():
     config = load_config(EXAMPLES / "gateway.toml")
     assert config.name
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("**/*.toml")), ids=lambda path: path.name)
+# The Worker project's wrangler.toml configures Cloudflare, not the gateway.
+GATEWAY_EXAMPLES = sorted(path for path in EXAMPLES.glob("**/*.toml") if path.name != "wrangler.toml")
+
+
+@pytest.mark.parametrize("path", GATEWAY_EXAMPLES, ids=lambda path: path.name)
 def test_every_example_toml_is_a_valid_configuration(path):
-    if "[database]" not in path.read_text():
-        pytest.skip(f"{path.name} is not a gateway configuration")
     text = path.read_text()
     environments = [
         line.split(".", 1)[1].split("]")[0].split(".")[0] for line in text.splitlines() if line.startswith("[env.")
