@@ -9,7 +9,7 @@ in files there and `/metrics` in any worker reports the sum (see README).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,6 +31,7 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 class GatewayMetrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # In multiprocess mode values live in the shared directory, not in a registry.
         registry = None if self.multiprocess else CollectorRegistry()
         self.registry = registry
@@ -63,24 +64,33 @@ class GatewayMetrics:
             "gateway_pool_waiting", "Requests waiting for a connection", registry=registry, **pool_mode
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(...)`, remembered: prometheus-client looks labels up under a lock
+        on every call, and this runs several times per request."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, scope: RequestScope) -> None:
         """Everything one finished request contributes, in one place."""
         record = scope.record
         identity = record.identity or ""
-        self.requests.labels(identity, record.endpoint, str(record.status)).inc()
+        self._child(self.requests, identity, record.endpoint, str(record.status)).inc()
         for phase, seconds in scope.timings.items():
-            self.latency.labels(phase).observe(seconds)
-        self.latency.labels("total").observe(scope.elapsed())
+            self._child(self.latency, phase).observe(seconds)
+        self._child(self.latency, "total").observe(scope.elapsed())
         error = scope.error
         if error is not None and error.code == "unauthenticated":
-            self.auth_failures.labels(error.detail or "invalid_token").inc()
+            self._child(self.auth_failures, error.detail or "invalid_token").inc()
         for judged in scope.judged:
             if not judged.decision.allowed:
-                self.policy_denials.labels(identity, judged.decision.category or "denied").inc()
+                self._child(self.policy_denials, identity, judged.decision.category or "denied").inc()
         if record.rows:
-            self.rows.labels(identity).inc(record.rows)
+            self._child(self.rows, identity).inc(record.rows)
         if record.bytes:
-            self.bytes.labels(identity).inc(record.bytes)
+            self._child(self.bytes, identity).inc(record.bytes)
 
     def observe_pool(self, in_use: int, idle: int, waiting: int) -> None:
         self.pool_in_use.set(in_use)
