@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api import native, neon
 from gateway.api.exchange import JSON
+from gateway.api.openapi import openapi_document
 from gateway.api.results import error_body
 from gateway.auth import READY_STATES
 from gateway.config import GatewayConfig
@@ -125,6 +126,10 @@ async def readyz(request: Request) -> Response:
     )
 
 
+async def openapi(request: Request) -> Response:
+    return Response(openapi_document(), media_type=JSON)
+
+
 async def metrics(request: Request) -> Response:
     body, content_type = request.app.state.pipeline.metrics.render()
     return Response(body, media_type=content_type)
@@ -166,6 +171,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
 
     routes = [
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/query", native.query, methods=["POST"]),
         Route("/v1/batch", native.batch, methods=["POST"]),
         Route("/v1/explain", native.explain, methods=["POST"]),

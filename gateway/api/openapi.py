@@ -1,0 +1,199 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at `GET /openapi.json`.
+
+Written by hand from the wire formats in `gateway.api` (native.py, neon.py) and the error
+table of `gateway.errors`; built once per process.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from gateway import __version__
+
+ISOLATION = ["read uncommitted", "read committed", "repeatable read", "serializable"]
+ERROR_STATUSES = {
+    "400": "bad_request (malformed body, wrong parameters) or sql_error (PostgreSQL rejected the statement)",
+    "401": "unauthenticated: missing, malformed, expired or otherwise invalid token",
+    "403": "no_identity or policy_denied (the reason says why and what rule would allow it)",
+    "409": "serialization_failure: sqlstate 40001 or 40P01, safe to retry",
+    "413": "payload_too_large",
+    "429": "rate_limited (Retry-After)",
+    "503": "overloaded or database_unavailable (Retry-After)",
+    "504": "statement_timeout",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {status: {"description": ERROR_STATUSES[status], **_json(_ref("Error"))} for status in statuses}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Statement": {
+        "type": "object",
+        "required": ["sql"],
+        "properties": {
+            "sql": {"type": "string", "description": "one statement with $1..$n parameters"},
+            "params": {"type": "array", "items": {}, "description": "a string fits any parameter type"},
+            "rowMode": {"type": "string", "enum": ["object", "array"], "default": "object"},
+        },
+    },
+    "Batch": {
+        "type": "object",
+        "required": ["statements"],
+        "properties": {
+            "statements": {"type": "array", "minItems": 1, "items": _ref("Statement")},
+            "isolation": {"type": "string", "enum": ISOLATION, "default": "read committed"},
+            "readOnly": {"type": "boolean", "default": False},
+            "rowMode": {"type": "string", "enum": ["object", "array"], "default": "object"},
+        },
+    },
+    "Result": {
+        "type": "object",
+        "properties": {
+            "columns": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"name": {"type": "string"}, "type": {"type": "string"}}},
+            },
+            "rows": {"type": "array", "items": {}},
+            "command": {"type": "string"},
+            "rowCount": {"type": ["integer", "null"]},
+            "truncated": {"type": "boolean"},
+        },
+    },
+    "Decision": {
+        "type": "object",
+        "properties": {
+            "allowed": {"type": "boolean"},
+            "identity": {"type": "string"},
+            "kind": {"type": ["string", "null"]},
+            "tables": {"type": "array", "items": {"type": "string"}},
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "functions": {"type": "array", "items": {"type": "string"}},
+            "reason": {"type": ["string", "null"]},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "requestId": {"type": "string"},
+                    "sqlstate": {"type": ["string", "null"]},
+                    "detail": {"type": ["string", "null"]},
+                    "hint": {"type": ["string", "null"]},
+                    "position": {"type": ["integer", "null"]},
+                },
+            }
+        },
+    },
+}
+
+STATEMENT_ERRORS = ("400", "401", "403", "409", "413", "429", "503", "504")
+
+
+def _paths() -> dict[str, Any]:
+    secured = [{"bearer": []}]
+    return {
+        "/v1/query": {
+            "post": {
+                "summary": "Run one statement; JSON, or NDJSON with Accept: application/x-ndjson",
+                "security": secured,
+                "requestBody": {"required": True, **_json(_ref("Statement"))},
+                "responses": {
+                    "200": {
+                        "description": "the result",
+                        "content": {
+                            "application/json": {"schema": _ref("Result")},
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(*STATEMENT_ERRORS),
+                },
+            }
+        },
+        "/v1/batch": {
+            "post": {
+                "summary": "Run statements in one transaction, all or nothing",
+                "security": secured,
+                "requestBody": {"required": True, **_json(_ref("Batch"))},
+                "responses": {
+                    "200": {
+                        "description": "one result per statement, sent after COMMIT",
+                        **_json(
+                            {"type": "object", "properties": {"results": {"type": "array", "items": _ref("Result")}}}
+                        ),
+                    },
+                    **_errors(*STATEMENT_ERRORS),
+                },
+            }
+        },
+        "/v1/explain": {
+            "post": {
+                "summary": "The policy decision for a statement, without running it",
+                "security": secured,
+                "requestBody": {"required": True, **_json(_ref("Statement"))},
+                "responses": {
+                    "200": {"description": "the decision", **_json(_ref("Decision"))},
+                    **_errors("400", "401", "403", "413", "429"),
+                },
+            }
+        },
+        "/v1/whoami": {
+            "get": {
+                "summary": "The identity, role, issuer and limits the token resolves to",
+                "security": secured,
+                "responses": {
+                    "200": {"description": "the identity", **_json({"type": "object"})},
+                    **_errors("401", "403"),
+                },
+            }
+        },
+        "/sql": {
+            "post": {
+                "summary": "The Neon serverless driver's HTTP protocol (see README)",
+                "security": secured,
+                "requestBody": {"required": True, **_json({"type": "object"})},
+                "responses": {
+                    "200": {"description": "fields, rows, command, rowCount", **_json({"type": "object"})},
+                    "400": {"description": "a PostgreSQL-shaped error", **_json({"type": "object"})},
+                },
+            }
+        },
+        "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": {"description": "ok"}}}},
+        "/readyz": {
+            "get": {
+                "summary": "Database reachable and issuers loaded",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics"}}}},
+    }
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> bytes:
+    return orjson.dumps(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": "edge-sql-gateway", "version": __version__},
+            "paths": _paths(),
+            "components": {
+                "schemas": SCHEMAS,
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            },
+        }
+    )
