@@ -188,13 +188,17 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
+def _configuration_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="gateway.toml (default: $GATEWAY_CONFIG)")
+    parser.add_argument("--env", help="an [env.NAME] section to apply")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="HTTP-to-SQL gateway for PostgreSQL")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config")
-    serve.add_argument("--env")
+    _configuration_arguments(serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
@@ -206,8 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(handler=cmd_dev)
 
     check = commands.add_parser("check", help="policy decision for one statement")
-    check.add_argument("--config")
-    check.add_argument("--env")
+    _configuration_arguments(check)
     check.add_argument("--identity", required=True)
     check.add_argument("--sql")
     source = check.add_mutually_exclusive_group()
@@ -216,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     token = commands.add_parser("token", help="mint a token for an HS256 (dev) issuer")
-    token.add_argument("--config")
-    token.add_argument("--env")
+    _configuration_arguments(token)
     token.add_argument("--issuer", required=True)
     token.add_argument("--sub", required=True)
     token.add_argument("--ttl", default="15m")
@@ -227,14 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     validate = config_commands.add_parser("validate", help="validate and print the resolved configuration")
-    validate.add_argument("--config")
-    validate.add_argument("--env")
+    _configuration_arguments(validate)
     validate.set_defaults(handler=cmd_config_validate)
     catalog = commands.add_parser("catalog", help="catalog snapshot tools")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
     dump = catalog_commands.add_parser("dump", help="print the database's catalog snapshot as JSON")
-    dump.add_argument("--config")
-    dump.add_argument("--env")
+    _configuration_arguments(dump)
     dump.set_defaults(handler=cmd_catalog_dump)
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
