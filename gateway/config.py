@@ -32,7 +32,6 @@ ConfigPath = Annotated[str, RELATIVE_PATH]
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 StatementKind = Literal["select", "insert", "update", "delete", "merge", "ddl"]
-STATEMENT_KINDS: tuple[str, ...] = typing.get_args(StatementKind)
 
 # Names that end up inside SQL (role names, schema names) are kept to what PostgreSQL
 # accepts unquoted, so quoting them can never be escaped.

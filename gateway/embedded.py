@@ -247,7 +247,3 @@ class LocalPostgres:
     def stop(self, mode: str = "fast") -> None:
         if self.running:
             self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()

@@ -48,7 +48,6 @@ async def text_codec_types(connection: asyncpg.Connection) -> list[str]:
 
 # ---------------------------------------------------------------------------- PostgreSQL text -> JSON
 
-ISO_DATE = re.compile(r"^\d{4,}-\d\d-\d\d$")
 ISO_TIMESTAMP = re.compile(r"^(\d{4,}-\d\d-\d\d) (\d\d:\d\d:\d\d(?:\.\d+)?)([+-]\d\d(?::\d\d){0,2})?$")
 ISO_TIMETZ = re.compile(r"^(\d\d:\d\d:\d\d(?:\.\d+)?)([+-]\d\d(?::\d\d){0,2})$")
 FLOAT_SPECIALS = frozenset({"NaN", "Infinity", "-Infinity"})
