@@ -207,6 +207,23 @@ class Pipeline:
         return RequestScope(self, record)
 
 
+class _Phase:
+    """Adds the time spent inside a `with` block to one phase of `Server-Timing` and the
+    latency metrics, whether the block returns or raises."""
+
+    __slots__ = ("_name", "_started", "_timings")
+
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self._timings = timings
+        self._name = name
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timings[self._name] += time.perf_counter() - self._started
+
+
 @dataclass
 class RequestScope:
     """One request's journey. Use `authenticate`, `judge`, `open_transaction`, `run`,
@@ -228,15 +245,12 @@ class RequestScope:
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """Verified claims -> identity. Awaits only for a token whose key must be fetched."""
-        started = time.perf_counter()
-        try:
+        with _Phase(self.timings, "auth"):
             token = await self.pipeline.verifier.verify_header(authorization)
             self.record.issuer = token.issuer
             sub = token.claims.get("sub")
             self.record.sub = sub if isinstance(sub, str) else None
             identity = self.pipeline.identities.resolve(token.issuer, token.claims)
-        finally:
-            self.timings["auth"] += time.perf_counter() - started
         self.record.identity = identity.name
         self.record.role = identity.role
         self.caller = Caller(token, identity)
@@ -245,9 +259,8 @@ class RequestScope:
     def explain(self, statement: Statement) -> Judged:
         """The policy decision without enforcing it."""
         assert self.caller is not None
-        started = time.perf_counter()
-        facts, decision = self.pipeline.policy.decide(self.caller.identity, statement.sql)
-        self.timings["policy"] += time.perf_counter() - started
+        with _Phase(self.timings, "policy"):
+            facts, decision = self.pipeline.policy.decide(self.caller.identity, statement.sql)
         judged = Judged(statement, facts, decision)
         self.judged.append(judged)
         self._note_decision(judged)
@@ -284,8 +297,7 @@ class RequestScope:
         setup_sql = settings.setup_sql(
             f"gw {self.record.requestId[:24]} {self.record.traceId}", self.caller.token.claims_json
         )
-        started = time.perf_counter()
-        try:
+        with _Phase(self.timings, "db"):
             self._exit_stack.enter_context(self.pipeline.limits.admit(identity))
             connection = await self._exit_stack.enter_async_context(self.pipeline.database.connection())
             if any(judged.decision.resets_session for judged in self.judged):
@@ -295,27 +307,19 @@ class RequestScope:
             transaction = Transaction(connection, settings, setup_sql)
             self._exit_stack.push_async_callback(transaction.rollback)
             await transaction.begin()
-        finally:
-            self.timings["db"] += time.perf_counter() - started
         self.transaction = transaction
         return transaction
 
     async def run(self, judged: Judged) -> StatementRun:
         assert self.transaction is not None and self.caller is not None
-        started = time.perf_counter()
-        try:
-            first = min(self.caller.identity.max_rows + 1, FETCH_BATCH_ROWS)
+        first = min(self.caller.identity.max_rows + 1, FETCH_BATCH_ROWS)
+        with _Phase(self.timings, "db"):
             return await self.transaction.run(judged.statement.sql, judged.statement.params, first, FETCH_BATCH_ROWS)
-        finally:
-            self.timings["db"] += time.perf_counter() - started
 
     async def commit(self) -> None:
         assert self.transaction is not None
-        started = time.perf_counter()
-        try:
+        with _Phase(self.timings, "db"):
             await self.transaction.commit()
-        finally:
-            self.timings["db"] += time.perf_counter() - started
 
     def fail(self, error: GatewayError) -> None:
         self.error = error
