@@ -1,5 +1,6 @@
 """The catalog snapshot: which relations (with their columns) and which functions exist in
-which schema — what the policy needs to resolve names exactly as PostgreSQL will.
+which schema, and in which schemas each identity role can create objects — what the policy
+needs to resolve names exactly as PostgreSQL will, and to know where a name could change.
 
 Owns the immutable `CatalogSnapshot`, its lookups and its JSON file form (`gateway catalog
 dump`, `gateway check --snapshot`). Reading one from a live database is `gateway.db.catalog`;
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: pg_catalog functions and the schemas roles can create in
 CATALOG_SCHEMA = "pg_catalog"
 
 
@@ -32,9 +33,11 @@ class CatalogSnapshot:
     # schema -> relation (table, view, materialized view, foreign table, sequence) -> columns,
     # system columns (ctid, xmin, ...) included for relations that have them
     relations: Mapping[str, Mapping[str, frozenset[str]]]
-    # schema -> function name -> argument lists, e.g. {"public": {"lower": ("character varying",)}};
-    # pg_catalog's own functions are left out: only the others can shadow a built-in
+    # schema -> function name -> argument lists, e.g. {"public": {"lower": ("character varying",)}},
+    # pg_catalog's own included
     functions: Mapping[str, Mapping[str, tuple[str, ...]]]
+    # role -> the schemas it can create objects in (identity roles only)
+    creatable: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     taken_at: str = field(default="", compare=False)
     database: str = field(default="", compare=False)
 
@@ -50,9 +53,12 @@ class CatalogSnapshot:
                 return schema
         return None
 
-    def function_schemas(self, name: str, schemas: tuple[str, ...]) -> list[str]:
-        """The schemas among `schemas` that define a function called `name`."""
-        return [schema for schema in schemas if name in self.functions.get(schema, {})]
+    def defines_function(self, schema: str, name: str) -> bool:
+        return name in self.functions.get(schema, {})
+
+    def can_create(self, role: str, schema: str) -> bool:
+        """Whether `role` can create objects in `schema` (by grant, membership or ownership)."""
+        return schema in self.creatable.get(role, frozenset())
 
     def signatures(self, schema: str, name: str) -> tuple[str, ...]:
         return self.functions.get(schema, {}).get(name, ())
@@ -72,16 +78,21 @@ class CatalogSnapshot:
                 schema: {name: list(signatures) for name, signatures in sorted(functions.items())}
                 for schema, functions in sorted(self.functions.items())
             },
+            "creatable": {role: sorted(schemas) for role, schemas in sorted(self.creatable.items())},
         }
 
     @classmethod
     def from_json(cls, data: Any) -> CatalogSnapshot:
         """Raises ValueError naming the first part that is not a snapshot."""
         if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f'expected a catalog snapshot object with "format": {SNAPSHOT_FORMAT}')
+            raise ValueError(
+                f'expected a catalog snapshot object with "format": {SNAPSHOT_FORMAT} '
+                "(a snapshot of an older format: dump it again with `gateway catalog dump`)"
+            )
         return cls(
             relations=_frozen(_nested_lists(data.get("relations"), "relations"), frozenset),
             functions=_frozen(_nested_lists(data.get("functions"), "functions"), tuple),
+            creatable=_frozen_sets(_string_lists(data.get("creatable", {}), "creatable")),
             taken_at=str(data.get("taken_at", "")),
             database=str(data.get("database", "")),
         )
@@ -100,6 +111,20 @@ def _nested_lists(value: Any, key: str) -> dict[str, dict[str, list[str]]]:
     return value
 
 
+def _string_lists(value: Any, key: str) -> dict[str, list[str]]:
+    """`{name: [string, ...]}`, checked."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: expected an object")
+    for name, items in value.items():
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValueError(f"{key}.{name}: expected a list of strings")
+    return value
+
+
+def _frozen_sets(value: dict[str, list[str]]) -> Mapping[str, frozenset[str]]:
+    return MappingProxyType({name: frozenset(items) for name, items in value.items()})
+
+
 def _frozen(value: dict[str, dict[str, list[str]]], kind: type) -> Mapping[str, Mapping[str, Any]]:
     return MappingProxyType(
         {
@@ -112,11 +137,14 @@ def _frozen(value: dict[str, dict[str, list[str]]], kind: type) -> Mapping[str, 
 def snapshot_from_rows(
     relations: dict[str, dict[str, list[str]]],
     functions: dict[str, dict[str, list[str]]],
+    creatable: dict[str, list[str]] | None = None,
     *,
     taken_at: str = "",
     database: str = "",
 ) -> CatalogSnapshot:
-    return CatalogSnapshot(_frozen(relations, frozenset), _frozen(functions, tuple), taken_at, database)
+    return CatalogSnapshot(
+        _frozen(relations, frozenset), _frozen(functions, tuple), _frozen_sets(creatable or {}), taken_at, database
+    )
 
 
 def load_snapshot(path: str | Path) -> CatalogSnapshot:

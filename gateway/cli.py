@@ -105,7 +105,7 @@ def _read_catalog(config: GatewayConfig) -> CatalogSnapshot:
         try:
             await database.open(size=1)
             async with database.connection() as connection:
-                return await read_catalog(connection)
+                return await read_catalog(connection, config.identity_roles())
         finally:
             await database.close()
 

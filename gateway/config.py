@@ -113,6 +113,9 @@ class RuleConfig:
     allow: tuple[StatementKind, ...]
     tables: tuple[str, ...]
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # DROP, TRUNCATE, ALTER TABLE or REVOKE ... CASCADE reach objects no rule was asked about
+    # (dependent views, foreign keys, other tables): only a ddl rule saying so allows it.
+    cascade: bool = False
 
 
 @dataclass(frozen=True)
@@ -409,6 +412,8 @@ def _validate(config: GatewayConfig, source: str) -> None:
         if identity.concurrency < 1:
             fail(f"{path}.concurrency", "expected at least 1")
         for j, rule in enumerate(identity.rules):
+            if rule.cascade and "ddl" not in rule.allow:
+                fail(f"{path}.rules[{j}].cascade", 'expected only on a rule that allows "ddl"')
             for k, table in enumerate(rule.tables):
                 if not TABLE_PATTERN.match(table):
                     fail(f"{path}.rules[{j}].tables[{k}]", 'expected "schema.table" or "schema.*"')

@@ -58,6 +58,19 @@ def policy_denied(reason: str) -> GatewayError:
     return GatewayError(reason, status=403, code="policy_denied")
 
 
+def statement_refused(message: str, sqlstate: str, position: int | None) -> GatewayError:
+    """A statement PostgreSQL itself would refuse (a syntax error, a relation that does not
+    exist), answered as PostgreSQL would answer it without sending it."""
+    return GatewayError(
+        message,
+        status=400,
+        code="sql_error",
+        sqlstate=sqlstate,
+        position=position,
+        pg_fields={"severity": "ERROR", "position": None if position is None else str(position)},
+    )
+
+
 def payload_too_large(limit: int) -> GatewayError:
     return GatewayError(f"request is too large (max is {limit} bytes)", status=413, code="payload_too_large")
 

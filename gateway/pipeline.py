@@ -27,7 +27,7 @@ from gateway.config import GatewayConfig
 from gateway.db.catalog import read_catalog
 from gateway.db.pool import Database
 from gateway.db.session import StatementRun, Transaction, TransactionSettings
-from gateway.errors import GatewayError, bad_request, policy_denied
+from gateway.errors import GatewayError, bad_request, policy_denied, statement_refused
 from gateway.identity import Identity, IdentityResolver
 from gateway.limits import IdentityLimits
 from gateway.metrics import GatewayMetrics
@@ -155,7 +155,7 @@ class Pipeline:
         """Read the catalog snapshot the policy resolves names with; True when it changed
         (decisions made with the old one are dropped)."""
         async with self.database.connection() as connection:
-            snapshot = await read_catalog(connection)
+            snapshot = await read_catalog(connection, self.config.identity_roles())
         if snapshot == self.policy.catalog:
             return False
         self.policy.use_catalog(snapshot)
@@ -269,8 +269,12 @@ class RequestScope:
     def judge(self, statement: Statement) -> Judged:
         """The decision, enforced: a denial raises `policy_denied`; parameters must match."""
         judged = self.explain(statement)
-        if not judged.decision.allowed:
-            raise policy_denied(judged.decision.reason or "statement not allowed")
+        decision = judged.decision
+        if not decision.allowed:
+            reason = decision.reason or "statement not allowed"
+            if decision.sqlstate is not None:
+                raise statement_refused(reason, decision.sqlstate, decision.position)
+            raise policy_denied(reason)
         expected = judged.facts.param_count
         used = judged.facts.params_used
         if used != frozenset(range(1, expected + 1)):

@@ -274,6 +274,12 @@ def test_a_postgres_error_carries_every_field_with_strings_for_position_and_line
     assert error["file"] and error["routine"]
 
 
+def test_a_syntax_error_is_postgres_own_with_its_position(writer):
+    error = sql_error(neon(writer, {"query": "select id from orders wher id = 1"}), "42601")
+    assert error["message"] == 'syntax error at or near "id"'
+    assert (error["position"], error["severity"]) == ("28", "ERROR")
+
+
 def test_a_constraint_violation_names_its_table_and_constraint(writer):
     note = f"neon-unique-{uuid.uuid4()}"
     insert = {"query": "insert into ledger (note) values ($1)", "params": [note]}

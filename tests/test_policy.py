@@ -659,7 +659,8 @@ FUNCTIONS = [
     ),
     case("function-in-order-by", "select * from orders order by pg_sleep(1)", "reader", False, "function"),
     case("identity-function-list-allows-denied-function", "select pg_sleep(0)", "sleeper", True),
-    case("identity-function-list-needs-exact-name", "select pg_catalog.pg_sleep(0)", "sleeper", False, "function"),
+    # The entry names the function PostgreSQL resolves, however the call spells it.
+    case("identity-function-list-matches-resolved-name", "select pg_catalog.pg_sleep(0)", "sleeper", True),
     case("identity-function-list-allows-qualified-function", "select my_schema.safe_fn(1)", "sleeper", True),
     case("identity-function-list-qualified-name-only", "select safe_fn(1)", "sleeper", False, "function"),
     case("explicit-operator-of-user-schema", "select 1 OPERATOR(public.+) 2", "reader", False, "operator"),

@@ -115,7 +115,7 @@ def refresh_catalog(gateway: GatewayProcess) -> None:
 async def _read_as(database: PgServer, user: str, password: str) -> object:
     connection = await asyncpg.connect(database.url(user), password=password, ssl="prefer")
     try:
-        return await read_catalog(connection)
+        return await read_catalog(connection, ["demo_reader", "demo_writer"])
     finally:
         await connection.close()
 
@@ -125,8 +125,20 @@ def test_the_snapshot_holds_relations_with_their_columns_and_functions_by_schema
     assert {"id", "tenant", "name", "country", "ctid"} <= snapshot.columns("public", "customers")
     assert snapshot.columns("pg_catalog", "pg_class") is not None
     assert snapshot.find_relation("customers", ("public",)) == "public"
-    assert "pg_catalog" not in snapshot.functions
+    assert snapshot.defines_function("pg_catalog", "lower")
+    assert not snapshot.defines_function("public", "lower")
     assert snapshot.database == "gw_test"
+
+
+def test_the_snapshot_knows_where_identity_roles_can_create(database, superuser):
+    superuser.execute("CREATE SCHEMA creatable_probe; GRANT CREATE ON SCHEMA creatable_probe TO demo_writer")
+    try:
+        snapshot = run(_read_as(database, LOGIN_ROLE, database.login_password))
+        assert snapshot.can_create("demo_writer", "creatable_probe")
+        assert not snapshot.can_create("demo_reader", "creatable_probe")
+        assert not snapshot.can_create("demo_writer", "public")
+    finally:
+        superuser.execute("DROP SCHEMA creatable_probe")
 
 
 def test_the_login_role_reads_the_same_catalog_as_the_superuser(database):
@@ -199,7 +211,9 @@ def test_a_planted_function_would_win_on_the_pinned_search_path(planted_lower, s
 def test_a_function_planted_in_public_is_denied_in_place_of_the_builtin(planted_lower, policy_as):
     reader = policy_as("reader")
     sql = "select lower(name) from customers"
-    eventually(lambda: not explain(reader, sql)["allowed"], "the refreshed snapshot to see public.lower")
+    # A snapshot read while the previous test's function was being dropped may know the name
+    # without its arguments; the refresh after this fixture's SIGHUP has both.
+    eventually(lambda: "(character varying)" in (explain(reader, sql)["reason"] or ""), "the snapshot to see it")
     response = reader.query(sql)
     assert response.status_code == 403, response.text
     error = response.json()["error"]
@@ -225,25 +239,32 @@ OBSERVE_SQL = (
 )
 POISON_SQL = (
     "select pg_backend_pid() as pid, "
-    "set_config('standard_conforming_strings', 'off', false) as scs, "
     "set_config('DateStyle', 'SQL, DMY', false) as datestyle, "
-    "set_config('TimeZone', 'Pacific/Kiritimati', false) as timezone, "
-    "set_config('request.jwt.claims', '{\"tenant\": \"globex\"}', false) as claims, "
-    "set_config('role', 'demo_reader', false) as role"
+    "set_config('TimeZone', 'Pacific/Kiritimati', false) as timezone"
 )
+
+
+def test_session_settings_are_denied(policy_as):
+    response = policy_as("observer").query("select set_config('DateStyle', 'SQL, DMY', false)")
+    assert response.status_code == 403, response.text
+    assert "set_config is on the deny list" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
     "sql",
     [
         "select set_config('standard_conforming_strings', 'off', false)",
-        "select set_config('role', 'postgres', false)",
+        "select set_config('role', 'demo_reader', false)",
+        "select set_config('ROLE', 'demo_reader', true)",
+        """select set_config('request.jwt.claims', '{"tenant": "globex"}', true)""",
+        "select set_config('search_path', 'public', true)",
+        "select set_config($1, 'demo_reader', true)",
     ],
 )
-def test_session_settings_are_denied(policy_as, sql):
-    response = policy_as("observer").query(sql)
+def test_an_identity_allowed_set_config_cannot_touch_what_the_gateway_sets(policy_as, sql):
+    response = policy_as("tinkerer").query(sql, "role") if "$1" in sql else policy_as("tinkerer").query(sql)
     assert response.status_code == 403, response.text
-    assert "set_config is on the deny list" in response.json()["error"]["message"]
+    assert "set_config" in response.json()["error"]["message"]
 
 
 def test_settings_that_slipped_through_do_not_reach_the_next_request(policy_as):
@@ -251,16 +272,9 @@ def test_settings_that_slipped_through_do_not_reach_the_next_request(policy_as):
     poisoned = only_row(policy_as("tinkerer", tenant="acme").query(POISON_SQL))
     after = only_row(policy_as("observer", tenant="acme").query(OBSERVE_SQL))
     assert before["pid"] == poisoned["pid"] == after["pid"]
-    assert (poisoned["scs"], poisoned["role"]) == ("off", "demo_reader")
+    assert poisoned["timezone"] == "Pacific/Kiritimati"
     assert after == before
     assert (after["role"], after["scs"], after["tenant"]) == ("demo_writer", "on", "acme")
-
-
-def test_a_role_the_login_cannot_become_fails_in_the_database(policy_as):
-    response = policy_as("tinkerer").query("select set_config('role', 'postgres', false)")
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["sqlstate"] == "42501"
-    assert only_row(policy_as("observer").query(OBSERVE_SQL))["role"] == "demo_writer"
 
 
 # ---------------------------------------------------------------------------- columns, live

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 
@@ -189,7 +190,6 @@ DENIED = [
     denied("unlisted-table-in-subquery", "select id from orders where exists (select 1 from secrets)"),
     denied("two-statements", "select 1; delete from orders"),
     denied("params-then-second-statement", "select $1,$2; delete from orders", "a", "b"),
-    denied("param-followed-by-dollar-tag", "select $1,$2$ from secrets $2$", "a"),
     denied("param-zero", "select $0", "a"),
     denied("nul-byte", "select 1\x00; delete from orders"),
     denied("unicode-escaped-identifier", 'select * from U&"\\006frders"'),
@@ -327,6 +327,39 @@ def test_denied_statement_gets_403_with_a_reason(caller: Callable[[str], Api], c
     decision = explain(api, case.sql, case.params)
     assert decision["allowed"] is False
     assert decision["reason"] == error["message"]
+
+
+# ---------------------------------------------------------------------------- what PostgreSQL would refuse
+
+# Statements PostgreSQL's own parser or catalog refuses: answered as PostgreSQL answers them,
+# never sent, and never with advice to add a rule.
+REFUSED_BY_POSTGRES = [
+    pytest.param("select $1,$2$ from secrets $2$", ("a",), id="param-followed-by-dollar-tag"),
+    pytest.param("select id from orders wher id = 1", (), id="syntax-error"),
+    pytest.param("select id from orders where", (), id="syntax-error-at-end"),
+    pytest.param("select 'é', id from orders wher id = 1", (), id="position-in-characters"),
+    pytest.param("select 'unterminated", (), id="scanner-error"),
+    pytest.param("select id from orders join nowhere on true", (), id="relation-does-not-exist"),
+    pytest.param("select id from public.nowhere", (), id="qualified-relation-does-not-exist"),
+]
+
+
+@pytest.mark.parametrize(("sql", "params"), REFUSED_BY_POSTGRES)
+def test_what_postgres_refuses_is_its_own_error(caller: Callable[[str], Api], superuser_session: Superuser,
+                                                sql: str, params: tuple[Any, ...]) -> None:
+    with pytest.raises(asyncpg.PostgresError) as raised:
+        superuser_session.fetch(sql, *params)
+    expected = raised.value
+    api = caller("corpus")
+    response = api.query(sql, *params)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert (error["code"], error["sqlstate"], error["message"], error["position"]) == (
+        "sql_error", expected.sqlstate, expected.message, int(expected.position))
+    assert "rule" not in error["message"]
+    decision = explain(api, sql, params)
+    assert decision["allowed"] is False
+    assert decision["reason"] == expected.message
 
 
 # ---------------------------------------------------------------------------- smuggled writes

@@ -24,7 +24,9 @@ from sqlglot.errors import SqlglotError
 
 from gateway.policy.columns import column_facts
 from gateway.policy.facts import ColumnFacts, Denial, StatementFacts, TableAccess, TableName
+from gateway.policy.functions import check_set_config_call
 from gateway.policy.lexical import scan
+from gateway.policy.naming import sql_value_function_name
 from gateway.policy.pgtree import entries, names
 
 # PostgreSQL's root statement node -> statement kind. Every other statement is refused.
@@ -334,6 +336,8 @@ def _analyze(sql: str, max_bytes: int) -> StatementFacts:
         functions=frozenset(postgres.functions),
         casts=frozenset(postgres.casts),
         params_used=scanned.params_used,
+        cascade=postgres.cascade,
+        positions=tuple(sorted(postgres.positions.items())),
         fingerprint=pg_parser.fingerprint(sql),
     )
 
@@ -382,6 +386,8 @@ class _PostgresView:
     tables: set[TableName] = field(default_factory=set)  # every relation name, CTE references included
     writes: list[str] = field(default_factory=list)  # data-modifying statements, nested ones included
     columns: ColumnFacts = field(default_factory=ColumnFacts)
+    cascade: bool = False  # some part of the statement acts ... CASCADE
+    positions: dict[TableName, int] = field(default_factory=dict)  # first mention of each relation, 1-based
 
 
 def _postgres_view(sql: str) -> _PostgresView:
@@ -390,7 +396,7 @@ def _postgres_view(sql: str) -> _PostgresView:
     try:
         parsed = orjson.loads(pg_parser.parse_sql_json(sql))
     except pg_parser.ParseError as error:
-        raise Denial("parse", f"PostgreSQL cannot parse the statement: {error}") from None
+        raise Denial.syntax_error(error, sql) from None
     except orjson.JSONDecodeError:
         # pglast's JSON is always well formed; orjson refuses it only past its nesting limit.
         raise Denial("too_complex", "the statement is nested too deeply to analyse") from None
@@ -468,9 +474,20 @@ def _collect_names(node: object, view: _PostgresView) -> None:
     # FOR UPDATE OF names refer to FROM items, not to relations.
     for current, key, value in entries(node, stop=frozenset({"lockedRels"})):
         if key == "relname":  # a RangeVar, wrapped or not: a relation name as written
-            view.tables.add(TableName.from_range_var(current))
+            table = TableName.from_range_var(current)
+            view.tables.add(table)
+            location = current.get("location", -1)
+            if location >= 0:
+                view.positions[table] = min(view.positions.get(table, location + 1), location + 1)
         elif key == "FuncCall":
             view.functions.add(_qualified(value["funcname"]))
+            check_set_config_call(names(value["funcname"])[-1], value.get("args", []))
+        elif key == "SQLValueFunction":
+            # CURRENT_USER, SESSION_USER, CURRENT_DATE...: syntax, not calls, but functions all
+            # the same, always the built-in whatever the search path.
+            view.functions.add(f"pg_catalog.{sql_value_function_name(value)}")
+        elif key == "behavior" and value == "DROP_CASCADE":
+            view.cascade = True
         elif key == "TypeCast":
             view.casts.add(_qualified(value["typeName"]["names"]))
         elif key == "A_Expr" and len(value.get("name", [])) > 1:

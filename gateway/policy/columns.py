@@ -22,6 +22,7 @@ from gateway.policy.facts import (
     TableName,
     WholeRow,
 )
+from gateway.policy.naming import figure_name
 from gateway.policy.pgtree import entries, names
 
 # Output column names of a query, in order; None for one whose name cannot be told (and a
@@ -31,7 +32,6 @@ Ctes = dict[str, Output]
 
 QUERY_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 FROM_NODES = frozenset({"RangeVar", "RangeSubselect", "RangeFunction", "JoinExpr", "RangeTableSample"})
-MERGE_KINDS = {"CMD_INSERT": "insert", "CMD_UPDATE": "update", "CMD_DELETE": "delete"}
 RETURNING_ALIASES = ("old", "new")  # PostgreSQL 18: RETURNING old.x, new.x
 
 
@@ -59,22 +59,9 @@ def _bare_name(node: dict | None) -> str | None:
     return fields[0] if len(fields) == 1 and fields[0] != "*" else None
 
 
-def _figure_name(node: dict | None) -> str | None:
-    """The output name PostgreSQL gives an unnamed select-list entry, where it is certain."""
-    if not node:
-        return None
-    ((kind, body),) = node.items()
-    if kind == "ColumnRef":
-        last = _fields(body)[-1]
-        return None if last == "*" else last
-    if kind == "FuncCall":
-        return names(body["funcname"])[-1]
-    if kind == "A_Indirection":
-        fields = names(body.get("indirection"))
-        return fields[-1] if fields else _figure_name(body.get("arg"))
-    if kind == "TypeCast":
-        return _figure_name(body.get("arg")) or names(body["typeName"]["names"])[-1]
-    return None
+def _known(output: Output) -> frozenset[str]:
+    """The output names that are certain."""
+    return frozenset(name for name in output or () if name)
 
 
 def _renamed(output: Output, aliases: tuple[str, ...]) -> Output:
@@ -93,6 +80,9 @@ class _ColumnWalker:
         self.references: list[ColumnRef] = []
         self.writes: list[ColumnWrite] = []
         self.whole_rows: list[WholeRow] = []
+        # The output names of every subquery walked, by the id of its parse node: a scalar
+        # subquery names the select-list entry it stands in.
+        self._outputs: dict[int, Output] = {}
 
     def facts(self) -> ColumnFacts:
         return ColumnFacts(
@@ -114,7 +104,8 @@ class _ColumnWalker:
         level is `parent`; return its output column names."""
         ((kind, body),) = node.items()
         if kind == "SelectStmt":
-            return self.select(body, parent, ctes, exists=exists)
+            output = self._outputs[id(node)] = self.select(body, parent, ctes, exists=exists)
+            return output
         handlers = {
             "InsertStmt": self.insert,
             "UpdateStmt": self.update,
@@ -154,20 +145,28 @@ class _ColumnWalker:
         scope = self._scope(self.from_clause(body.get("fromClause"), parent, ctes), parent)
         output = self.targets(body.get("targetList"), scope, ctes, reads_stars=not exists)
         self.expression([body.get("whereClause"), body.get("havingClause"), body.get("windowClause")], scope, ctes)
-        outputs = frozenset(name for name in output or () if name)
-        self.expression([body.get("groupClause"), body.get("distinctClause")], scope, ctes, outputs)
+        # GROUP BY prefers a column of this level's FROM to an output column of the same name.
+        self.expression(body.get("groupClause"), scope, ctes, _known(output))
+        self._output_or_input(body.get("distinctClause"), scope, output, ctes)
         return self._tail(body, scope, output, ctes)
 
     def _tail(self, body: dict, scope: int, output: Output, ctes: Ctes) -> Output:
-        """ORDER BY, LIMIT and OFFSET. A bare name in ORDER BY that is an output column means
-        that column (SQL92), whose expression was walked with the select list."""
-        outputs = {name for name in output or () if name}
-        for item in body.get("sortClause") or []:
-            node = item["SortBy"]["node"]
-            if _bare_name(node) not in outputs:
-                self.expression(node, scope, ctes)
+        """ORDER BY, LIMIT and OFFSET."""
+        sort_keys = [item["SortBy"]["node"] for item in body.get("sortClause") or []]
+        self._output_or_input(sort_keys, scope, output, ctes)
         self.expression([body.get("limitCount"), body.get("limitOffset")], scope, ctes)
         return output
+
+    def _output_or_input(self, items: list | None, scope: int, output: Output, ctes: Ctes) -> None:
+        """ORDER BY and DISTINCT ON keys: a bare name that is an output column means that column
+        (SQL92), whose expression was walked with the select list; anything else is an
+        expression over the level's inputs. A name matching no known output is judged as an
+        input column even if an output whose name is not known might match it: over-reading
+        only denies more."""
+        outputs = _known(output)
+        for node in items or []:
+            if _bare_name(node) not in outputs:
+                self.expression(node, scope, ctes)
 
     def targets(self, items: list[dict] | None, scope: int, ctes: Ctes, *, reads_stars: bool = True) -> Output:
         """A select list or RETURNING list. The `*` of an EXISTS subquery reads nothing:
@@ -182,21 +181,23 @@ class _ColumnWalker:
                 if not reads_stars:
                     continue
             self.expression(value, scope, ctes)
-            output.append(target.get("name") or _figure_name(value))
+            output.append(target.get("name") or figure_name(value, self._subquery_output))
         return None if star else tuple(output)
+
+    def _subquery_output(self, subselect: dict) -> Output:
+        return self._outputs.get(id(subselect))
 
     # ------------------------------------------------------------------ data-modifying statements
 
-    def _target(self, relation: dict, kinds: frozenset[str]) -> int:
+    def _target(self, relation: dict) -> int:
         """The relation a statement writes (never a CTE, whatever the name)."""
         alias = relation.get("alias") or {}
         table = TableName.from_range_var(relation)
-        return self._source(Source(alias.get("aliasname") or table.name, table, "aliasname" in alias, kinds))
+        return self._source(Source(alias.get("aliasname") or table.name, table, "aliasname" in alias))
 
     def insert(self, body: dict, parent: int | None, ctes: Ctes) -> Output:
         conflict = body.get("onConflictClause") or {}
-        upsert = conflict.get("action") == "ONCONFLICT_UPDATE"
-        target = self._target(body["relation"], frozenset({"insert", "update"} if upsert else {"insert"}))
+        target = self._target(body["relation"])
         columns = [item["ResTarget"]["name"] for item in body.get("cols", [])]
         self.writes.extend(ColumnWrite(target, column, "insert") for column in columns)
         if "selectStmt" in body:
@@ -218,7 +219,7 @@ class _ColumnWalker:
             self.expression(index.get("expr"), target_only, ctes)
         self.expression(infer.get("whereClause"), target_only, ctes)
         source = self.sources[target]
-        excluded = self._source(Source("excluded", source.table, True, source.kinds))
+        excluded = self._source(Source("excluded", source.table, True))
         scope = self._scope((target, excluded), parent)
         self._assignments(conflict.get("targetList"), target, scope, ctes)
         self.expression(conflict.get("whereClause"), scope, ctes)
@@ -231,7 +232,7 @@ class _ColumnWalker:
             self.expression([assignment.get("val"), assignment.get("indirection")], scope, ctes)
 
     def update(self, body: dict, parent: int | None, ctes: Ctes) -> Output:
-        target = self._target(body["relation"], frozenset({"update"}))
+        target = self._target(body["relation"])
         sources = (target, *self.from_clause(body.get("fromClause"), parent, ctes))
         scope = self._scope(sources, parent)
         self._assignments(body.get("targetList"), target, scope, ctes)
@@ -239,15 +240,14 @@ class _ColumnWalker:
         return self.returning(body.get("returningClause"), sources, parent, ctes)
 
     def delete(self, body: dict, parent: int | None, ctes: Ctes) -> Output:
-        target = self._target(body["relation"], frozenset({"delete"}))
+        target = self._target(body["relation"])
         sources = (target, *self.from_clause(body.get("usingClause"), parent, ctes))
         self.expression(body.get("whereClause"), self._scope(sources, parent), ctes)
         return self.returning(body.get("returningClause"), sources, parent, ctes)
 
     def merge(self, body: dict, parent: int | None, ctes: Ctes) -> Output:
         clauses = [item["MergeWhenClause"] for item in body.get("mergeWhenClauses", [])]
-        actions = {MERGE_KINDS[clause["commandType"]] for clause in clauses if clause["commandType"] in MERGE_KINDS}
-        target = self._target(body["relation"], frozenset({"merge", *actions}))
+        target = self._target(body["relation"])
         sources = (target, *self.from_item(body["sourceRelation"], [], parent, ctes))
         # Every action sees both sides here; where PostgreSQL shows only the source (INSERT
         # values), a name found in the target as well is only judged more strictly.
@@ -270,7 +270,7 @@ class _ColumnWalker:
             return ()
         target = self.sources[sources[0]]
         aliases = [*RETURNING_ALIASES, *(item["ReturningOption"]["value"] for item in clause.get("options", []))]
-        pseudo = [self._source(Source(alias, target.table, True, target.kinds)) for alias in aliases]
+        pseudo = [self._source(Source(alias, target.table, True)) for alias in aliases]
         return self.targets(clause.get("exprs"), self._scope((*sources, *pseudo), parent), ctes)
 
     # ------------------------------------------------------------------ FROM

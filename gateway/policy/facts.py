@@ -11,14 +11,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import total_ordering
 
+SYNTAX_ERROR = "42601"
+UNDEFINED_TABLE = "42P01"
+
 
 class Denial(Exception):
-    """A statement that is refused; `category` is stable, `message` says why."""
+    """A statement that is refused; `category` is stable, `message` says why. A statement
+    PostgreSQL itself would reject carries PostgreSQL's SQLSTATE and the 1-based character
+    position of the error, as the server would report them."""
 
-    def __init__(self, category: str, message: str) -> None:
+    def __init__(
+        self, category: str, message: str, *, sqlstate: str | None = None, position: int | None = None
+    ) -> None:
         super().__init__(message)
         self.category = category
         self.message = message
+        self.sqlstate = sqlstate
+        self.position = position
+
+    @classmethod
+    def syntax_error(cls, error: Exception, text: str) -> Denial:
+        """PostgreSQL's parser or scanner refused the text (pglast's ParseError: PostgreSQL's
+        message and a 0-based character offset, None at the end of the input)."""
+        message, location = (*error.args, None)[:2]
+        position = (location if isinstance(location, int) else len(text)) + 1
+        return cls("parse", str(message), sqlstate=SYNTAX_ERROR, position=position)
 
 
 @total_ordering
@@ -59,7 +76,6 @@ class Source:
     refname: str  # what columns are qualified with: the alias, else the relation's own name
     table: TableName | None = None  # a relation; None for a subquery, CTE, function or VALUES
     aliased: bool = False  # an alias hides the relation's name: `schema.table.column` cannot reach it
-    kinds: frozenset[str] = frozenset({"select"})  # the accesses reading it: select, or the write it is the target of
     columns: frozenset[str] = frozenset()  # names it certainly has (subqueries, CTEs, VALUES)
     open: bool = True  # it may have other names too (for a relation: ask the catalog)
     members: tuple[int, ...] = ()  # a JOIN with an alias: the sources it stands for
@@ -116,6 +132,9 @@ class StatementFacts:
     functions: frozenset[str] = frozenset()  # as PostgreSQL's parser reports them, schema-qualified if written so
     casts: frozenset[str] = frozenset()
     params_used: frozenset[int] = frozenset()
+    cascade: bool = False  # DROP, TRUNCATE, ALTER TABLE or REVOKE ... CASCADE
+    # Where each relation is first named (1-based character position), for errors about it.
+    positions: tuple[tuple[TableName, int], ...] = ()
     fingerprint: str = ""
     denial: Denial | None = field(default=None, compare=False)
 
@@ -126,3 +145,6 @@ class StatementFacts:
     @property
     def param_count(self) -> int:
         return max(self.params_used, default=0)
+
+    def position_of(self, table: TableName) -> int | None:
+        return next((position for name, position in self.positions if name == table), None)

@@ -5,11 +5,13 @@ Names are PostgreSQL's built-ins, judged as the parser reports the call (`lcase`
 their arguments: aggregates, window functions, string, math, date/time, JSON, array, range
 and text-search functions (not `ts_stat` or `ts_rewrite`, which run a query given as text).
 The deny list holds functions that reach outside the statement (files, other sessions,
-configuration, sleeping, locks, sequences); an identity's `functions` can lift one only by
-naming it exactly.
+configuration, sleeping, locks, sequences, the login role); an identity's `functions` can
+lift one only by naming it. Even then `set_config` never touches a setting the gateway owns.
 """
 
 from __future__ import annotations
+
+from gateway.policy.facts import Denial
 
 SAFE_FUNCTIONS = frozenset(
     """
@@ -50,6 +52,10 @@ SAFE_FUNCTIONS = frozenset(
     upper_inf range_merge
     to_tsvector to_tsquery plainto_tsquery phraseto_tsquery websearch_to_tsquery ts_rank ts_rank_cd
     ts_headline setweight tsvector_to_array array_to_tsvector numnode
+    abbrev broadcast family host hostmask inet_merge inet_same_family masklen netmask network
+    set_masklen macaddr8_set7bit
+    current_date current_time current_timestamp localtime localtimestamp current_user current_role
+    user current_catalog current_schema
     """.split()
 )
 
@@ -60,7 +66,7 @@ DENIED_FUNCTIONS = frozenset(
     set_config current_setting pg_sleep pg_sleep_for pg_sleep_until pg_read_file
     pg_read_binary_file pg_ls_dir pg_stat_file pg_terminate_backend pg_cancel_backend
     pg_reload_conf pg_rotate_logfile pg_notify nextval setval currval lastval query_to_xml
-    query_to_xml_and_xmlschema table_to_xml cursor_to_xml dblink pg_file_write
+    query_to_xml_and_xmlschema table_to_xml cursor_to_xml dblink pg_file_write session_user system_user
     """.split()
 )
 DENIED_PREFIXES = (
@@ -92,3 +98,32 @@ def is_denied(name: str) -> bool:
 def is_builtin_safe(name: str) -> bool:
     base = unqualified(name)
     return "." not in base and base in SAFE_FUNCTIONS and not is_denied(base)
+
+
+# Settings `set_config` may never change, even for an identity allowed to call it: the ones
+# the gateway sets per transaction (a changed role or claims would read another tenant's
+# rows under row-level security), the session's identity and transaction mode, and every
+# `request.*` setting, which row-level-security policies read as the verified claims.
+PROTECTED_SETTINGS = frozenset(
+    """
+    role session_authorization search_path request.jwt.claims statement_timeout lock_timeout
+    idle_in_transaction_session_timeout standard_conforming_strings application_name
+    transaction_isolation transaction_read_only transaction_deferrable default_transaction_isolation
+    default_transaction_read_only default_transaction_deferrable session_replication_role row_security
+    """.split()
+)
+PROTECTED_SETTING_PREFIXES = ("request.",)
+
+
+def check_set_config_call(function: str, arguments: list[dict]) -> None:
+    """A call named `set_config` names its setting with a constant string, and not one of
+    the protected settings (compared as PostgreSQL compares setting names: ignoring case)."""
+    if function != "set_config":
+        return
+    first = arguments[0] if arguments else {}
+    constant = first.get("A_Const", {}).get("sval", {}).get("sval") if "A_Const" in first else None
+    if constant is None:
+        raise Denial("function", "set_config must name its setting with a constant string")
+    name = constant.lower()
+    if name in PROTECTED_SETTINGS or name.startswith(PROTECTED_SETTING_PREFIXES):
+        raise Denial("function", f"set_config may not change {constant}: the gateway sets it for every request")

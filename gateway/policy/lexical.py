@@ -43,7 +43,7 @@ def scan(sql: str, max_bytes: int) -> ScannedText:
     try:
         tokens = pg_parser.scan(sql)
     except pg_parser.ParseError as error:
-        raise Denial("parse", f"PostgreSQL cannot read the statement: {error}") from None
+        raise Denial.syntax_error(error, sql) from None
 
     params: set[int] = set()
     cut_points: list[int] = []

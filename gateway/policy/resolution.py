@@ -1,9 +1,12 @@
-"""Names -> what PostgreSQL will reach, for one identity: relations along the pinned search
-path `pg_catalog, <schemas>, pg_temp`, and column references through their query levels.
+"""Names -> what PostgreSQL will reach, for one identity: relations and functions along the
+pinned search path `pg_catalog, <schemas>, pg_temp`, and column references through their
+query levels.
 
 Owns resolution only, with the catalog snapshot when there is one. Without one, or for a
 name the snapshot does not know, every place the name could lead is returned, so the rules
 judge each of them (failing closed). Which uses are allowed is `gateway.policy.decision`.
+Every column a statement reads is a read, whatever the statement does with it; only the
+columns it writes are writes.
 """
 
 from __future__ import annotations
@@ -31,14 +34,27 @@ def resolve_table(name: TableName, schemas: tuple[str, ...], catalog: CatalogSna
     return candidates
 
 
+def resolve_function(name: str, schemas: tuple[str, ...], catalog: CatalogSnapshot | None) -> list[str]:
+    """The qualified functions a call may run. Qualified: itself. Unqualified: PostgreSQL
+    picks the best match among the functions of that name in every schema of the path, so
+    each schema that has one is a candidate; with none known (or no snapshot), the built-in."""
+    if "." in name:
+        return [name]
+    if catalog is None:
+        return [f"{CATALOG_SCHEMA}.{name}"]
+    defining = [f"{schema}.{name}" for schema in (CATALOG_SCHEMA, *schemas) if catalog.defines_function(schema, name)]
+    return defining or [f"{CATALOG_SCHEMA}.{name}"]
+
+
 @dataclass(frozen=True)
 class ColumnUse:
-    """One use of a relation's columns that the rules must allow."""
+    """One use of a relation's columns that the rules must allow: reads (`read`, `every`) by
+    the select rules, writes by the rules of the write's kind."""
 
     table: str  # schema.table
     column: str | None  # None: every column
     action: str  # read | write | every
-    kinds: frozenset[str]  # the access kinds whose rules are asked (reads: also select)
+    kind: str = "select"  # whose rules are asked: select for reads, insert or update for writes
     detail: str = ""  # for `every`: how the statement reaches every column
 
 
@@ -63,7 +79,7 @@ class ColumnResolver:
             yield from self._reference(reference)
         for write in self.facts.writes:
             for table in self.tables[write.source]:
-                yield ColumnUse(table, write.column, "write", frozenset({write.kind}))
+                yield ColumnUse(table, write.column, "write", write.kind)
         for whole in self.facts.whole_rows:
             yield from self._every(whole.source, whole.why)
 
@@ -168,24 +184,20 @@ class ColumnResolver:
             # No source has it: a stale snapshot, or an error PostgreSQL will report.
             yield from self._everywhere(reference.scope, name)
 
-    def _on_tables(self, index: int, column: str | None, action: str, detail: str = "") -> Iterator[ColumnUse]:
-        """The use on every relation the source may be: reads are judged by the rules of the
-        source's access kinds and of select."""
+    def _read(self, index: int, column: str, *, only_where_it_may_be: bool = True) -> Iterator[ColumnUse]:
+        """A read of the column on every relation the source may be (that may have it)."""
         for leaf in self._leaves((index,)):
-            kinds = self.facts.sources[leaf].kinds | {"select"}
             for table in self.tables[leaf]:
-                yield ColumnUse(table, column, action, kinds, detail)
-
-    def _read(self, index: int, column: str) -> Iterator[ColumnUse]:
-        for use in self._on_tables(index, column, "read"):
-            columns = self._columns(use.table)
-            if columns is None or column in columns:
-                yield use
+                columns = self._columns(table)
+                if not only_where_it_may_be or columns is None or column in columns:
+                    yield ColumnUse(table, column, "read")
 
     def _every(self, index: int, detail: str) -> Iterator[ColumnUse]:
-        return self._on_tables(index, None, "every", detail)
+        for leaf in self._leaves((index,)):
+            for table in self.tables[leaf]:
+                yield ColumnUse(table, None, "every", detail=detail)
 
     def _everywhere(self, scope: int, column: str) -> Iterator[ColumnUse]:
         for level in self._levels(scope):
             for index in level:
-                yield from self._on_tables(index, column, "read")
+                yield from self._read(index, column, only_where_it_may_be=False)
