@@ -139,13 +139,14 @@ def _use_order(use: ColumnUse) -> tuple[str, str, str]:
 
 
 def _column_names(identity: Identity, uses: list[ColumnUse]) -> tuple[str, ...]:
-    """The columns used, on tables some rule of the identity covers: of any other table not
-    even whether a column exists there is told."""
-    return tuple(sorted({f"{use.table}.{use.column or '*'}" for use in uses if _covered_at_all(identity, use.table)}))
-
-
-def _covered_at_all(identity: Identity, table: str) -> bool:
-    return any(rule_covers(rule, kind, table) for rule in identity.rules for kind in rule.allow)
+    """The columns used: those written, and those read on tables the identity may read. Of a
+    table it may not read, not even whether a column exists there is told."""
+    shown = {
+        f"{use.table}.{use.column or '*'}"
+        for use in uses
+        if use.action == "write" or allowed_columns(identity, use.table, "select") is not NOT_COVERED
+    }
+    return tuple(sorted(shown))
 
 
 def _who(identity: Identity) -> str:
