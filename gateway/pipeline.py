@@ -24,7 +24,7 @@ from typing import Any
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
 from gateway.config import GatewayConfig
-from gateway.db.catalog import read_catalog
+from gateway.db.catalog import NOTIFY_CATALOG_CHANGED, CatalogKeeper
 from gateway.db.pool import Database
 from gateway.db.session import StatementRun, Transaction, TransactionSettings
 from gateway.errors import GatewayError, bad_request, policy_denied, statement_refused
@@ -113,8 +113,9 @@ class Pipeline:
         # One per identity, role (several with a role claim) and transaction mode: a small,
         # bounded set.
         self._transaction_settings: dict[tuple[str, str, TransactionOptions], TransactionSettings] = {}
-        self._catalog_wanted = asyncio.Event()
-        self._catalog_task: asyncio.Task | None = None
+        self.catalog = CatalogKeeper(
+            database, config.identity_roles(), policy.use_catalog, config.policy.catalog_refresh or None
+        )
 
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
@@ -133,47 +134,21 @@ class Pipeline:
         await self.database.open()
         if self.config.database.check_login_role:
             await self.database.check_login_role(self.config.identity_roles())
-        await self.refresh_catalog()
-        self._catalog_task = asyncio.create_task(self._keep_catalog_fresh())
+        await self.catalog.start()
         await self.verifier.start(on_fetch=self._count_key_fetch)
 
     def _count_key_fetch(self, issuer: str, outcome: str) -> None:
         self.metrics.jwks_refreshes.labels(issuer, outcome).inc()
 
     async def stop(self) -> None:
-        if self._catalog_task is not None:
-            self._catalog_task.cancel()
+        await self.catalog.stop()
         await self.verifier.close()
         await self.database.close()
         self.audit.close()
 
     def _hangup(self) -> None:
         self.audit.reopen()
-        self._catalog_wanted.set()
-
-    async def refresh_catalog(self) -> bool:
-        """Read the catalog snapshot the policy resolves names with; True when it changed
-        (decisions made with the old one are dropped)."""
-        async with self.database.connection() as connection:
-            snapshot = await read_catalog(connection, self.config.identity_roles())
-        if snapshot == self.policy.catalog:
-            return False
-        self.policy.use_catalog(snapshot)
-        return True
-
-    async def _keep_catalog_fresh(self) -> None:
-        """Every `policy.catalog_refresh` (0: never) and on SIGHUP. A failed read keeps the
-        snapshot in use until the next round."""
-        interval = self.config.policy.catalog_refresh or None
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._catalog_wanted.wait(), interval)
-            self._catalog_wanted.clear()
-            try:
-                await self.refresh_catalog()
-            except Exception as error:
-                taken_at = self.policy.catalog.taken_at if self.policy.catalog else "never"
-                logger.warning("catalog snapshot not refreshed (%s); still using the one taken at %s", error, taken_at)
+        self.catalog.want_refresh()
 
     def transaction_settings(self, identity: Identity, options: TransactionOptions) -> TransactionSettings:
         key = (identity.name, identity.role, options)
@@ -256,9 +231,11 @@ class RequestScope:
         self.caller = Caller(token, identity)
         return self.caller
 
-    def explain(self, statement: Statement) -> Judged:
-        """The policy decision without enforcing it."""
+    async def explain(self, statement: Statement) -> Judged:
+        """The policy decision without enforcing it, never with a snapshot older than DDL the
+        gateway has committed."""
         assert self.caller is not None
+        await self.pipeline.catalog.settled()
         with _Phase(self.timings, "policy"):
             facts, decision = self.pipeline.policy.decide(self.caller.identity, statement.sql)
         judged = Judged(statement, facts, decision)
@@ -266,9 +243,9 @@ class RequestScope:
         self._note_decision(judged)
         return judged
 
-    def judge(self, statement: Statement) -> Judged:
+    async def judge(self, statement: Statement) -> Judged:
         """The decision, enforced: a denial raises `policy_denied`; parameters must match."""
-        judged = self.explain(statement)
+        judged = await self.explain(statement)
         decision = judged.decision
         if not decision.allowed:
             reason = decision.reason or "statement not allowed"
@@ -321,9 +298,16 @@ class RequestScope:
             return await self.transaction.run(judged.statement.sql, judged.statement.params, first, FETCH_BATCH_ROWS)
 
     async def commit(self) -> None:
+        """COMMIT. After DDL, the snapshot is read again before any further decision, and
+        every gateway listening on the database is told (in the same message as COMMIT)."""
         assert self.transaction is not None
-        with _Phase(self.timings, "db"):
-            await self.transaction.commit()
+        if not any(judged.facts.kind == "ddl" for judged in self.judged):
+            with _Phase(self.timings, "db"):
+                await self.transaction.commit()
+            return
+        async with self.pipeline.catalog.changing():
+            with _Phase(self.timings, "db"):
+                await self.transaction.commit(announce=NOTIFY_CATALOG_CHANGED)
 
     def fail(self, error: GatewayError) -> None:
         self.error = error

@@ -85,7 +85,7 @@ async def _query(request: Request, scope: RequestScope) -> Response:
     array_rows = _row_mode(body)
     ndjson = _wants_ndjson(request)
     await scope.authenticate(request.headers.get("authorization"))
-    judged = scope.judge(statement)
+    judged = await scope.judge(statement)
     run = await until_disconnect(request, _start(scope, judged))
     writer = _writer(scope, run, array_rows=array_rows, ndjson=ndjson)
     media_type = NDJSON if ndjson else JSON
@@ -154,7 +154,7 @@ async def _batch_answer(request: Request, scope: RequestScope) -> Response:
     statements, options = _batch(body)
     array_rows = _row_mode(body)
     await scope.authenticate(request.headers.get("authorization"))
-    judged = [scope.judge(statement) for statement in statements]
+    judged = [await scope.judge(statement) for statement in statements]
     parts = await until_disconnect(request, _run_batch(scope, judged, options, array_rows))
     return Response(results_body(parts), media_type=JSON, headers=scope_headers(scope))
 
@@ -187,7 +187,7 @@ async def explain(request: Request) -> Response:
 async def _explain(request: Request, scope: RequestScope) -> Response:
     statement = statement_from(await read_json(request))
     await scope.authenticate(request.headers.get("authorization"))
-    return json_response(scope, scope.explain(statement).decision.as_json())
+    return json_response(scope, (await scope.explain(statement)).decision.as_json())
 
 
 async def whoami(request: Request) -> Response:

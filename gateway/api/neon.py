@@ -172,7 +172,7 @@ async def sql(request: Request) -> Response:
 async def _sql(request: Request, scope: RequestScope) -> Response:
     neon = decode(request.headers, await read_json(request))
     await scope.authenticate(request.headers.get("authorization"))
-    judged = [scope.judge(query.statement) for query in neon.queries]
+    judged = [await scope.judge(query.statement) for query in neon.queries]
     results = ResultEncoder(scope, neon.raw_text)
     array_modes = iter([query.array_mode for query in neon.queries])
 

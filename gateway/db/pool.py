@@ -127,6 +127,11 @@ class Database:
             max_inactive_connection_lifetime=300.0,
         )
 
+    async def dedicated_connection(self) -> asyncpg.Connection:
+        """A connection outside the pool, for work that holds one for a long time (listening
+        for notifications), with the pool's TLS settings and login."""
+        return await asyncpg.connect(self.dsn(), password=self._password(), timeout=self.config.connect_timeout)
+
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()

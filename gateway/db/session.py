@@ -197,9 +197,10 @@ class Transaction:
             raise translate_error(error) from None
         return StatementRun(portal, describe_columns(state), rows, batch_size)
 
-    async def commit(self) -> None:
+    async def commit(self, announce: str | None = None) -> None:
+        """COMMIT, after `announce` (a statement of the gateway's own, in the same message)."""
         try:
-            await self.connection.execute("COMMIT")
+            await self.connection.execute(f"{announce}; COMMIT" if announce else "COMMIT")
         except Exception as error:
             raise translate_error(error) from None
         finally:
