@@ -89,6 +89,7 @@ async def read_catalog(connection: asyncpg.Connection, roles: list[str]) -> Cata
 # The channel the gateway LISTENs on, and NOTIFYs after DDL it runs; the event trigger the
 # README gives an administrator NOTIFYs it too, after DDL from anywhere.
 CATALOG_CHANNEL = "edge_sql_gateway_catalog"
+LISTENER_NAME = "gw catalog listener"  # its application_name in pg_stat_activity
 NOTIFY_CATALOG_CHANGED = f"SELECT pg_catalog.pg_notify('{CATALOG_CHANNEL}', '')"
 # Notifications arrive in bursts (one per DDL statement of a migration): one read after the
 # burst is enough.
@@ -184,7 +185,7 @@ class CatalogKeeper:
         failures = 0
         while True:
             try:
-                connection = await self.database.dedicated_connection()
+                connection = await self.database.dedicated_connection(LISTENER_NAME)
             except Exception as error:
                 delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
                 failures += 1

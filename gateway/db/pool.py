@@ -127,10 +127,15 @@ class Database:
             max_inactive_connection_lifetime=300.0,
         )
 
-    async def dedicated_connection(self) -> asyncpg.Connection:
+    async def dedicated_connection(self, application_name: str) -> asyncpg.Connection:
         """A connection outside the pool, for work that holds one for a long time (listening
         for notifications), with the pool's TLS settings and login."""
-        return await asyncpg.connect(self.dsn(), password=self._password(), timeout=self.config.connect_timeout)
+        return await asyncpg.connect(
+            self.dsn(),
+            password=self._password(),
+            timeout=self.config.connect_timeout,
+            server_settings={"application_name": application_name},
+        )
 
     async def close(self) -> None:
         if self.pool is not None:
