@@ -28,7 +28,7 @@ import orjson
 import pytest
 from pglast import parser as pg_parser
 from shadow_roles import shadow_role_sql
-from sql_grammar import SCHEMA, SETUP_SQL, Grammar
+from sql_grammar import SCHEMA, SETUP_SQL, TABLES, Grammar, Scope, Source
 
 from conftest import PgServer, run
 from gateway.catalog import CatalogSnapshot
@@ -231,9 +231,9 @@ async def _judge_everything(database: PgServer, oracle: Oracle, count: int, seed
     return tally
 
 
-def test_every_statement_the_gateway_allows_passes_postgres_privilege_checks(oracle: Oracle):
+def test_every_statement_the_gateway_allows_passes_postgres_privilege_checks(oracle: Oracle, database: PgServer):
     started = time.monotonic()
-    tally = asyncio.run(_judge_everything(_database_of(oracle), oracle, STATEMENTS, SEED))
+    tally = asyncio.run(_judge_everything(database, oracle, STATEMENTS, SEED))
     elapsed = time.monotonic() - started
     print(f"\noracle: {tally.summary()} in {elapsed:.1f}s")
     assert not tally.bypasses, "allowed by the gateway, refused by PostgreSQL's privileges:\n" + "\n".join(
@@ -244,18 +244,6 @@ def test_every_statement_the_gateway_allows_passes_postgres_privilege_checks(ora
     allowed = tally.decisions["allowed"]
     assert allowed >= STATEMENTS // 5, tally.summary()
     assert tally.outcomes["ran"] >= allowed // 2, tally.summary()
-
-
-_DATABASES: dict[int, PgServer] = {}
-
-
-@pytest.fixture(autouse=True)
-def _remember_database(oracle: Oracle, database: PgServer) -> None:
-    _DATABASES[id(oracle)] = database
-
-
-def _database_of(oracle: Oracle) -> PgServer:
-    return _DATABASES[id(oracle)]
 
 
 # ---------------------------------------------------------------------------- output names
@@ -271,24 +259,25 @@ def _first_output(subselect: dict) -> tuple[str | None, ...] | None:
     return (target.get("name") or figure_name(target.get("val"), _first_output),)
 
 
-def test_output_names_are_postgres_own(oracle: Oracle):
+def test_output_names_are_postgres_own(oracle: Oracle, database: PgServer):
     """For the select-list expressions of the grammar, the name the gateway figures equals the
     name PostgreSQL gives the column (read from the prepared statement's description)."""
     grammar = Grammar(SEED + 1)
 
     async def compare() -> list[str]:
-        connection = await _database_of(oracle).connect()
+        connection = await database.connect()
         differences = []
         try:
             await connection.execute(f"SET search_path = pg_catalog, {SCHEMA}, pg_temp")
             for _ in range(400):
-                expression = grammar.expression(_customers_scope(), str(grammar.pick(["text", "int", "date"])), 2)
+                customers = Scope([Source("c0", TABLES["customers"])])
+                expression = grammar.expression(customers, str(grammar.pick(["text", "int", "date"])), 2)
                 sql = f"select {expression} from customers c0"
                 try:
                     statement = await connection.prepare(sql)
                 except asyncpg.PostgresError:
                     continue
-                ((postgres_name, ours),) = [(statement.get_attributes()[0].name, _figured(sql))]
+                postgres_name, ours = statement.get_attributes()[0].name, _figured(sql)
                 if ours is not None and ours != postgres_name:
                     differences.append(f"{sql}: PostgreSQL {postgres_name!r}, gateway {ours!r}")
         finally:
@@ -296,12 +285,6 @@ def test_output_names_are_postgres_own(oracle: Oracle):
         return differences
 
     assert asyncio.run(compare()) == []
-
-
-def _customers_scope() -> Any:
-    from sql_grammar import TABLES, Scope, Source
-
-    return Scope([Source("c0", TABLES["customers"])])
 
 
 def _figured(sql: str) -> str | None:
