@@ -23,7 +23,8 @@ class GatewayError(Exception):
     hint: str | None = None
     position: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    # Extra PostgreSQL error fields, kept for wire formats that carry all of them (/sql).
+    # Every field of PostgreSQL's error, its own message included (asyncpg's names), for wire
+    # formats that carry them (/sql); empty for an error PostgreSQL did not raise.
     pg_fields: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

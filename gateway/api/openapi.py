@@ -91,6 +91,7 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "code": {"type": "string"},
                     "message": {"type": "string"},
+                    "postgresMessage": {"type": ["string", "null"]},
                     "requestId": {"type": "string"},
                     "sqlstate": {"type": ["string", "null"]},
                     "detail": {"type": ["string", "null"]},
