@@ -322,6 +322,11 @@ class RequestScope:
             await self.transaction.commit()
 
     def fail(self, error: GatewayError) -> None:
+        """Record what the request failed with; every wire format calls this before writing
+        the error. For an identity whose rules narrow columns, the fields where PostgreSQL
+        quotes rows go first: they may show columns the identity cannot read."""
+        if self.caller is not None and self.caller.identity.narrows_columns:
+            error.withhold_row_data()
         self.error = error
         self.record.status = error.status
         self.record.sqlstate = error.sqlstate

@@ -333,5 +333,7 @@ def _postgres_error(error: asyncpg.PostgresError) -> GatewayError:
     parameter = BIND_PARAMETER_CONTEXT.fullmatch(fields["context"] or "")
     if parameter is not None:
         number = int(parameter.group(1))
-        return GatewayError(f"parameter ${number}: {message}", status=400, code="bad_request", **common)
+        return GatewayError(
+            f"parameter ${number}: {message}", status=400, code="bad_request", parameter=number, **common
+        )
     return GatewayError(message, status=400, code="sql_error", **common)
