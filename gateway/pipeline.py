@@ -66,6 +66,21 @@ class Judged:
     facts: StatementFacts
     decision: Decision
 
+    def refusal(self) -> GatewayError | None:
+        """Why the statement may not run, as far as it is decided before the database is
+        reached, or None: the policy decision, then parameters numbered $1..$n with none
+        skipped, then exactly as many sent. `/v1/query` raises it, `/v1/explain` reports it."""
+        if not self.decision.allowed:
+            return policy_denied(self.decision.reason or "statement not allowed")
+        expected = self.facts.param_count
+        used = self.facts.params_used
+        if used != frozenset(range(1, expected + 1)):
+            missing = sorted(set(range(1, expected + 1)) - used)
+            return bad_request(f"parameters must be numbered $1..$n with none skipped; ${missing[0]} is unused")
+        if expected != len(self.statement.params):
+            return bad_request(f"the statement uses {expected} parameters but {len(self.statement.params)} were sent")
+        return None
+
 
 # Request and trace ids need to be unique, not secret: a seeded PRNG instead of a system
 # call per id.
@@ -257,7 +272,7 @@ class RequestScope:
         return self.caller
 
     def explain(self, statement: Statement) -> Judged:
-        """The policy decision without enforcing it."""
+        """The policy decision without enforcing it (`Judged.refusal` says what would be)."""
         assert self.caller is not None
         with _Phase(self.timings, "policy"):
             facts, decision = self.pipeline.policy.decide(self.caller.identity, statement.sql)
@@ -267,17 +282,11 @@ class RequestScope:
         return judged
 
     def judge(self, statement: Statement) -> Judged:
-        """The decision, enforced: a denial raises `policy_denied`; parameters must match."""
+        """The decision, enforced: the statement's `refusal`, if any, is raised."""
         judged = self.explain(statement)
-        if not judged.decision.allowed:
-            raise policy_denied(judged.decision.reason or "statement not allowed")
-        expected = judged.facts.param_count
-        used = judged.facts.params_used
-        if used != frozenset(range(1, expected + 1)):
-            missing = sorted(set(range(1, expected + 1)) - used)
-            raise bad_request(f"parameters must be numbered $1..$n with none skipped; ${missing[0]} is unused")
-        if expected != len(statement.params):
-            raise bad_request(f"the statement uses {expected} parameters but {len(statement.params)} were sent")
+        refusal = judged.refusal()
+        if refusal is not None:
+            raise refusal
         return judged
 
     def _note_decision(self, judged: Judged) -> None:

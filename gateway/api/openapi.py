@@ -144,7 +144,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/explain": {
             "post": {
-                "summary": "The policy decision for a statement, without running it",
+                "summary": "The verdict /v1/query would give before running a statement (policy, parameters)",
                 "security": secured,
                 "requestBody": {"required": True, **_json(_ref("Statement"))},
                 "responses": {
