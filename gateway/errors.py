@@ -23,14 +23,26 @@ class GatewayError(Exception):
     hint: str | None = None
     position: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    # Extra PostgreSQL error fields, kept for wire formats that carry all of them (/sql).
+    # Every field of PostgreSQL's error, its own message included (asyncpg's names), for wire
+    # formats that carry them (/sql); empty for an error PostgreSQL did not raise.
     pg_fields: dict[str, Any] = field(default_factory=dict)
+    parameter: int | None = None  # the parameter ($n) whose value PostgreSQL could not read
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
     def __str__(self) -> str:
         return self.message
+
+    def withhold_row_data(self) -> None:
+        """Drop the fields in which PostgreSQL quotes rows: DETAIL (`Key (email)=(...) already
+        exists`, `Failing row contains (...)`), and the context and internal query, which
+        repeat the SQL a trigger or function ran, values included. A parameter's error comes
+        from Bind, before any row is read: its context only names the caller's parameter."""
+        self.detail = None
+        self.pg_fields.update(detail=None, internal_query=None, internal_position=None)
+        if self.parameter is None:
+            self.pg_fields["context"] = None
 
 
 def bad_request(message: str) -> GatewayError:

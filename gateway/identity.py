@@ -52,6 +52,11 @@ class Identity:
             rules=config.rules,
         )
 
+    @property
+    def narrows_columns(self) -> bool:
+        """Some rule limits the columns it may use: PostgreSQL's errors may quote others."""
+        return any(rule.columns for rule in self.rules)
+
     def limits(self) -> dict[str, Any]:
         return {
             "readOnly": self.read_only,

@@ -66,6 +66,25 @@ class Judged:
     facts: StatementFacts
     decision: Decision
 
+    def refusal(self) -> GatewayError | None:
+        """Why the statement may not run, as far as it is decided before the database is
+        reached, or None: the policy decision, then parameters numbered $1..$n with none
+        skipped, then exactly as many sent. `/v1/query` raises it, `/v1/explain` reports it."""
+        decision = self.decision
+        if not decision.allowed:
+            reason = decision.reason or "statement not allowed"
+            if decision.sqlstate is not None:  # what PostgreSQL itself would answer
+                return statement_refused(reason, decision.sqlstate, decision.position)
+            return policy_denied(reason)
+        expected = self.facts.param_count
+        used = self.facts.params_used
+        if used != frozenset(range(1, expected + 1)):
+            missing = sorted(set(range(1, expected + 1)) - used)
+            return bad_request(f"parameters must be numbered $1..$n with none skipped; ${missing[0]} is unused")
+        if expected != len(self.statement.params):
+            return bad_request(f"the statement uses {expected} parameters but {len(self.statement.params)} were sent")
+        return None
+
 
 # Request and trace ids need to be unique, not secret: a seeded PRNG instead of a system
 # call per id.
@@ -232,8 +251,8 @@ class RequestScope:
         return self.caller
 
     async def explain(self, statement: Statement) -> Judged:
-        """The policy decision without enforcing it, never with a snapshot older than DDL the
-        gateway has committed."""
+        """The policy decision without enforcing it (`Judged.refusal` says what would be),
+        never made with a snapshot older than DDL the gateway has committed."""
         assert self.caller is not None
         await self.pipeline.catalog.settled()
         with _Phase(self.timings, "policy"):
@@ -244,21 +263,11 @@ class RequestScope:
         return judged
 
     async def judge(self, statement: Statement) -> Judged:
-        """The decision, enforced: a denial raises `policy_denied`; parameters must match."""
+        """The decision, enforced: the statement's `refusal`, if any, is raised."""
         judged = await self.explain(statement)
-        decision = judged.decision
-        if not decision.allowed:
-            reason = decision.reason or "statement not allowed"
-            if decision.sqlstate is not None:
-                raise statement_refused(reason, decision.sqlstate, decision.position)
-            raise policy_denied(reason)
-        expected = judged.facts.param_count
-        used = judged.facts.params_used
-        if used != frozenset(range(1, expected + 1)):
-            missing = sorted(set(range(1, expected + 1)) - used)
-            raise bad_request(f"parameters must be numbered $1..$n with none skipped; ${missing[0]} is unused")
-        if expected != len(statement.params):
-            raise bad_request(f"the statement uses {expected} parameters but {len(statement.params)} were sent")
+        refusal = judged.refusal()
+        if refusal is not None:
+            raise refusal
         return judged
 
     def _note_decision(self, judged: Judged) -> None:
@@ -310,6 +319,11 @@ class RequestScope:
                 await self.transaction.commit(announce=NOTIFY_CATALOG_CHANGED)
 
     def fail(self, error: GatewayError) -> None:
+        """Record what the request failed with; every wire format calls this before writing
+        the error. For an identity whose rules narrow columns, the fields where PostgreSQL
+        quotes rows go first: they may show columns the identity cannot read."""
+        if self.caller is not None and self.caller.identity.narrows_columns:
+            error.withhold_row_data()
         self.error = error
         self.record.status = error.status
         self.record.sqlstate = error.sqlstate

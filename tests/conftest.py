@@ -458,6 +458,13 @@ class Superuser:
     def execute(self, sql: str) -> str:
         return self._runner.run(self.connection.execute(sql))
 
+    def error_of(self, sql: str, *args: Any) -> asyncpg.PostgresError:
+        """The error PostgreSQL answers `sql` with over this direct connection: the oracle for
+        what the gateway passes on."""
+        with pytest.raises(asyncpg.PostgresError) as raised:
+            self.fetch(sql, *args)
+        return raised.value
+
     def activity(self, condition: str, *args: Any) -> list[dict[str, Any]]:
         """The rows of pg_stat_activity meeting `condition`, as they are now: inside a
         transaction, pg_stat_activity would keep showing its first snapshot."""

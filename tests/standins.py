@@ -92,8 +92,8 @@ def text(status: int, body: str) -> Reply:
 
 def gateway_error(status: int, code: str, retry_after: str | None = None) -> Reply:
     """An error answer shaped like the gateway's own."""
-    body = {"error": {"code": code, "message": f"stand-in {code}", "requestId": "stand-in", "sqlstate": None,
-                      "detail": None, "hint": None, "position": None}}
+    body = {"error": {"code": code, "message": f"stand-in {code}", "postgresMessage": None, "requestId": "stand-in",
+                      "sqlstate": None, "detail": None, "hint": None, "position": None}}
     headers = {"Content-Type": "application/json", **({"Retry-After": retry_after} if retry_after else {})}
     return status, headers, orjson.dumps(body)
 

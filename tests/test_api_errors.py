@@ -14,7 +14,7 @@ import pytest
 
 from conftest import LOGIN_ROLE, SLOW_SQL, eventually
 
-ERROR_KEYS = {"code", "message", "requestId", "sqlstate", "detail", "hint", "position"}
+ERROR_KEYS = {"code", "message", "postgresMessage", "requestId", "sqlstate", "detail", "hint", "position"}
 LOCKED_SQL = "select count(*) from customers"
 
 
@@ -100,6 +100,12 @@ def test_a_parameter_that_does_not_fit_its_type_is_named(writer):
     error = assert_error(writer.query("select $1::int4", "abc"), 400, "bad_request")
     assert error["message"].startswith("parameter $1:"), error
     assert error["sqlstate"] == "22P02"
+
+
+def test_a_parameter_error_keeps_postgres_message_unchanged_beside_the_named_one(writer, superuser):
+    expected = superuser.error_of("select 'abc'::int4").message
+    error = assert_error(writer.query("select $1::int4", "abc"), 400, "bad_request")
+    assert (error["message"], error["postgresMessage"]) == (f"parameter $1: {expected}", expected)
 
 
 def test_the_parameter_that_does_not_fit_is_named_not_another_with_the_same_text(writer):
@@ -191,6 +197,12 @@ def test_the_error_position_matches_the_callers_text(writer):
 def test_a_division_by_zero_is_an_sql_error(writer):
     error = assert_error(writer.query("select 1 / 0 as x"), 400, "sql_error")
     assert error["sqlstate"] == "22012"
+    assert error["message"] == error["postgresMessage"] == "division by zero"
+
+
+def test_an_error_postgres_never_saw_has_no_postgres_message(writer):
+    error = assert_error(writer.query("select $1::int4", 1, 2), 400, "bad_request")
+    assert error["postgresMessage"] is None
 
 
 def test_an_sql_error_carries_detail_and_hint_when_postgres_gives_them(writer):

@@ -8,8 +8,13 @@ import re
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 SERVER_TIMING_PART = re.compile(r"^(\w+);dur=(\d+(?:\.\d+)?)$")
+# Each example is two requests to the shared gateway; derandomised, so a failure reproduces.
+PARITY_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                           suppress_health_check=[HealthCheck.too_slow])
 
 
 def server_timing(response) -> dict[str, float]:
@@ -186,6 +191,49 @@ def test_explain_does_not_run_the_statement(writer, superuser):
     response = writer.post("/v1/explain", {"sql": "insert into ledger (note) values ($1)", "params": [note]})
     assert response.json()["allowed"] is True
     assert superuser.fetchval("select count(*) from public.ledger where note = $1", note) == 0
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [("select $2::int4 as b", [1, 2]), ("select $1::int4 as a, $3::int4 as c", [1, 2, 3]),
+     ("select $1::int4 as a", [1, 2]), ("select $1::int4 + $2::int4 as s", [1]), ("select $1::int4 as a", [])],
+)  # fmt: skip
+def test_explain_refuses_parameters_as_query_does_with_its_reason(writer, sql, params):
+    query = writer.query(sql, *params)
+    assert query.status_code == 400, query.text
+    explained = writer.post("/v1/explain", {"sql": sql, "params": params}).json()
+    assert (explained["allowed"], explained["reason"]) == (False, query.json()["error"]["message"])
+
+
+def test_explain_of_a_denied_statement_gives_the_reason_query_is_refused_with(writer):
+    sql = "delete from orders where id = $2"  # denied before its parameters are looked at
+    query = writer.query(sql, 1)
+    assert query.status_code == 403, query.text
+    explained = writer.post("/v1/explain", {"sql": sql, "params": [1]}).json()
+    assert (explained["allowed"], explained["reason"]) == (False, query.json()["error"]["message"])
+
+
+@PARITY_SETTINGS
+@given(
+    placeholders=st.lists(st.integers(1, 4), max_size=4),
+    sent=st.integers(0, 4),
+    source=st.sampled_from(["", " from orders where id = 1", " from secrets", " from orders where id = 1 / 0"]),
+)
+def test_explain_allows_exactly_what_query_does_not_refuse_before_running(api_as, placeholders, sent, source):
+    """Refused before running: an error PostgreSQL did not raise (no `postgresMessage`); the
+    parameters sent always fit their types, so no such error comes from reading their values.
+    Anything else (rows, or PostgreSQL's own error) is what explain allows."""
+    writer = api_as("writer")
+    columns = ", ".join(f"${number}::int4 as p{index}" for index, number in enumerate(placeholders)) or "1 as one"
+    sql, params = f"select {columns}{source}", list(range(1, sent + 1))
+    explained = writer.post("/v1/explain", {"sql": sql, "params": params})
+    query = writer.query(sql, *params)
+    assert explained.status_code == 200, explained.text
+    error = query.json().get("error") if query.status_code != 200 else None
+    refused = error is not None and error["postgresMessage"] is None
+    verdict = explained.json()
+    assert verdict["allowed"] is not refused, (sql, params, query.text)
+    assert verdict["reason"] == (error["message"] if refused else None), (sql, params, query.text)
 
 
 def test_explain_needs_a_token(api_as):

@@ -174,6 +174,29 @@ def test_empty_array(writer):
     assert value_of(writer, "select '{}'::text[] as a") == []
 
 
+@pytest.mark.parametrize(
+    "expression",
+    ["'[0:2]={1,2,3}'::int4[]", "'[-2:-1][1:2]={{1,2},{3,4}}'::int4[]", "'[5:5]={\"a b\"}'::text[]"],
+)
+def test_an_array_with_other_lower_bounds_is_postgres_text_not_a_renumbered_json_array(writer, superuser, expression):
+    assert value_of(writer, f"select {expression} as a") == superuser.fetchval(f"select ({expression})::text")
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["row(1, 'x')", "row(1, row(2, 'a b'), null, 'q\"uote', '')", "(select c from customers c order by id limit 1)",
+     "int4range(1, 3)"],
+)  # fmt: skip
+def test_records_and_ranges_are_postgres_text(writer, superuser, expression):
+    assert value_of(writer, f"select {expression} as v") == superuser.fetchval(f"select ({expression})::text")
+
+
+def test_an_array_of_records_is_an_array_of_record_texts(writer):
+    row, types = one_row(writer, "select array[row(1, 'a b'), row(2, null), null] as a")
+    assert row == {"a": ["(1,\"a b\")", "(2,)", None]}
+    assert types == {"a": "record[]"}
+
+
 # ---------------------------------------------------------------------------- parameters
 
 
@@ -244,6 +267,10 @@ def test_a_json_array_of_strings_to_a_text_array_parameter(writer):
 
 def test_an_array_literal_string_to_an_array_parameter(writer):
     assert value_of(writer, "select $1::int4[] as a", "{{1,2},{3,NULL}}") == [[1, 2], [3, None]]
+
+
+def test_an_array_literal_with_lower_bounds_is_read_by_postgres(writer):
+    assert value_of(writer, "select array_lower($1::int4[], 1) as lower", "[0:1]={1,2}") == 0
 
 
 def test_an_array_parameter_for_any(writer):

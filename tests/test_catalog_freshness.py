@@ -150,7 +150,9 @@ def test_the_unqualified_name_must_be_qualified_and_then_the_column_rules_apply(
 
 
 def test_ddl_through_one_gateway_reaches_another_within_a_second(scratcher, other_scratcher):
-    assert resolved(other_scratcher, "select id from customers") == ["public.customers"]
+    # Earlier tests' DDL reaches it the same way: let it settle first.
+    within(1.0, lambda: resolved(other_scratcher, "select id from customers") == ["public.customers"],
+           "the other gateway to be current")
     ok(scratcher, f"create table {SCHEMA}.customers (id int)")
     try:
         within(1.0, lambda: resolved(other_scratcher, "select id from customers") == [f"{SCHEMA}.customers"],

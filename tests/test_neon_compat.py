@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from test_neon_sql import BIND_CONTEXT
 
 from conftest import TEST_DATABASE, GatewayProcess, PgServer, Superuser, TlsFiles
 
@@ -151,6 +152,12 @@ def test_a_policy_denial_is_a_neon_db_error_with_insufficient_privilege(driver):
     assert "public.secrets is not allowed" in error["message"]
 
 
+def test_a_bad_parameter_is_postgres_error_with_the_parameter_named_in_where(driver, superuser):
+    error, expected = driver["badParameter"], superuser.error_of("select 'abc'::int")
+    assert (error["name"], error["code"], error["message"]) == ("NeonDbError", expected.sqlstate, expected.message)
+    assert BIND_CONTEXT.fullmatch(error["where"]), error["where"]
+
+
 def test_a_bad_token_is_a_server_error_naming_the_status(driver):
     error = driver["badToken"]
     assert error["name"] == "NeonDbError"
@@ -192,7 +199,7 @@ def test_every_type_reads_as_it_does_over_a_direct_connection(type_matrix):
     assert type_matrix["errors"] == []
     mismatches = type_matrix["mismatches"]
     assert not mismatches, "\n".join(f"{m['name']}\ngateway: {m['gateway']}\noracle: {m['oracle']}" for m in mismatches)
-    assert len(type_matrix["kinds"]) == type_matrix["cases"] == 48
+    assert len(type_matrix["kinds"]) == type_matrix["cases"] == 55
 
 
 @pytest.mark.parametrize(
@@ -206,6 +213,9 @@ def test_every_type_reads_as_it_does_over_a_direct_connection(type_matrix):
         ("int4[]", ["Array", "Array"]),
         ("null", ["null", "null", "null"]),
         ("bytea parameter", ["Buffer"]),
+        ("record", ["String", "String"]),
+        ("record[]", ["String"]),
+        ("lower bounds", ["Array", "Array", "Array"]),
     ],
 )
 def test_the_driver_parses_values_by_their_type(type_matrix, case, kinds):

@@ -185,9 +185,14 @@ async def explain(request: Request) -> Response:
 
 
 async def _explain(request: Request, scope: RequestScope) -> Response:
+    """What the decision covers (kind, tables, columns, functions), and the verdict
+    `/v1/query` would give before running: `allowed` and the `reason` its error would carry."""
     statement = statement_from(await read_json(request))
     await scope.authenticate(request.headers.get("authorization"))
-    return json_response(scope, (await scope.explain(statement)).decision.as_json())
+    judged = await scope.explain(statement)
+    refusal = judged.refusal()
+    verdict = {"allowed": refusal is None, "reason": None if refusal is None else refusal.message}
+    return json_response(scope, {**judged.decision.as_json(), **verdict})
 
 
 async def whoami(request: Request) -> Response:

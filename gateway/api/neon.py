@@ -29,8 +29,8 @@ from gateway.api.exchange import (
     until_disconnect,
 )
 from gateway.api.results import parse_command_tag
-from gateway.db.session import Column, RowField, StatementRun, row_description
-from gateway.db.types import Converter, format_array_literal, json_to_pg_text, neon_json_converter
+from gateway.db.session import RowField, StatementRun, row_description
+from gateway.db.types import Converter, json_to_pg_text, neon_json_converter
 from gateway.errors import GatewayError, bad_request, response_too_large
 from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
 
@@ -207,16 +207,10 @@ class ResultEncoder:
         self.max_bytes = scope.caller.identity.max_response_bytes
         self.size = 0
 
-    def _converter(self, column: Column) -> Converter | None:
-        if self.raw_text:
-            # asyncpg hands arrays over as nested lists of element texts; every other value
-            # is PostgreSQL's text output already.
-            return format_array_literal if column.type.kind == "array" else None
-        return neon_json_converter(column.type)
-
     async def encode(self, run: StatementRun, array_mode: bool) -> bytes:
         names = [column.name for column in run.columns]
-        converters = [self._converter(column) for column in run.columns]
+        # Every value is PostgreSQL's text output already: raw text sends it as it is.
+        converters = [None if self.raw_text else neon_json_converter(column.type) for column in run.columns]
         fields = [_field(field) for field in row_description(run)]
         chunks = [self._counted(b'{"fields":' + orjson.dumps(fields) + b',"rows":[')]
         rows = 0
@@ -270,12 +264,14 @@ def status_of(error: GatewayError) -> int:
 
 def error_json(error: GatewayError) -> bytes:
     """A 400's body has every key of the proxy's PostgreSQL error (`position` and `line`
-    strings; `code` and `severity` empty for an error that is not PostgreSQL's); any other
-    status gets a short `{"message", "code"}` with the gateway's stable code."""
+    strings; `code` and `severity` empty for an error that is not PostgreSQL's), with
+    PostgreSQL's own message where PostgreSQL raised it (a parameter that does not fit is
+    named in `where`, PostgreSQL's context); any other status gets a short
+    `{"message", "code"}` with the gateway's stable code."""
     if status_of(error) != 400:
         return orjson.dumps({"message": error.message, "code": error.code})
     code = INSUFFICIENT_PRIVILEGE if error.code == "policy_denied" else error.sqlstate or ""
-    body = {"message": error.message, "code": code}
+    body = {"message": error.pg_fields.get("message") or error.message, "code": code}
     body.update({key: error.pg_fields.get(name) for key, name in ERROR_KEYS.items()})
     body["severity"] = body["severity"] or ("ERROR" if code else "")
     return orjson.dumps(body)

@@ -91,6 +91,7 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "code": {"type": "string"},
                     "message": {"type": "string"},
+                    "postgresMessage": {"type": ["string", "null"]},
                     "requestId": {"type": "string"},
                     "sqlstate": {"type": ["string", "null"]},
                     "detail": {"type": ["string", "null"]},
@@ -143,7 +144,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/explain": {
             "post": {
-                "summary": "The policy decision for a statement, without running it",
+                "summary": "The verdict /v1/query would give before running a statement (policy, parameters)",
                 "security": secured,
                 "requestBody": {"required": True, **_json(_ref("Statement"))},
                 "responses": {

@@ -41,6 +41,9 @@ def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
     return {
         "code": error.code,
         "message": error.message,
+        # PostgreSQL's own words when it raised the error; `message` may add the gateway's
+        # (which parameter, which limit).
+        "postgresMessage": error.pg_fields.get("message"),
         "requestId": request_id,
         "sqlstate": error.sqlstate,
         "detail": error.detail,

@@ -1,6 +1,6 @@
 """The warm asyncpg pool: TLS per `sslmode`, the login password read at every connect (so a
-rotated secret takes effect without a restart), text codecs on every connection, and the
-check that the login role cannot act on its own.
+rotated secret takes effect without a restart), every value exchanged as text on every
+connection (`gateway.db.types`), and the check that the login role cannot act on its own.
 
 Owns connecting and acquiring, and the mapping of connection failures to 503s. What runs on
 a connection per request lives in `gateway.db.session`.
@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import asyncpg
 
 from gateway.config import DatabaseConfig
-from gateway.db.types import install_text_codecs, text_codec_types
+from gateway.db.types import TextExchangeConnection, TextType, builtin_text_types, check_text_exchange
 from gateway.errors import database_unavailable, overloaded
 from gateway.secrets import SecretStore
 
@@ -47,7 +47,7 @@ CONNECTION_ERRORS = (
 )
 
 
-class GatewayConnection(asyncpg.Connection):
+class GatewayConnection(TextExchangeConnection):
     """A pooled connection that skips asyncpg's reset round trip unless a request marked it."""
 
     needs_full_reset = False
@@ -68,7 +68,7 @@ class Database:
         self.config = config
         self.secrets = secrets
         self.pool: asyncpg.Pool | None = None
-        self._codec_types: list[str] | None = None
+        self._builtin_types: list[TextType] | None = None
         self._key_dir: tempfile.TemporaryDirectory | None = None
         self.waiting = 0  # requests waiting for a connection (the pool does not say)
 
@@ -108,10 +108,13 @@ class Database:
         name = self.config.password_secret
         return self.secrets.get(name) if name else None
 
-    async def _init_connection(self, connection: asyncpg.Connection) -> None:
-        if self._codec_types is None:
-            self._codec_types = await text_codec_types(connection)
-        await install_text_codecs(connection, self._codec_types)
+    async def _init_connection(self, connection: GatewayConnection) -> None:
+        first = self._builtin_types is None
+        if first:
+            self._builtin_types = await builtin_text_types(connection)
+        connection.exchange_as_text(self._builtin_types)
+        if first:
+            await check_text_exchange(connection)
 
     async def open(self, size: int | None = None) -> None:
         """Connect the pool: `pool_min`..`pool_max` connections, or exactly `size`."""

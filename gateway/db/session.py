@@ -35,12 +35,10 @@ ISOLATION_LEVELS = {
     "serializable": "SERIALIZABLE",
 }
 CANCEL_REPEAT_INTERVAL = 0.5  # seconds before a cancel request that did not take is sent again
-# PostgreSQL (13+) names the parameter whose input failed in the error's context:
-# `unnamed portal parameter $2 = '...'` or `portal "name" parameter $2`.
-BIND_PARAMETER_CONTEXT = re.compile(r'portal (?:"(?:[^"]|"")*" )?parameter \$(\d+)')
-# asyncpg's own DataError, raised while encoding a parameter (an array whose sub-arrays
-# differ in length), before anything is sent; it has no sqlstate from the server.
-ASYNCPG_ENCODING_ERROR = re.compile(r"invalid input for query argument \$(\d+): ")
+# PostgreSQL (13+) names the parameter whose input failed as the whole of the error's context
+# (`unnamed portal parameter $2`, with ` = '...'` when the server logs parameter values); a
+# context that merely contains these words comes from somewhere else (a function's SQL).
+BIND_PARAMETER_CONTEXT = re.compile(r'(?:unnamed portal|portal "(?:[^"]|"")*") parameter \$(\d+)(?: = .*)?', re.DOTALL)
 
 
 def sql_string(text: str) -> str:
@@ -105,7 +103,9 @@ class _Portal(BaseCursor):
     async def first(self, limit: int, timeout: float | None) -> list:
         self._check_ready()
         protocol = self._connection._protocol
-        self._portal_name = self._connection._get_unique_id("portal")
+        # The unnamed portal, as Neon's proxy binds (an error's context then reads as it
+        # would there): nothing else is bound on the connection until this one is read.
+        self._portal_name = ""
         rows, self.status, self._exhausted = await protocol.bind_execute(
             self._state, self._args, self._portal_name, limit, True, timeout
         )
@@ -280,14 +280,8 @@ def translate_error(error: BaseException) -> GatewayError:
     """A PostgreSQL or driver error as the caller should see it (SPEC §4 error table)."""
     if isinstance(error, GatewayError):
         return error
-    if isinstance(error, asyncpg.exceptions.DataError) and (encoding := ASYNCPG_ENCODING_ERROR.match(str(error))):
-        return bad_request(f"parameter ${encoding.group(1)}: {error.__cause__ or 'does not fit its type'}")
     if isinstance(error, asyncpg.PostgresError):
         return _postgres_error(error)
-    if isinstance(error, asyncpg.exceptions.UnsupportedClientFeatureError):
-        # asyncpg reads range and composite values only in binary, from binary elements; the
-        # gateway reads every scalar as text, so such a column cannot be returned as it is.
-        return bad_request(f"{error}; select the column cast to text")
     if isinstance(error, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
         return database_unavailable()
     raise error
@@ -315,7 +309,7 @@ def _postgres_error(error: asyncpg.PostgresError) -> GatewayError:
             "server_source_function",
         )
     }
-    message = error.message if hasattr(error, "message") else str(error)
+    message = fields["message"] = error.message if hasattr(error, "message") else str(error)
     position = int(fields["position"]) if fields.get("position") else None
     common = {
         "sqlstate": sqlstate,
@@ -337,7 +331,10 @@ def _postgres_error(error: asyncpg.PostgresError) -> GatewayError:
         failure = database_unavailable()
         failure.sqlstate = sqlstate
         return failure
-    parameter = BIND_PARAMETER_CONTEXT.search(fields["context"] or "")
+    parameter = BIND_PARAMETER_CONTEXT.fullmatch(fields["context"] or "")
     if parameter is not None:
-        return GatewayError(f"parameter ${parameter.group(1)}: {message}", status=400, code="bad_request", **common)
+        number = int(parameter.group(1))
+        return GatewayError(
+            f"parameter ${number}: {message}", status=400, code="bad_request", parameter=number, **common
+        )
     return GatewayError(message, status=400, code="sql_error", **common)

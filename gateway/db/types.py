@@ -1,12 +1,11 @@
 """Values between JSON and PostgreSQL, in both directions.
 
-Every connection reads and writes scalar types in PostgreSQL's text format (`install_text_codecs`):
-a parameter string goes to PostgreSQL's own input function, so a string is accepted for
-any type and parsed by PostgreSQL's rules, and a result is PostgreSQL's exact text output.
-The native API then maps that text to JSON per column type (`json_converter`); the
-Neon-compatible endpoint sends it as it is. asyncpg applies no custom codec to array types,
-so arrays travel as (nested) lists of element texts, and array literals are parsed and
-written here.
+Every connection exchanges every value, of every type, in PostgreSQL's text format
+(`TextExchangeConnection`): a parameter string goes to PostgreSQL's own input function, so a
+string is accepted for any type and parsed by PostgreSQL's rules, and a result is PostgreSQL's
+exact text output — records, ranges and arrays with their bounds included. The
+Neon-compatible endpoint sends that text as it is; the native API maps it to JSON per column
+type (`json_converter`), reading array text here.
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -25,25 +25,105 @@ from gateway.errors import bad_request
 
 Converter = Callable[[Any], Any]
 
-# Base types of pg_catalog that keep asyncpg's own codec: none. Everything scalar is text.
-TEXT_CODEC_TYPES_QUERY = """
-SELECT t.typname FROM pg_catalog.pg_type t
-WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typtype = 'b' AND t.typcategory <> 'A'
-  AND t.typisdefined AND t.typname NOT IN ('unknown', 'cstring')
+# Every type of pg_catalog. `array_delimiter` is set for the types array_out writes.
+BUILTIN_TYPES_QUERY = """
+SELECT t.oid, t.typname, CASE WHEN t.typoutput = 'pg_catalog.array_out'::pg_catalog.regproc
+                              THEN e.typdelim::pg_catalog.text END AS array_delimiter
+FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem
+WHERE t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND t.typtype <> 'd'
 """
+# A statement whose every value asyncpg reads its own way unless told otherwise: a record (in
+# binary, field by field), an array with a lower bound other than 1 (as a list, bounds lost),
+# and a composite type outside pg_catalog (known only once asyncpg introspects it).
+SELF_TEST_SQL = "SELECT row(1, 'a b'), '[0:1]={1,2}'::pg_catalog.int4[], '(1,x,2,y)'::information_schema.sql_sizing"
+SELF_TEST_TEXT = ('(1,"a b")', "[0:1]={1,2}", "(1,x,2,y)")
 
 
 def _identity(text: str) -> str:
     return text
 
 
-async def install_text_codecs(connection: asyncpg.Connection, type_names: list[str]) -> None:
-    for name in type_names:
-        await connection.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=_identity, format="text")
+@dataclass(frozen=True)
+class TextType:
+    """A type a connection exchanges as PostgreSQL text, named as asyncpg names it."""
+
+    oid: int
+    name: str  # an array type is "<element>[]"
+    schema: str
+    # Written by array_out with "," between elements: the native API reads it into a JSON
+    # array. (box[] separates with ";" and stays text.)
+    json_array: bool
+
+    @classmethod
+    def of(cls, oid: int, name: str, schema: str, array_delimiter: str | None) -> TextType:
+        if array_delimiter is None:
+            return cls(oid, name, schema, False)
+        return cls(oid, f"{name.removeprefix('_')}[]", schema, array_delimiter == ",")
 
 
-async def text_codec_types(connection: asyncpg.Connection) -> list[str]:
-    return [row[0] for row in await connection.fetch(TEXT_CODEC_TYPES_QUERY)]
+async def builtin_text_types(connection: asyncpg.Connection) -> list[TextType]:
+    """pg_catalog's types, read once on a connection that has no text codecs yet."""
+    rows = await connection.fetch(BUILTIN_TYPES_QUERY)
+    return [TextType.of(row["oid"], row["typname"], "pg_catalog", row["array_delimiter"]) for row in rows]
+
+
+def _array_parameter(value: str | list) -> str:
+    """An array parameter: a literal as it is, or nested lists of element texts."""
+    return value if isinstance(value, str) else format_array_literal(value)
+
+
+class TextExchangeConnection(asyncpg.Connection):
+    """A connection on which every value, of every type, travels as PostgreSQL's text.
+
+    asyncpg's public `set_type_codec` takes scalar types only, and derives codecs for the rest
+    itself: records and composites read in binary (or refused), arrays read into lists that
+    lose their lower bounds. So codecs are set with `ConnectionSettings.add_python_codec` —
+    the call `set_type_codec` makes — for every built-in type when the connection opens, and
+    for any other type when asyncpg first introspects it (`_introspect_types`, asyncpg's
+    private step between preparing a statement and building its codecs; pinned asyncpg range,
+    checked at start by `check_text_exchange`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._text_oids: set[int] = set()
+
+    def exchange_as_text(self, types: Iterable[TextType]) -> None:
+        settings = self.get_settings()
+        for type_ in types:
+            if type_.oid in self._text_oids:
+                continue
+            kind, encoder = ("array", _array_parameter) if type_.json_array else ("scalar", str)
+            settings.add_python_codec(type_.oid, type_.name, type_.schema, [], kind, encoder, _identity, "text")
+            self._text_oids.add(type_.oid)
+
+    async def _introspect_types(self, typeoids: Any, timeout: float | None) -> Any:
+        types, statement = await super()._introspect_types(typeoids, timeout)
+        # Domains keep asyncpg's alias to their base type, which is text by then: PostgreSQL
+        # describes a domain's values by the base type's OID anyway.
+        self.exchange_as_text(
+            TextType.of(row["oid"], row["name"], row["ns"], _array_delimiter(row))
+            for row in types
+            if row["kind"] != b"d"
+        )
+        return types, statement
+
+
+def _array_delimiter(row: Any) -> str | None:
+    """asyncpg's introspection marks a varlena type with an element type as an array (as
+    asyncpg itself reads it); outside pg_catalog only array types are."""
+    return row["elemdelim"].decode() if row["elemtype"] and row["elemdelim"] is not None else None
+
+
+async def check_text_exchange(connection: asyncpg.Connection) -> None:
+    """Fail at start, not per request, if this asyncpg no longer lets every value through as
+    text."""
+    row = await connection.fetchrow(SELF_TEST_SQL)
+    if tuple(row) != SELF_TEST_TEXT:
+        raise RuntimeError(
+            f"asyncpg {asyncpg.__version__} does not read records and arrays as PostgreSQL's text "
+            f"(got {tuple(row)!r}); use an asyncpg version in the range pyproject.toml pins"
+        )
 
 
 # ---------------------------------------------------------------------------- PostgreSQL text -> JSON
@@ -120,29 +200,31 @@ SCALAR_CONVERTERS: dict[str, Converter] = {
 }
 
 
-def _array_of(element: Converter) -> Converter:
-    def convert(items: list) -> list:
-        return [
-            None if item is None else (convert(item) if isinstance(item, list) else element(item)) for item in items
-        ]
+def _array_of(element: Converter | None) -> Converter:
+    def convert(text: str) -> list | str:
+        if text.startswith("["):
+            # array_out writes the bounds only when one is not 1; a JSON array cannot say
+            # where it starts, so such an array stays PostgreSQL's text rather than renumbered.
+            return text
+        items = parse_array_text(text)
+        return items if element is None else _each(items, element)
 
     return convert
+
+
+def _each(items: list, element: Converter) -> list:
+    return [
+        None if item is None else _each(item, element) if isinstance(item, list) else element(item) for item in items
+    ]
 
 
 @lru_cache(maxsize=1024)
 def json_converter(type_: Any) -> Converter | None:
     """How to turn a column's value into JSON; None when the value is already right
-    (text, int8, numeric, uuid, dates, intervals... stay PostgreSQL's text)."""
+    (text, int8, numeric, uuid, dates, intervals, records, ranges... stay PostgreSQL's text)."""
     if type_.kind == "array":
-        element = SCALAR_CONVERTERS.get(type_.name.removesuffix("[]"))
-        return _array_of(element or _identity)
-    if type_.kind == "composite":
-        return _composite_text
+        return _array_of(SCALAR_CONVERTERS.get(type_.name.removesuffix("[]")))
     return SCALAR_CONVERTERS.get(type_.name)
-
-
-def _composite_text(record: Any) -> str:
-    return format_record_literal(record)
 
 
 # The Neon protocol without raw text output (curl users; the driver always asks for raw
@@ -155,25 +237,22 @@ NEON_JSON_TYPES = frozenset({"bool", "int2", "int4", "float4", "float8", "json",
 def neon_json_converter(type_: Any) -> Converter | None:
     if type_.kind == "array":
         element = type_.name.removesuffix("[]")
-        return _array_of(SCALAR_CONVERTERS[element] if element in NEON_JSON_TYPES else _identity)
+        return _array_of(SCALAR_CONVERTERS[element] if element in NEON_JSON_TYPES else None)
     return SCALAR_CONVERTERS[type_.name] if type_.name in NEON_JSON_TYPES else None
 
 
 # ---------------------------------------------------------------------------- JSON -> parameter
 
 
-def parameter_value(value: Any, type_: Any, position: int) -> Any:
-    """A JSON value as what the connection's codec for `type_` expects: text, a list of
-    texts for arrays, or None for NULL."""
+def parameter_value(value: Any, type_: Any, position: int) -> str | list | None:
+    """A JSON value as what the connection's codec for `type_` takes: text for PostgreSQL's
+    input function (an array literal string included, bounds and all), nested lists of element
+    texts for a JSON array given to an array type, or None for NULL."""
     if value is None:
         return None
-    if type_.kind == "array":
-        if isinstance(value, str):
-            return parse_array_literal(value, position)
-        if isinstance(value, list):
-            element_is_json = type_.name.removesuffix("[]") in ("json", "jsonb")
-            return _array_elements(value, element_is_json, type_.name, position)
-        raise bad_request(f"parameter ${position}: expected an array or an array literal string for {type_.name}")
+    if type_.kind == "array" and isinstance(value, list):
+        element_is_json = type_.name.removesuffix("[]") in ("json", "jsonb")
+        return _array_elements(value, element_is_json, type_.name, position)
     return _scalar_text(value, type_.name in ("json", "jsonb"), type_.name, position)
 
 
@@ -223,101 +302,33 @@ def _json_as_text(value: Any) -> Any:
     return orjson.dumps(value).decode()
 
 
-# ---------------------------------------------------------------------------- array literals
+# ---------------------------------------------------------------------------- array text
 
 ARRAY_SPACE = " \t\n\r\v\f"
+# array_out's output, token by token: a quoted element (backslash escapes inside), a brace, a
+# delimiter, or an unquoted element (never holding a brace, comma, quote, backslash or space).
+ARRAY_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|[{},]|[^{},"]+', re.DOTALL)
+ARRAY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
-def parse_array_literal(text: str, position: int) -> list:
-    """`{1,"a b",NULL,{2}}` -> nested lists of element texts (None for NULL), as PostgreSQL's
-    array_in reads it (default delimiter `,`; dimension decorations are not accepted)."""
-    parser = _ArrayLiteralParser(text, position)
-    result = parser.parse()
-    return result
-
-
-class _ArrayLiteralParser:
-    def __init__(self, text: str, position: int) -> None:
-        self.text = text
-        self.i = 0
-        self.position = position
-
-    def fail(self, why: str) -> Exception:
-        return bad_request(f"parameter ${self.position}: malformed array literal ({why})")
-
-    def skip_space(self) -> None:
-        while self.i < len(self.text) and self.text[self.i] in ARRAY_SPACE:
-            self.i += 1
-
-    def parse(self) -> list:
-        self.skip_space()
-        result = self.array()
-        self.skip_space()
-        if self.i != len(self.text):
-            raise self.fail("junk after the closing brace")
-        return result
-
-    def array(self) -> list:
-        if self.i >= len(self.text) or self.text[self.i] != "{":
-            raise self.fail('expected "{"')
-        self.i += 1
-        items: list = []
-        self.skip_space()
-        if self.i < len(self.text) and self.text[self.i] == "}":
-            self.i += 1
-            return items
-        while True:
-            self.skip_space()
-            if self.i >= len(self.text):
-                raise self.fail("unexpected end")
-            items.append(self.array() if self.text[self.i] == "{" else self.element())
-            self.skip_space()
-            if self.i >= len(self.text):
-                raise self.fail("unexpected end")
-            if self.text[self.i] == ",":
-                self.i += 1
-            elif self.text[self.i] == "}":
-                self.i += 1
-                return items
-            else:
-                raise self.fail(f"unexpected {self.text[self.i]!r}")
-
-    def element(self) -> str | None:
-        if self.text[self.i] == '"':
-            return self.quoted()
-        start = self.i
-        out = []
-        while self.i < len(self.text) and self.text[self.i] not in ',}{"':
-            if self.text[self.i] == "\\":
-                self.i += 1
-                if self.i >= len(self.text):
-                    raise self.fail("unexpected end")
-            out.append(self.text[self.i])
-            self.i += 1
-        raw = "".join(out).rstrip(ARRAY_SPACE)
-        if not raw:
-            raise self.fail("empty element")
-        if raw.upper() == "NULL" and "\\" not in self.text[start : self.i]:
-            return None
-        return raw
-
-    def quoted(self) -> str:
-        self.i += 1
-        out = []
-        while self.i < len(self.text):
-            char = self.text[self.i]
-            if char == "\\":
-                self.i += 1
-                if self.i >= len(self.text):
-                    break
-                out.append(self.text[self.i])
-            elif char == '"':
-                self.i += 1
-                return "".join(out)
-            else:
-                out.append(char)
-            self.i += 1
-        raise self.fail("unterminated quoted element")
+def parse_array_text(text: str) -> list:
+    """array_out's text without bounds -> nested lists of element texts, None for NULL:
+    `{1,"a b",NULL,{2}}` -> ["1", "a b", None, ["2"]]."""
+    outer: list[list] = []
+    current: list = []
+    for match in ARRAY_TOKEN.finditer(text):
+        token = match.group()
+        if token == "{":
+            outer.append(current)
+            current = []
+            outer[-1].append(current)
+        elif token == "}":
+            current = outer.pop()
+        elif token[0] == '"':
+            current.append(ARRAY_ESCAPE.sub(r"\1", match.group(1)))
+        elif token != ",":
+            current.append(None if token == "NULL" else token)
+    return current[0]
 
 
 def _needs_quotes(element: str) -> bool:
@@ -330,7 +341,8 @@ def _needs_quotes(element: str) -> bool:
 
 
 def format_array_literal(items: list) -> str:
-    """Nested lists of element texts -> PostgreSQL's array_out text."""
+    """Nested lists of element texts (None for NULL) -> an array literal, quoted as array_out
+    quotes."""
     parts = []
     for item in items:
         if item is None:
@@ -342,16 +354,3 @@ def format_array_literal(items: list) -> str:
         else:
             parts.append(item)
     return "{" + ",".join(parts) + "}"
-
-
-def format_record_literal(record: Any) -> str:
-    """A composite value -> PostgreSQL's record_out text: `(1,"a b",)`."""
-    parts = []
-    for value in record.values() if hasattr(record, "values") else record:
-        if value is None:
-            parts.append("")
-        else:
-            text = format_array_literal(value) if isinstance(value, list) else str(value)
-            needs = text == "" or any(char in text for char in '(),"\\') or any(c in ARRAY_SPACE for c in text)
-            parts.append('"' + text.replace("\\", "\\\\").replace('"', '""') + '"' if needs else text)
-    return "(" + ",".join(parts) + ")"

@@ -28,5 +28,6 @@ print({
   afterRollback: await sql`select count(*)::int as n from neon_authors where name = ${`${name}-rolled-back`}`,
   sqlError: await failure(sql`select nope from moods`),
   policyDenial: await failure(sql`select * from secrets`),
+  badParameter: await failure(sql.query("select $1::int as n", ["abc"])),
   badToken: await failure(gatewaySql({ authToken: "not-a-token" })`select 1`),
 });

@@ -37,8 +37,8 @@ export async function failure(promise) {
     await promise;
     return null;
   } catch (error) {
-    const { code = null, severity = null, position = null, constraint = null } = error;
-    return { name: error.constructor.name, message: error.message, code, severity, position, constraint };
+    const { code = null, severity = null, position = null, constraint = null, where = null } = error;
+    return { name: error.constructor.name, message: error.message, code, severity, position, constraint, where };
   }
 }
 

@@ -65,6 +65,20 @@ const ARRAYS = [
   ["null[]", "select array[null]::int[] as a"],
 ];
 
+// Values whose text the gateway must pass on untouched: records (no parser in pg-types: the
+// driver hands over PostgreSQL's text), arrays with lower bounds other than 1, arrays of
+// records, empty and many-dimensional arrays, ranges.
+const TEXT_VALUES = [
+  ["record", "select row(1, 'x') as r, row(1, row(2, 'a b'), null, 'q\"uote', '') as nested"],
+  ["record[]", "select array[row(1, 'a'), row(2, null), null] as a"],
+  ["table row", "select m from moods m order by id"],
+  ["lower bounds", "select '[0:2]={1,2,3}'::int4[] as a, '[-2:-1][1:2]={{1,2},{3,4}}'::int4[] as b, " +
+    "'[5:6]={\"a b\",NULL}'::text[] as t"],
+  ["3-d array", "select '{{{1},{2}},{{3},{4}}}'::int4[] as a"],
+  ["empty arrays", "select array[]::int4[] as a, '{}'::text[] as t, array[]::jsonb[] as j"],
+  ["range", "select int4range(1, 3) as r, array[int4range(1, 3), 'empty'] as rs"],
+];
+
 // Parameters as the driver sends them (prepareValue): numbers, bigints, booleans, Dates,
 // Buffers, objects and arrays.
 const PARAMETERS = [
@@ -79,7 +93,7 @@ const PARAMETERS = [
     [[1, null, 3], ["a b", "", null, "q\"", "back\\slash", "NULL"], [0.5, -1e10]]],
 ];
 
-const CASES = [...SCALARS, ...ARRAYS, ...PARAMETERS];
+const CASES = [...SCALARS, ...ARRAYS, ...TEXT_VALUES, ...PARAMETERS];
 
 const fieldOf = ({ name, tableID, columnID, dataTypeID, dataTypeSize, dataTypeModifier, format }) =>
   ({ name, tableID, columnID, dataTypeID, dataTypeSize, dataTypeModifier, format });
