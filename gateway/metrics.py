@@ -36,16 +36,23 @@ class GatewayMetrics:
         registry = None if self.multiprocess else CollectorRegistry()
         self.registry = registry
         self.requests = Counter(
-            "gateway_requests", "Requests by identity, endpoint and status",
-            ["identity", "endpoint", "status"], registry=registry,
+            "gateway_requests",
+            "Requests by identity, endpoint and status",
+            ["identity", "endpoint", "status"],
+            registry=registry,
         )
         self.latency = Histogram(
-            "gateway_request_duration_seconds", "Time spent per request, by phase (auth, policy, db, total)",
-            ["phase"], buckets=LATENCY_BUCKETS, registry=registry,
+            "gateway_request_duration_seconds",
+            "Time spent per request, by phase (auth, policy, db, total)",
+            ["phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.policy_denials = Counter(
-            "gateway_policy_denials", "Statements denied by policy, by identity and reason category",
-            ["identity", "reason"], registry=registry,
+            "gateway_policy_denials",
+            "Statements denied by policy, by identity and reason category",
+            ["identity", "reason"],
+            registry=registry,
         )
         self.auth_failures = Counter(
             "gateway_auth_failures", "Tokens refused, by stable reason code", ["reason"], registry=registry

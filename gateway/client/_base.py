@@ -43,8 +43,9 @@ class ClientBase:
         if call.body is None:
             return self._http.build_request(call.method, call.path, headers=headers)
         content = orjson.dumps(call.body, default=_json_default)
-        return self._http.build_request(call.method, call.path, content=content,
-                                        headers={**headers, "Content-Type": JSON})
+        return self._http.build_request(
+            call.method, call.path, content=content, headers={**headers, "Content-Type": JSON}
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, token_provider={self.token_provider!r})"

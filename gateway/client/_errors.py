@@ -131,8 +131,9 @@ def error_from_body(body: Any, status: int | None = None, retry_after: float | N
     class. Without `status` (an error that ended a 200 stream) the code's own status stands."""
     fields = body.get("error") if isinstance(body, dict) else None
     if not isinstance(fields, dict):
-        return GatewayError(f"HTTP {status} without a gateway error body", status=status, code="http_error",
-                            retry_after=retry_after)
+        return GatewayError(
+            f"HTTP {status} without a gateway error body", status=status, code="http_error", retry_after=retry_after
+        )
     code = fields.get("code")
     cls = ERROR_CLASSES.get(code, GatewayError) if isinstance(code, str) else GatewayError
     return cls(

@@ -60,8 +60,15 @@ class Explanation:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Explanation:
-        return cls(body["allowed"], body["identity"], body.get("kind"), body.get("tables", []),
-                   body.get("columns", []), body.get("functions", []), body.get("reason"))
+        return cls(
+            body["allowed"],
+            body["identity"],
+            body.get("kind"),
+            body.get("tables", []),
+            body.get("columns", []),
+            body.get("functions", []),
+            body.get("reason"),
+        )
 
 
 END = object()  # what `StreamedResult.take` returns after the last line
