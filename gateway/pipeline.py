@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import grants
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
 from gateway.config import GatewayConfig
@@ -134,6 +135,7 @@ class Pipeline:
         if self.config.database.check_login_role:
             await self.database.check_login_role(self.config.identity_roles())
         await self.refresh_catalog()
+        await grants.report_excess_privileges(self.config, self.database, self.metrics)
         self._catalog_task = asyncio.create_task(self._keep_catalog_fresh())
         await self.verifier.start(on_fetch=self._count_key_fetch)
 
