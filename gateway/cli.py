@@ -1,24 +1,42 @@
-"""The `gateway` command: serve, dev, check, token, config validate, catalog dump, audit
-verify (SPEC §7).
+"""The `gateway` command: serve, dev, check, token, config validate, catalog dump, grants
+plan and apply, audit verify (SPEC §7).
 
 Owns argument parsing and exit codes; each command calls into the package and prints.
-Exit codes: 0 success (or "allowed"), 1 denied or failed, 2 usage or configuration error.
+Exit codes: 0 success (or "allowed"), 1 denied or failed (`check --database`: also when an
+identity role holds more than its rules allow), 2 usage or configuration error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 from gateway.auth import mint_hs256_token
 from gateway.catalog import CatalogError, CatalogSnapshot, dump_snapshot, load_snapshot
-from gateway.config import ConfigError, GatewayConfig, load_config, missing_secrets, parse_duration, redacted
-from gateway.secrets import MissingSecret
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    load_config,
+    missing_secrets,
+    parse_duration,
+    redacted,
+    url_has_password,
+)
+from gateway.secrets import MissingSecret, SecretStore
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gateway.db.pool import Database
+    from gateway.db.privileges import DatabasePrivileges
 
 FAILED = 1
 USAGE_ERROR = 2
@@ -67,17 +85,27 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.identity is None:
+        if args.sql is not None or args.snapshot or not args.database:
+            args.usage_error("--identity NAME is needed to judge a statement; --database alone checks every role")
+        privileges = _on_database(_configured_database(config), _privileges_reader(config))
+        return _print_privilege_report(config, privileges, config.identity_roles())
+    return _check_statement(args, config)
+
+
+def _check_statement(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.identity import IdentityResolver
     from gateway.policy import PolicyEngine
 
-    config = _load(args)
     identity = IdentityResolver.from_config(config).by_name(args.identity)
     if identity is None:
         return _fail(f'no identity named "{args.identity}" in {config.source}')
+    privileges = None
     if args.snapshot:
         catalog = load_snapshot(args.snapshot)
     elif args.database:
-        catalog = _read_catalog(config)
+        catalog, privileges = _on_database(_configured_database(config), _catalog_and_privileges_reader(config))
     else:
         catalog = None
         print(
@@ -87,32 +115,91 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     sql = args.sql if args.sql is not None else sys.stdin.read()
     _, decision = PolicyEngine(config.policy, catalog).decide(identity, sql)
-    _print_json(decision.as_json())
-    return 0 if decision.allowed else 1
+    if privileges is None:
+        _print_json(decision.as_json())
+        return 0 if decision.allowed else FAILED
+    roles = next(i for i in config.identities if i.name == args.identity).database_roles()
+    code = _print_privilege_report(config, privileges, roles, decision.as_json())
+    return code if decision.allowed else FAILED
+
+
+def _print_privilege_report(
+    config: GatewayConfig, privileges: DatabasePrivileges, roles: Iterable[str], head: dict | None = None
+) -> int:
+    """The roles' excess privileges as JSON (after `head`); 1 when any holds more than its rules
+    allow, or does not exist."""
+    from gateway.grants import plan_grants
+
+    plans = plan_grants(config, privileges, roles).roles
+    _print_json({**(head or {}), "roles": [plan.as_json() for plan in plans]})
+    return FAILED if any(plan.excess or plan.missing for plan in plans) else 0
 
 
 class CatalogUnavailable(Exception):
-    """The catalog snapshot could not be read from the database."""
+    """The database could not be reached, or its catalog not read."""
 
 
-def _read_catalog(config: GatewayConfig) -> CatalogSnapshot:
-    from gateway.db.catalog import read_catalog
-    from gateway.db.pool import CONNECTION_ERRORS, Database
+Result = TypeVar("Result")
+
+
+def _configured_database(config: GatewayConfig) -> Database:
+    """The configured database, as the gateway's login: reading the catalog needs no privileges."""
+    from gateway.db.pool import Database
+
+    return Database(config.database, config.secret_store())
+
+
+def _on_database(database: Database, work: Callable[[asyncpg.Connection], Awaitable[Result]]) -> Result:
+    """`work` on one connection to `database`; a database that cannot be reached (or a password
+    that cannot be read) raises CatalogUnavailable."""
+    from gateway.db.pool import CONNECTION_ERRORS
     from gateway.errors import GatewayError
 
-    async def read() -> CatalogSnapshot:
-        database = Database(config.database, config.secret_store())
+    async def run() -> Result:
         try:
             await database.open(size=1)
             async with database.connection() as connection:
-                return await read_catalog(connection, config.identity_roles())
+                return await work(connection)
         finally:
             await database.close()
 
     try:
-        return asyncio.run(read())
+        return asyncio.run(run())
     except (MissingSecret, GatewayError, *CONNECTION_ERRORS) as error:
-        raise CatalogUnavailable(f"cannot read the catalog from {config.database.url}: {error}") from None
+        raise CatalogUnavailable(f"cannot read the catalog from {database.config.url}: {error}") from None
+
+
+def _read_catalog(config: GatewayConfig) -> CatalogSnapshot:
+    return _on_database(_configured_database(config), _catalog_reader(config))
+
+
+def _catalog_reader(config: GatewayConfig) -> Callable[[asyncpg.Connection], Awaitable[CatalogSnapshot]]:
+    from gateway.db.catalog import read_catalog
+
+    async def read(connection: asyncpg.Connection) -> CatalogSnapshot:
+        return await read_catalog(connection, config.identity_roles())
+
+    return read
+
+
+def _privileges_reader(config: GatewayConfig) -> Callable[[asyncpg.Connection], Awaitable[DatabasePrivileges]]:
+    from gateway.db.privileges import read_privileges
+
+    async def read(connection: asyncpg.Connection) -> DatabasePrivileges:
+        return await read_privileges(connection, config.identity_roles())
+
+    return read
+
+
+def _catalog_and_privileges_reader(
+    config: GatewayConfig,
+) -> Callable[[asyncpg.Connection], Awaitable[tuple[CatalogSnapshot, DatabasePrivileges]]]:
+    read_catalog, read_privileges = _catalog_reader(config), _privileges_reader(config)
+
+    async def read(connection: asyncpg.Connection) -> tuple[CatalogSnapshot, DatabasePrivileges]:
+        return await read_catalog(connection), await read_privileges(connection)
+
+    return read
 
 
 def cmd_catalog_dump(args: argparse.Namespace) -> int:
@@ -124,6 +211,71 @@ def cmd_catalog_dump(args: argparse.Namespace) -> int:
         return FAILED
     sys.stdout.buffer.write(dump_snapshot(snapshot))
     sys.stdout.flush()
+    return 0
+
+
+# The admin URL of `gateway grants` names the server, database and user; TLS comes from the
+# configuration's [database] (the same server the gateway uses), the password from a secret.
+TLS_URL_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
+DEFAULT_PASSWORD_SECRET = "PGPASSWORD"
+
+
+def _grants_database(config: GatewayConfig, args: argparse.Namespace) -> Database:
+    """`--database URL` as an admin login, else (plan only) the configured database as the
+    gateway's login."""
+    from gateway.db.pool import Database
+
+    if args.database is None:
+        return _configured_database(config)
+    url = args.database
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--database: expected a postgresql:// URL, got {url!r}")
+    if url_has_password(url):
+        raise ConfigError("--database: the URL must not contain a password; use PGPASSWORD or --password-secret")
+    if any(name in TLS_URL_PARAMETERS for name in parse_qs(urlsplit(url).query)):
+        raise ConfigError("--database: TLS settings come from [database] of the configuration, not from the URL")
+    store = config.secret_store()
+    secret = args.password_secret
+    if secret is None and _is_set(store, DEFAULT_PASSWORD_SECRET):
+        secret = DEFAULT_PASSWORD_SECRET
+    settings = dataclasses.replace(config.database, url=url, password_secret=secret, sslcert=None, sslkey_secret=None)
+    return Database(settings, store)
+
+
+def _is_set(store: SecretStore, name: str) -> bool:
+    try:
+        return bool(store.get(name))
+    except MissingSecret:
+        return False
+
+
+def cmd_grants_plan(args: argparse.Namespace) -> int:
+    from gateway.grants import plan_grants
+
+    config = _load(args)
+    try:
+        privileges = _on_database(_grants_database(config, args), _privileges_reader(config))
+    except CatalogUnavailable as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        return FAILED
+    plan = plan_grants(config, privileges)
+    sys.stdout.write(plan.render(f"gateway grants plan: the identity roles of {config.source}"))
+    return 0
+
+
+def cmd_grants_apply(args: argparse.Namespace) -> int:
+    from gateway.grants import GrantsNotApplied, apply_grants
+
+    config = _load(args)
+    database = _grants_database(config, args)
+    try:
+        plan = _on_database(database, lambda connection: apply_grants(connection, config))
+    except (CatalogUnavailable, GrantsNotApplied) as error:
+        print(f"gateway: grants not applied, nothing changed: {error}", file=sys.stderr)
+        return FAILED
+    sys.stdout.write(plan.render(f"gateway grants apply: the identity roles of {config.source}"))
+    count = len(plan.statements)
+    print(f"-- applied {count} statements in one transaction" if count else "-- nothing to change")
     return 0
 
 
@@ -209,14 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--reset", action="store_true", help="start over with a new demo database")
     dev.set_defaults(handler=cmd_dev)
 
-    check = commands.add_parser("check", help="policy decision for one statement")
+    check = commands.add_parser(
+        "check", help="policy decision for one statement; with --database, the identity roles' excess privileges"
+    )
     _configuration_arguments(check)
-    check.add_argument("--identity", required=True)
+    check.add_argument("--identity", help="judge a statement for this identity (and check its roles)")
     check.add_argument("--sql")
     source = check.add_mutually_exclusive_group()
     source.add_argument("--snapshot", metavar="FILE", help="catalog snapshot from `gateway catalog dump`")
-    source.add_argument("--database", action="store_true", help="read the catalog from the configured database")
-    check.set_defaults(handler=cmd_check)
+    source.add_argument(
+        "--database",
+        action="store_true",
+        help="read the catalog from the configured database, and report what identity roles hold beyond their rules",
+    )
+    check.set_defaults(handler=cmd_check, usage_error=check.error)
 
     token = commands.add_parser("token", help="mint a token for an HS256 (dev) issuer")
     _configuration_arguments(token)
@@ -236,6 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
     dump = catalog_commands.add_parser("dump", help="print the database's catalog snapshot as JSON")
     _configuration_arguments(dump)
     dump.set_defaults(handler=cmd_catalog_dump)
+    grants = commands.add_parser("grants", help="the policy mirrored as GRANT and REVOKE statements")
+    grants_commands = grants.add_subparsers(dest="grants_command", required=True)
+    plan = grants_commands.add_parser("plan", help="print the statements that give each identity role its rules")
+    apply = grants_commands.add_parser("apply", help="run them in one transaction with an admin login")
+    for command, handler in ((plan, cmd_grants_plan), (apply, cmd_grants_apply)):
+        _configuration_arguments(command)
+        command.add_argument(
+            "--database",
+            metavar="URL",
+            required=command is apply,
+            help="an admin login: postgresql://user@host:port/db, no password in it"
+            + ("" if command is apply else " (default: the configured database, as the gateway's login)"),
+        )
+        command.add_argument(
+            "--password-secret",
+            metavar="NAME",
+            help=f"the password's secret: environment variable NAME or file secrets_dir/NAME "
+            f"(default: {DEFAULT_PASSWORD_SECRET}, when set)",
+        )
+        command.set_defaults(handler=handler)
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="check an audit file's hash chain")

@@ -369,7 +369,7 @@ def _validate(config: GatewayConfig, source: str) -> None:
     if not config.database.url.startswith(("postgresql://", "postgres://")):
         fail("database.url", "expected a postgresql:// URL")
     try:
-        has_password = _url_has_password(config.database.url)
+        has_password = url_has_password(config.database.url)
     except ValueError:  # urlsplit refuses, e.g., an unclosed [IPv6 host
         fail("database.url", "expected a valid postgresql:// URL")
     if has_password:
@@ -481,7 +481,7 @@ def _validate_identity_roles(identity: IdentityConfig, path: str, fail: Fail) ->
             fail(f"{path}.{key}", f"expected a plain role name (letters, digits, _ and $), got {role!r}")
 
 
-def _url_has_password(url: str) -> bool:
+def url_has_password(url: str) -> bool:
     parts = urlsplit(url)
     authority = parts.netloc
     in_userinfo = "@" in authority and ":" in authority.rsplit("@", 1)[0]

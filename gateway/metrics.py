@@ -1,5 +1,5 @@
-"""Prometheus metrics: what each request did, observed once when it closes, and the pool's
-state; rendered for `GET /metrics`.
+"""Prometheus metrics: what each request did, observed once when it closes, the pool's state,
+and the identity roles' excess privileges found at start; rendered for `GET /metrics`.
 
 Owns metric names, labels and buckets. With several workers set `PROMETHEUS_MULTIPROC_DIR`
 (an empty directory shared by the workers): prometheus-client then keeps each worker's values
@@ -70,6 +70,14 @@ class GatewayMetrics:
         self.pool_waiting = Gauge(
             "gateway_pool_waiting", "Requests waiting for a connection", registry=registry, **pool_mode
         )
+        # Read once at start (`gateway.grants`); every worker reads the same database.
+        self.role_excess = Gauge(
+            "gateway_role_excess_privileges",
+            "Privileges an identity role holds beyond what the rules of its identities allow, read at start",
+            ["role"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(...)`, remembered: prometheus-client looks labels up under a lock
@@ -103,6 +111,9 @@ class GatewayMetrics:
         self.pool_in_use.set(in_use)
         self.pool_idle.set(idle)
         self.pool_waiting.set(waiting)
+
+    def observe_role_excess(self, role: str, count: int) -> None:
+        self.role_excess.labels(role).set(count)
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:

@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import grants
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
 from gateway.config import GatewayConfig
@@ -154,6 +155,7 @@ class Pipeline:
         if self.config.database.check_login_role:
             await self.database.check_login_role(self.config.identity_roles())
         await self.catalog.start()
+        await grants.report_excess_privileges(self.config, self.database, self.metrics)
         await self.verifier.start(on_fetch=self._count_key_fetch)
 
     def _count_key_fetch(self, issuer: str, outcome: str) -> None:
