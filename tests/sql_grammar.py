@@ -62,6 +62,7 @@ NAMED_DATES = ["nullif(current_date, date '2026-01-01')", "coalesce(current_date
                "greatest(current_date, current_date)", "'2026-01-01'", "current_date",
                "(select max(date) from {schema}.orders)"]  # fmt: skip
 CAST_TYPES = ["name", "text", "varchar", "int", "date", "numeric"]
+RESERVED = frozenset({"case", "array", "row", "exists", "greatest"})  # quoted where used as names
 # Casts PostgreSQL has (a value that does not fit fails when the statement runs, after the
 # privilege checks): to text from anything, from text to anything, between the numbers.
 CASTABLE_FROM = {"text": ["int", "text", "numeric", "date"], "int": ["text", "int", "numeric"],
@@ -196,7 +197,8 @@ class Grammar:
                 expression = f"{expression}::{cast}"
         if cast is not None and self.chance(0.5):
             name = cast
-        named = f" as {self.pick(PROBE_NAMES)}" if self.chance(0.2) else ""
+        named = f" as {quoted(str(self.pick(PROBE_NAMES)))}" if self.chance(0.2) else ""
+        name = quoted(name)
         alias = self.alias("x")
         return f"(select ({name})::text from (select {expression}{named}) {alias} limit 1)"
 
@@ -405,6 +407,10 @@ class Grammar:
             source_scope = Scope(scope.sources[1:])
             actions.append(f"when not matched then insert (id) values ({self.expression(source_scope, 'int', 0)})")
         return f"merge into {ref} {alias} using {source} on {self.condition(scope, 0)} {' '.join(actions)}"
+
+
+def quoted(name: str) -> str:
+    return f'"{name}"' if name in RESERVED else name
 
 
 def types_with_names(sql: str, types: list[str]) -> list[tuple[str, str]]:
