@@ -9,6 +9,7 @@ No database: the snapshot is built here; `test_policy_oracle.py` asks PostgreSQL
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -392,3 +393,12 @@ def test_a_missing_relation_is_postgres_error_not_advice():
     decision = assert_denied("tenant-reader", "select id from customers join nowhere on true", "missing_relation")
     assert (decision.sqlstate, decision.position, decision.reason) == ("42P01", 31, 'relation "nowhere" does not exist')
     assert "rule" not in (decision.reason or "")
+
+
+def test_a_decision_is_remembered_per_role_not_only_per_identity():
+    # One identity, two roles (as with a role claim): only one of them can create in scratch.
+    engine = PolicyEngine(PolicyConfig(), CATALOG)
+    creator = IDENTITIES["scratcher"]
+    reader = dataclasses.replace(creator, role="app_reader")
+    assert engine.decide(reader, "select id from customers")[1].allowed
+    assert not engine.decide(creator, "select id from customers")[1].allowed

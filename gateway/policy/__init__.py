@@ -32,9 +32,11 @@ class PolicyEngine:
         self.catalog = catalog
         # Keyed by the exact text: the same bytes always mean the same statement.
         self._facts: OrderedDict[str, StatementFacts] = OrderedDict()
-        # Decisions for the statements callers repeat, per identity (identities are immutable
-        # and named uniquely). Bounded like the analysis cache; emptied whole when full.
-        self._decisions: dict[tuple[str, str], tuple[StatementFacts, Decision]] = {}
+        # Decisions for the statements callers repeat, per identity and role (identities are
+        # immutable and named uniquely; with a role claim one identity runs as several roles,
+        # and where a role can create objects decides how names resolve). Bounded like the
+        # analysis cache; emptied whole when full.
+        self._decisions: dict[tuple[str, str, str], tuple[StatementFacts, Decision]] = {}
         self._miss_buckets: dict[str, TokenBucket] | None = {} if limit_misses else None
 
     def use_catalog(self, catalog: CatalogSnapshot | None) -> None:
@@ -55,7 +57,7 @@ class PolicyEngine:
 
     def decide(self, identity: Identity, sql: str) -> tuple[StatementFacts, Decision]:
         """Raises `rate_limited` when the identity is over its rate of new texts."""
-        key = (identity.name, sql)
+        key = (identity.name, identity.role, sql)
         known = self._decisions.get(key)
         if known is not None:
             return known
