@@ -103,11 +103,7 @@ def _nested_lists(value: Any, key: str) -> dict[str, dict[str, list[str]]]:
     if not isinstance(value, dict):
         raise ValueError(f"{key}: expected an object of schemas")
     for schema, entries in value.items():
-        if not isinstance(entries, dict):
-            raise ValueError(f"{key}.{schema}: expected an object")
-        for name, items in entries.items():
-            if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-                raise ValueError(f"{key}.{schema}.{name}: expected a list of strings")
+        _string_lists(entries, f"{key}.{schema}")
     return value
 
 

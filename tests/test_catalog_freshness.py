@@ -12,6 +12,7 @@ terminated. Against a real PostgreSQL and real `gateway serve` processes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,16 @@ def event_trigger(superuser: Superuser) -> Iterator[None]:
         )
 
 
+@contextlib.contextmanager
+def table_created_outside(superuser: Superuser) -> Iterator[None]:
+    """`scratch_e2e.customers`, created and dropped by an administrator, not the gateway."""
+    superuser.execute(f"CREATE TABLE {SCHEMA}.customers (id int)")
+    try:
+        yield
+    finally:
+        superuser.execute(f"DROP TABLE {SCHEMA}.customers")
+
+
 def ok(api: Api, sql: str) -> dict:
     response = api.query(sql)
     assert response.status_code == 200, response.text
@@ -166,23 +177,17 @@ def test_ddl_through_one_gateway_reaches_another_within_a_second(scratcher, othe
 def test_ddl_outside_the_gateway_reaches_it_within_a_second_with_the_event_trigger(
     event_trigger, scratcher, superuser
 ):
-    superuser.execute(f"CREATE TABLE {SCHEMA}.customers (id int)")
-    try:
+    with table_created_outside(superuser):
         within(1.0, lambda: resolved(scratcher, "select id from customers") == [f"{SCHEMA}.customers"],
                "the snapshot to see a table created by an administrator")
-    finally:
-        superuser.execute(f"DROP TABLE {SCHEMA}.customers")
     within(1.0, lambda: resolved(scratcher, "select id from customers") == ["public.customers"],
            "the snapshot to see the table dropped by an administrator")
 
 
 def test_without_the_event_trigger_outside_changes_wait_for_the_refresh(scratcher, superuser):
-    superuser.execute(f"CREATE TABLE {SCHEMA}.customers (id int)")
-    try:
+    with table_created_outside(superuser):
         time.sleep(1.0)
         assert resolved(scratcher, "select id from customers") == ["public.customers"]  # as documented
-    finally:
-        superuser.execute(f"DROP TABLE {SCHEMA}.customers")
 
 
 def test_the_listening_connection_comes_back_after_it_is_terminated(event_trigger, scratcher, superuser):
@@ -193,9 +198,6 @@ def test_the_listening_connection_comes_back_after_it_is_terminated(event_trigge
         sorted(before),
     )
     eventually(lambda: {row["pid"] for row in listeners()} - before, "a new listening connection")
-    superuser.execute(f"CREATE TABLE {SCHEMA}.customers (id int)")
-    try:
+    with table_created_outside(superuser):
         within(3.0, lambda: resolved(scratcher, "select id from customers") == [f"{SCHEMA}.customers"],
                "notifications to arrive on the new connection")
-    finally:
-        superuser.execute(f"DROP TABLE {SCHEMA}.customers")
