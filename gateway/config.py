@@ -149,6 +149,10 @@ class PolicyConfig:
     analysis_cache_size: int = 4096
     # New statement texts each identity may have analysed (cache misses cost CPU); over it: 429.
     analysis_rate: PerSecond = 200.0
+    # A new text is analysed in a worker process; one that takes longer is denied and its
+    # worker killed and replaced (parsers can be exponential in nesting).
+    analysis_timeout: Seconds = 0.1
+    analysis_workers: int = 2  # worker processes per gateway process
     # How often the catalog snapshot is re-read from the database; 0 turns re-reading off.
     catalog_refresh: Seconds = 300.0
 
@@ -425,6 +429,10 @@ def _validate(config: GatewayConfig, source: str) -> None:
                     fail(f"{path}.rules[{j}].columns.{table}", "expected a table this rule's tables cover")
     if config.policy.analysis_rate <= 0:
         fail("policy.analysis_rate", "expected a rate above zero")
+    if config.policy.analysis_timeout <= 0:
+        fail("policy.analysis_timeout", "expected a duration above zero")
+    if config.policy.analysis_workers < 1:
+        fail("policy.analysis_workers", "expected at least 1")
 
 
 Fail = typing.Callable[[str, str], typing.NoReturn]

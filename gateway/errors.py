@@ -105,6 +105,16 @@ def overloaded(retry_after: int = 1) -> GatewayError:
     )
 
 
+def analyser_busy(retry_after: int = 1) -> GatewayError:
+    """Every statement analyser is busy with other new texts (a cache miss had to wait)."""
+    return GatewayError(
+        "every statement analyser is busy with other new statements; retry shortly",
+        status=503,
+        code="overloaded",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def database_unavailable(retry_after: int = 2) -> GatewayError:
     return GatewayError(
         "the database is unavailable; retry shortly",

@@ -54,6 +54,11 @@ class GatewayMetrics:
             ["identity", "reason"],
             registry=registry,
         )
+        self.analysis_timeouts = Counter(
+            "gateway_analysis_timeouts",
+            "New statement texts whose analysis ran past policy.analysis_timeout (their worker was killed)",
+            registry=registry,
+        )
         self.auth_failures = Counter(
             "gateway_auth_failures", "Tokens refused, by stable reason code", ["reason"], registry=registry
         )

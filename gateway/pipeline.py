@@ -33,6 +33,7 @@ from gateway.identity import Identity, IdentityResolver
 from gateway.limits import IdentityLimits
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Decision, PolicyEngine, StatementFacts
+from gateway.policy.workers import AnalysisPool
 from gateway.secrets import SecretStore
 
 FETCH_BATCH_ROWS = 5000
@@ -121,6 +122,7 @@ class Pipeline:
         policy: PolicyEngine,
         database: Database,
         audit: AuditSink,
+        metrics: GatewayMetrics,
     ) -> None:
         self.config = config
         self.verifier = verifier
@@ -129,7 +131,7 @@ class Pipeline:
         self.database = database
         self.audit = audit
         self.limits = IdentityLimits()
-        self.metrics = GatewayMetrics()
+        self.metrics = metrics
         # One per identity, role (several with a role claim) and transaction mode: a small,
         # bounded set.
         self._transaction_settings: dict[tuple[str, str, TransactionOptions], TransactionSettings] = {}
@@ -140,17 +142,27 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
         secrets = secrets or config.secret_store()
+        metrics = GatewayMetrics()
+        workers = AnalysisPool(
+            config.policy.analysis_workers,
+            config.policy.analysis_timeout,
+            config.policy.max_statement_bytes,
+            on_timeout=metrics.analysis_timeouts.inc,
+        )
         return cls(
             config,
             verifier=TokenVerifier.from_config(config, secrets),
             identities=IdentityResolver.from_config(config),
-            policy=PolicyEngine(config.policy, limit_misses=True),
+            policy=PolicyEngine(config.policy, limit_misses=True, workers=workers),
             database=Database(config.database, secrets),
             audit=AuditSink(config.audit.sink, chain=config.audit.chain),
+            metrics=metrics,
         )
 
     async def start(self) -> None:
         _on_sighup(self._hangup)
+        if self.policy.workers is not None:
+            await self.policy.workers.start()
         await self.database.open()
         if self.config.database.check_login_role:
             await self.database.check_login_role(self.config.identity_roles())
@@ -162,6 +174,8 @@ class Pipeline:
         self.metrics.jwks_refreshes.labels(issuer, outcome).inc()
 
     async def stop(self) -> None:
+        if self.policy.workers is not None:
+            await self.policy.workers.stop()
         await self.catalog.stop()
         await self.verifier.close()
         await self.database.close()
@@ -258,7 +272,7 @@ class RequestScope:
         assert self.caller is not None
         await self.pipeline.catalog.settled()
         with _Phase(self.timings, "policy"):
-            facts, decision = self.pipeline.policy.decide(self.caller.identity, statement.sql)
+            facts, decision = await self.pipeline.policy.decide_bounded(self.caller.identity, statement.sql)
         judged = Judged(statement, facts, decision)
         self.judged.append(judged)
         self._note_decision(judged)

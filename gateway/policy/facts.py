@@ -20,14 +20,17 @@ class Denial(Exception):
     PostgreSQL itself would reject carries PostgreSQL's SQLSTATE and the 1-based character
     position of the error, as the server would report them."""
 
-    def __init__(
-        self, category: str, message: str, *, sqlstate: str | None = None, position: int | None = None
-    ) -> None:
+    def __init__(self, category: str, message: str, sqlstate: str | None = None, position: int | None = None) -> None:
         super().__init__(message)
         self.category = category
         self.message = message
         self.sqlstate = sqlstate
         self.position = position
+
+    def __reduce__(self) -> tuple:
+        # Facts travel between processes (analysis runs in workers): pickle the fields, not
+        # the exception's args.
+        return Denial, (self.category, self.message, self.sqlstate, self.position)
 
     @classmethod
     def syntax_error(cls, error: Exception, text: str) -> Denial:
