@@ -8,6 +8,7 @@ the wire format's JSON shape, and the gateway still up.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from test_neon_sql import DRIVER_HEADERS, sql_error
 from test_neon_sql import ERROR_KEYS as NEON_ERROR_KEYS
 
 import gateway.auth
-from conftest import DEV_ISSUER, MINTED_TOKENS, Api, GatewayProcess
+from conftest import DEV_ISSUER, MINTED_TOKENS, Api, GatewayProcess, eventually
 from oidc_provider import hs256_over_bytes
 
 WIDE = 123456789012345678901234567890  # beyond 64 bits: orjson alone reads it as a float
@@ -152,6 +153,25 @@ def test_a_body_that_is_not_utf8_says_so(writer, garbage):
     assert "not valid UTF-8" in error["message"] and f"offset {body.index(garbage)}" in error["message"]
     neon_error = sql_error(writer.post("/sql", content=body.replace(b'"sql"', b'"query"')), "")
     assert "not valid UTF-8" in neon_error["message"]
+
+
+def test_a_client_that_leaves_while_sending_the_body_is_audited_as_gone(hostile_gateway, mint):
+    host, port = hostile_gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(
+            b"POST /v1/query HTTP/1.1\r\nHost: gateway\r\nX-Request-Id: left-mid-body\r\nContent-Length: 1000\r\n"
+            b"Authorization: Bearer " + mint("writer").encode() + b'\r\n\r\n{"sql": "sel'
+        )
+    record = eventually(lambda: audit_record(hostile_gateway, "left-mid-body"), "the audit record of the request")
+    assert record["status"] == 499
+    assert "unhandled error" not in hostile_gateway.output()
+
+
+def audit_record(gateway: GatewayProcess, request_id: str) -> dict | None:
+    for line in gateway.output().splitlines():
+        if f'"requestId":"{request_id}"' in line:
+            return json.loads(line)
+    return None
 
 
 # ---------------------------------------------------------------------------- tokens

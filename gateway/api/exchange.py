@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import anyio
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import json_text
@@ -80,6 +80,8 @@ async def read_json(request: Request) -> Any:
         if error.status_code == 413:
             raise payload_too_large(request.app.state.pipeline.config.server.max_body_bytes) from None
         raise
+    except ClientDisconnect:  # the client left while sending the body
+        raise ClientGone from None
     try:
         return json_text.loads(body)
     except json_text.UnreadableJson as error:
