@@ -292,7 +292,7 @@ def _signing_key(issuer: TokenIssuer, header: dict[str, Any]) -> Any:
 
 def _check_claims_shape(claims: dict[str, Any]) -> None:
     """Claims nested at most MAX_CLAIMS_DEPTH levels, and each NumericDate a number of seconds
-    in range (PyJWT takes a 400-digit `exp` as a date far in the future)."""
+    in range (PyJWT takes a 31-digit `exp` as a date far in the future)."""
     if json_text.nests_deeper_than(claims, MAX_CLAIMS_DEPTH):
         raise unauthenticated("claims_too_deep")
     for name in TIME_CLAIMS:

@@ -42,7 +42,8 @@ def nested(levels: int, leaf: Any = 1, kind: str = "array") -> Any:
 
 @pytest.fixture(scope="module")
 def hostile_gateway(launch_gateway, gateway_config) -> GatewayProcess:
-    """A gateway of its own, so that nothing thrown at it disturbs the shared one."""
+    """A gateway of its own, so that nothing thrown at it disturbs the shared one. (The
+    parameter depth is no placeholder of the test configuration: it is written into [server].)"""
     text = gateway_config(max_body_bytes=SMALL_BODY)
     return launch_gateway(config_text=text.replace("[server]\n", f"[server]\nmax_param_depth = {SMALL_DEPTH}\n", 1))
 
