@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
-import orjson
 from jwt.exceptions import (
     DecodeError,
     ExpiredSignatureError,
@@ -32,6 +31,7 @@ from jwt.exceptions import (
     PyJWTError,
 )
 
+from gateway import json_text
 from gateway.config import GatewayConfig, IssuerConfig
 from gateway.errors import GatewayError, unauthenticated
 from gateway.jwks import FetchListener, JwksIssuer, KeyNotFound
@@ -41,6 +41,13 @@ VERIFIED_TOKEN_CACHE_SIZE = 10_000
 # Headers that point at a key other than the issuer's own (a URL to fetch, or the key itself).
 # Keys come only from the configuration; a token carrying one of these is refused outright.
 KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
+# Issuers nest claims a few levels (Keycloak's resource_access.<client>.roles: 3); deeper is
+# no token anyone issues, and the claims reach PostgreSQL whole, as request.jwt.claims.
+MAX_CLAIMS_DEPTH = 32
+# NumericDate claims: seconds since 1970, up to 9999-12-31T23:59:59Z. A wider number is no
+# date, and the lifetime check's arithmetic could not hold it.
+TIME_CLAIMS = ("exp", "nbf", "iat")
+MAX_NUMERIC_DATE = 253_402_300_799
 # Issuer states in which tokens verify (`stale`: the issuer is unreachable, its last good
 # keys are still used).
 READY_STATES = frozenset({"ok", "stale"})
@@ -65,6 +72,25 @@ class VerifiedToken:
     claims: dict[str, Any]
     expires_at: float
     claims_json: str  # what row-level security sees as request.jwt.claims
+
+
+class _StrictPayloadJWT(jwt.PyJWT):
+    """PyJWT reading a token's payload as the gateway reads every JSON it is sent
+    (`gateway.json_text`): strict UTF-8, no NaN or lone surrogates, integers exact — so the
+    claims can always be written back as `request.jwt.claims`. PyJWT documents
+    `_decode_payload` as the method for subclasses to override."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = json_text.loads(decoded["payload"])
+        except json_text.UnreadableJson as error:
+            raise DecodeError(f"Invalid payload string: {error}") from None
+        if not isinstance(payload, dict):
+            raise DecodeError("Invalid payload string: must be a json object")
+        return payload
+
+
+_jwt = _StrictPayloadJWT()
 
 
 class TokenIssuer(Protocol):
@@ -192,7 +218,7 @@ class TokenVerifier:
     def _verify_uncached(self, token: str) -> _CachedToken:
         try:
             header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            unverified = _jwt.decode(token, options={"verify_signature": False})
         except PyJWTError:
             raise unauthenticated("malformed_token") from None
         if any(name in header for name in KEY_REFERENCE_HEADERS):
@@ -207,7 +233,7 @@ class TokenVerifier:
             raise unauthenticated("algorithm_not_allowed")
         key = _signing_key(issuer, header)
         try:
-            claims = jwt.decode(
+            claims = _jwt.decode(
                 token,
                 key=key,
                 algorithms=issuer.algorithms,
@@ -218,12 +244,13 @@ class TokenVerifier:
             )
         except PyJWTError as error:
             raise unauthenticated(_reason(error)) from None
+        _check_claims_shape(claims)
         _check_lifetime(claims, config)
         verified = VerifiedToken(
             issuer=config.name,
             claims=claims,
             expires_at=float(claims["exp"]) + config.leeway,
-            claims_json=orjson.dumps(claims).decode(),
+            claims_json=json_text.dumps(claims),
         )
         return _CachedToken(verified, issuer, header, key)
 
@@ -261,6 +288,20 @@ def _signing_key(issuer: TokenIssuer, header: dict[str, Any]) -> Any:
         return issuer.signing_key(header)
     except MissingSecret:
         raise unauthenticated("issuer_unavailable") from None
+
+
+def _check_claims_shape(claims: dict[str, Any]) -> None:
+    """Claims nested at most MAX_CLAIMS_DEPTH levels, and each NumericDate a number of seconds
+    in range (PyJWT takes a 31-digit `exp` as a date far in the future)."""
+    if json_text.nests_deeper_than(claims, MAX_CLAIMS_DEPTH):
+        raise unauthenticated("claims_too_deep")
+    for name in TIME_CLAIMS:
+        if name in claims and not _is_numeric_date(claims[name]):
+            raise unauthenticated("invalid_time_claim")
+
+
+def _is_numeric_date(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_NUMERIC_DATE
 
 
 def _check_lifetime(claims: dict[str, Any], config: IssuerConfig) -> None:

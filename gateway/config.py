@@ -44,6 +44,9 @@ HMAC_ALGORITHMS = ("HS256",)
 # Asymmetric only: an OIDC issuer's keys are public, so an HMAC "signature" keyed with one
 # proves nothing (key confusion), and `none` proves nothing at all.
 OIDC_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+# orjson writes JSON nested at most this deep: a json or jsonb parameter nested deeper could
+# not be sent to PostgreSQL.
+MAX_WRITABLE_DEPTH = 254
 
 
 class ConfigError(ValueError):
@@ -56,6 +59,8 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 1_048_576
+    # How deep a parameter's arrays and objects may nest; deeper is a 400 naming the parameter.
+    max_param_depth: int = 64
     cors_origins: tuple[str, ...] = ()
 
 
@@ -380,6 +385,8 @@ def _validate(config: GatewayConfig, source: str) -> None:
         fail("database.url", "must not contain a password; name it with password_secret")
     if not 0 < config.server.port < 65536:
         fail("server.port", "expected a TCP port between 1 and 65535")
+    if not 1 <= config.server.max_param_depth <= MAX_WRITABLE_DEPTH:
+        fail("server.max_param_depth", f"expected 1 to {MAX_WRITABLE_DEPTH}")
     for path, name in _secret_names(config):
         if not SECRET_NAME.match(name):
             fail(path, "expected the name of a secret (an environment variable or file name), not a value or path")

@@ -161,7 +161,7 @@ def test_a_bad_row_mode_is_a_bad_request(writer, mode):
     assert "rowMode" in error["message"]
 
 
-@pytest.mark.parametrize("isolation", ["snapshot", "SERIALIZABLE ", 3])
+@pytest.mark.parametrize("isolation", ["snapshot", "SERIALIZABLE ", 3, {"level": "serializable"}, ["serializable"]])
 def test_a_bad_isolation_level_is_a_bad_request(writer, isolation):
     body = {"statements": [{"sql": "select 1"}], "isolation": isolation}
     error = assert_error(writer.post("/v1/batch", body), 400, "bad_request")

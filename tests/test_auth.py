@@ -23,7 +23,7 @@ from gateway.auth import SharedSecretIssuer, TokenVerifier, VerifiedToken, beare
 from gateway.config import IssuerConfig, parse_config
 from gateway.errors import GatewayError
 from gateway.secrets import SecretStore
-from oidc_provider import b64url, hand_made, hs256_by_hand
+from oidc_provider import b64url, hand_made, hs256_by_hand, hs256_over_bytes
 
 # 64 bytes: long enough for every HMAC size, so PyJWT never warns about short keys.
 SECRET = "auth-test-signing-secret-0123456789-abcdefghijklmnopqrstuvwxyz-AB"
@@ -289,6 +289,71 @@ def test_rejection_discloses_only_the_reason(verifier):
 
 def test_header_token_failures_carry_the_same_reason(verifier):
     assert_rejected(lambda: asyncio.run(verifier.verify_header(f"Bearer {token(aud='x')}")), "wrong_audience")
+
+
+# ---------------------------------------------------------------------------- validly signed, hostile claims
+
+HS256_HEADER = {"alg": "HS256", "typ": "JWT"}
+
+
+def signed_payload(payload: bytes) -> str:
+    return hs256_over_bytes(HS256_HEADER, payload, SECRET.encode())
+
+
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_claims_nested_to_the_limit_verify(verifier):
+    verified = verifier.verify(token(groups=nested(gateway.auth.MAX_CLAIMS_DEPTH - 1)))
+    assert verified.claims["groups"] == nested(gateway.auth.MAX_CLAIMS_DEPTH - 1)
+
+
+def test_claims_nested_past_the_limit_are_rejected(verifier):
+    assert_rejected(lambda: verifier.verify(token(groups=nested(gateway.auth.MAX_CLAIMS_DEPTH))), "claims_too_deep")
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        {"exp": 10**30},
+        {"exp": 1e300},
+        {"exp": str(int(time.time()) + 60)},
+        {"iat": -(10**30)},
+        {"iat": -1},
+        {"iat": str(int(time.time()))},
+        {"nbf": -(10**30)},
+        {"nbf": "0"},
+    ],
+    ids=repr,
+)
+def test_a_time_claim_that_is_no_date_is_rejected(verifier, claim):
+    assert_rejected(lambda: verifier.verify(token(**claim)), "invalid_time_claim")
+
+
+def test_a_400_digit_exp_is_rejected(verifier):
+    payload = json.dumps(claims(exp=None)).encode()[:-1] + b', "exp": 1' + b"0" * 400 + b"}"
+    assert_rejected(lambda: verifier.verify(signed_payload(payload)), "malformed_token")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b'"n": NaN', b'"n": -Infinity', b'"n": "\\ud800"', b'"n": "\xff"', b'"n": ' + b"[" * 2000 + b"]" * 2000],
+    ids=["nan", "infinity", "lone-surrogate", "not-utf8", "2000-deep"],
+)
+def test_a_payload_that_is_not_strict_json_is_malformed(verifier, extra):
+    payload = json.dumps(claims()).encode()[:-1] + b", " + extra + b"}"
+    assert_rejected(lambda: verifier.verify(signed_payload(payload)), "malformed_token")
+
+
+def test_wide_integer_claims_stay_exact(verifier):
+    verified = verifier.verify(token(account=12345678901234567890123, balance=-(2**70)))
+    assert verified.claims["account"] == 12345678901234567890123
+    assert '"account":12345678901234567890123' in verified.claims_json
+    assert f'"balance":{-(2**70)}' in verified.claims_json
 
 
 # ---------------------------------------------------------------------------- cache

@@ -99,6 +99,7 @@ def test_source_records_the_file_path(write):
 def test_server_defaults(write):
     server = load_config(write(MINIMAL)).server
     assert (server.host, server.port, server.max_body_bytes, server.cors_origins) == ("127.0.0.1", 8080, 1_048_576, ())
+    assert server.max_param_depth == 64
 
 
 def test_database_defaults(write):
@@ -222,6 +223,12 @@ def test_negative_integer_is_an_error(write):
 
 def test_port_out_of_range_is_an_error(write):
     assert "server.port" in load_error(write(MINIMAL + "[server]\nport = 70000\n"))
+
+
+@pytest.mark.parametrize("depth", [0, 255])
+def test_max_param_depth_out_of_range_is_an_error(write, depth):
+    message = load_error(write(MINIMAL + f"[server]\nmax_param_depth = {depth}\n"))
+    assert "server.max_param_depth: expected 1 to 254" in message
 
 
 def test_wrong_type_for_boolean_is_an_error(write):

@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 import anyio
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway import json_text
 from gateway.api.results import error_body
 from gateway.db.session import StatementRun
 from gateway.errors import GatewayError, bad_request, payload_too_large, query_cancelled
@@ -71,21 +72,25 @@ def open_scope(request: Request, endpoint: str) -> RequestScope:
 
 
 async def read_json(request: Request) -> Any:
-    """The body as JSON whatever the Content-Type (edge runtimes send text/plain)."""
+    """The body as JSON whatever the Content-Type (edge runtimes send text/plain), integers
+    of any width exact."""
     try:
         body = await request.body()
     except HTTPException as error:
         if error.status_code == 413:
             raise payload_too_large(request.app.state.pipeline.config.server.max_body_bytes) from None
         raise
+    except ClientDisconnect:  # the client left while sending the body
+        raise ClientGone from None
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise bad_request(f"the body is not valid JSON: {error}") from None
+        return json_text.loads(body)
+    except json_text.UnreadableJson as error:
+        raise bad_request(f"the body {error}") from None
 
 
-def statement_from(body: Any, where: str = "body", sql_key: str = "sql") -> Statement:
-    """`{"<sql_key>": "...", "params": [...]}` -> a Statement; params may be absent or null."""
+def statement_from(body: Any, max_depth: int, where: str = "body", sql_key: str = "sql") -> Statement:
+    """`{"<sql_key>": "...", "params": [...]}` -> a Statement; params may be absent or null,
+    and none may nest arrays and objects more than `max_depth` levels deep."""
     if not isinstance(body, dict):
         raise bad_request(f"{where} must be a JSON object")
     sql = body.get(sql_key)
@@ -96,6 +101,9 @@ def statement_from(body: Any, where: str = "body", sql_key: str = "sql") -> Stat
         params = []
     if not isinstance(params, list):
         raise bad_request(f'{where}: "params" must be an array')
+    for position, value in enumerate(params, 1):
+        if json_text.nests_deeper_than(value, max_depth):
+            raise bad_request(f"{where}: parameter ${position} is nested more than {max_depth} levels deep")
     return Statement(sql, params)
 
 

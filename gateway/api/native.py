@@ -43,17 +43,21 @@ def _row_mode(body: dict) -> bool:
     return mode == "array"
 
 
-def _batch(body: Any) -> tuple[list[Statement], TransactionOptions]:
+def _batch(body: Any, max_depth: int) -> tuple[list[Statement], TransactionOptions]:
     if not isinstance(body, dict) or not isinstance(body.get("statements"), list) or not body["statements"]:
         raise bad_request('"statements" must be a non-empty array')
-    statements = [statement_from(item, f"statements[{i}]") for i, item in enumerate(body["statements"])]
+    statements = [statement_from(item, max_depth, f"statements[{i}]") for i, item in enumerate(body["statements"])]
     isolation = body.get("isolation", "read committed")
-    if isolation not in ISOLATION_LEVELS:
+    if not isinstance(isolation, str) or isolation not in ISOLATION_LEVELS:
         raise bad_request('"isolation" must be one of ' + ", ".join(f'"{level}"' for level in ISOLATION_LEVELS))
     read_only = body.get("readOnly", False)
     if not isinstance(read_only, bool):
         raise bad_request('"readOnly" must be true or false')
     return statements, TransactionOptions(isolation=isolation, read_only=read_only)
+
+
+def _max_depth(scope: RequestScope) -> int:
+    return scope.pipeline.config.server.max_param_depth
 
 
 def _wants_ndjson(request: Request) -> bool:
@@ -81,7 +85,7 @@ async def query(request: Request) -> Response:
 
 async def _query(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
-    statement = statement_from(body)
+    statement = statement_from(body, _max_depth(scope))
     array_rows = _row_mode(body)
     ndjson = _wants_ndjson(request)
     await scope.authenticate(request.headers.get("authorization"))
@@ -151,7 +155,7 @@ async def batch(request: Request) -> Response:
 
 async def _batch_answer(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
-    statements, options = _batch(body)
+    statements, options = _batch(body, _max_depth(scope))
     array_rows = _row_mode(body)
     await scope.authenticate(request.headers.get("authorization"))
     judged = [await scope.judge(statement) for statement in statements]
@@ -187,7 +191,7 @@ async def explain(request: Request) -> Response:
 async def _explain(request: Request, scope: RequestScope) -> Response:
     """What the decision covers (kind, tables, columns, functions), and the verdict
     `/v1/query` would give before running: `allowed` and the `reason` its error would carry."""
-    statement = statement_from(await read_json(request))
+    statement = statement_from(await read_json(request), _max_depth(scope))
     await scope.authenticate(request.headers.get("authorization"))
     judged = await scope.explain(statement)
     refusal = judged.refusal()

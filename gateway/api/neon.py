@@ -100,23 +100,24 @@ class NeonRequest:
     echo: dict[str, str]  # the batch headers the proxy repeats on its answer
 
 
-def decode(headers: Headers, body: Any) -> NeonRequest:
+def decode(headers: Headers, body: Any, max_depth: int) -> NeonRequest:
     """A single query `{query, params, arrayMode?}` or a batch `{queries: [...]}` (tried in
-    that order, as the proxy does), shaped by the Neon headers."""
+    that order, as the proxy does), shaped by the Neon headers; parameters nest at most
+    `max_depth` levels."""
     check_connection_string(headers.get("neon-connection-string"))
     array_mode = _flag(headers, "neon-array-mode")
     raw_text = _flag(headers, "neon-raw-text-output")
     transaction, echo = _batch_options(headers)
     if isinstance(body, dict) and "query" in body:
-        return NeonRequest([_query(body, array_mode, "body")], False, raw_text, TransactionOptions(), {})
+        return NeonRequest([_query(body, array_mode, max_depth, "body")], False, raw_text, TransactionOptions(), {})
     if isinstance(body, dict) and isinstance(body.get("queries"), list):
-        queries = [_query(item, array_mode, f"queries[{i}]") for i, item in enumerate(body["queries"])]
+        queries = [_query(item, array_mode, max_depth, f"queries[{i}]") for i, item in enumerate(body["queries"])]
         return NeonRequest(queries, True, raw_text, transaction, echo)
     raise bad_request('could not parse the HTTP request body: expected {"query", "params"} or {"queries": [...]}')
 
 
-def _query(item: Any, array_mode: bool, where: str) -> NeonQuery:
-    statement = statement_from(item, where, sql_key="query")
+def _query(item: Any, array_mode: bool, max_depth: int, where: str) -> NeonQuery:
+    statement = statement_from(item, max_depth, where, sql_key="query")
     mode = item.get("arrayMode", array_mode)
     if not isinstance(mode, bool):
         raise bad_request(f'{where}: "arrayMode" must be true or false')
@@ -170,7 +171,7 @@ async def sql(request: Request) -> Response:
 
 
 async def _sql(request: Request, scope: RequestScope) -> Response:
-    neon = decode(request.headers, await read_json(request))
+    neon = decode(request.headers, await read_json(request), scope.pipeline.config.server.max_param_depth)
     await scope.authenticate(request.headers.get("authorization"))
     judged = [await scope.judge(query.statement) for query in neon.queries]
     results = ResultEncoder(scope, neon.raw_text)

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway import json_text
 from gateway.errors import bad_request
 
 Converter = Callable[[Any], Any]
@@ -260,7 +261,7 @@ def _scalar_text(value: Any, is_json: bool, type_name: str, position: int) -> st
     if isinstance(value, str):
         return value
     if is_json:
-        return orjson.dumps(value).decode()
+        return json_text.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -299,7 +300,7 @@ def _json_as_text(value: Any) -> Any:
         return value
     if isinstance(value, list):
         return [_json_as_text(item) for item in value]
-    return orjson.dumps(value).decode()
+    return json_text.dumps(value)
 
 
 # ---------------------------------------------------------------------------- array text
