@@ -72,3 +72,36 @@ def test_gateway_dev_serves_a_query_with_the_printed_token_and_stops_cleanly(tmp
         assert response.json()["identity"] == "orders-worker"
     finally:
         assert _stop(process) == 0
+
+
+def _run_dev_to_end(home: Path, port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "dev", "--port", str(port)],
+        capture_output=True, text=True, timeout=90, env={**os.environ, "GATEWAY_DEV_HOME": str(home)},
+    )
+
+
+def test_a_second_gateway_dev_refuses_before_its_banner_and_leaves_the_first_running(tmp_path):
+    port = free_loopback_port()
+    token, first, _ = _run_dev_once(tmp_path, port)
+    postmaster_pid = tmp_path / "dev" / "pgdata" / "postmaster.pid"
+    try:
+        postmaster = postmaster_pid.read_text().split()[0]
+        # The same data directory on another port: the directory's lock refuses it.
+        same_directory = _run_dev_to_end(tmp_path, free_loopback_port())
+        assert same_directory.returncode == 1
+        assert f"another gateway dev (pid {first.pid})" in same_directory.stderr
+        # Another data directory on the same port: refused before a database is even created.
+        elsewhere = tmp_path / "elsewhere"
+        same_port = _run_dev_to_end(elsewhere, port)
+        assert same_port.returncode == 1
+        assert f"127.0.0.1:{port} is in use" in same_port.stderr
+        assert not (elsewhere / "dev" / "pgdata").exists()
+        for refused in (same_directory, same_port):
+            assert "is running at" not in refused.stdout and "eyJ" not in refused.stdout
+        # The first one's database is the same server, still up, and its gateway still answers.
+        assert postmaster_pid.read_text().split()[0] == postmaster
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+    finally:
+        assert _stop(first) == 0
