@@ -75,10 +75,19 @@ def test_gateway_dev_serves_a_query_with_the_printed_token_and_stops_cleanly(tmp
 
 
 def _run_dev_to_end(home: Path, port: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    """A `gateway dev` that should refuse at once; one that runs on instead is stopped with
+    Ctrl-C, so it stops the database it started too."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "dev", "--port", str(port)],
-        capture_output=True, text=True, timeout=90, env={**os.environ, "GATEWAY_DEV_HOME": str(home)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GATEWAY_DEV_HOME": str(home)},
     )
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_a_second_gateway_dev_refuses_before_its_banner_and_leaves_the_first_running(tmp_path):
