@@ -125,7 +125,7 @@ def test_concurrent_readyz_calls_share_one_check_and_the_pool_gauges_are_read_wh
 
 def test_metrics_on_a_listener_of_their_own_are_not_on_the_api_address(launch_gateway, gateway_config, call_as):
     listener = f"http://127.0.0.1:{(port := free_loopback_port())}/metrics"
-    gateway = launch_gateway(config_text=_config(gateway_config, metrics=f"127.0.0.1:{port}"))
+    gateway = launch_gateway(config_text=_config(gateway_config, metrics=f"127.0.0.1:{port}", pool_max=1))
     assert call_as(gateway, "writer", tenant="acme").query("select id from orders").status_code == 200
     assert httpx.get(f"{gateway.url}/metrics").status_code == 404
     samples = _scrape(listener)
@@ -140,7 +140,7 @@ def test_a_metrics_listener_with_several_workers_reports_every_worker(
     (folder / "prometheus").mkdir()
     env = {**gateway_env, "PROMETHEUS_MULTIPROC_DIR": str(folder / "prometheus")}
     listener = f"http://127.0.0.1:{(port := free_loopback_port())}/metrics"
-    text = _config(gateway_config, metrics=f"127.0.0.1:{port}")
+    text = _config(gateway_config, metrics=f"127.0.0.1:{port}", pool_max=1)
     gateway = start_gateway(text, folder, env, extra_args=("--workers", "2"))
     GATEWAY_LOGS.append(gateway.log_path)
     try:
@@ -150,7 +150,7 @@ def test_a_metrics_listener_with_several_workers_reports_every_worker(
             assert response.status_code == 200
         assert httpx.get(f"{gateway.url}/metrics").status_code == 404
         assert _scrape(listener)[("gateway_requests_total", WRITER)] == 20
-        # Each worker keeps pool_min = 1 connection and writes its gauges for the listener.
+        # Each worker has its one connection (pool_min = pool_max = 1) and writes its gauges.
         eventually(lambda: _pool_gauges(listener) == (0, 2, 0), "both workers' pool gauges")
     finally:
         gateway.stop()
