@@ -62,6 +62,8 @@ class ServerConfig:
     # How deep a parameter's arrays and objects may nest; deeper is a 400 naming the parameter.
     max_param_depth: int = 64
     cors_origins: tuple[str, ...] = ()
+    # How long /readyz keeps its answer: each check takes a pool connection.
+    readyz_cache: Seconds = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,20 @@ class AuditConfig:
     chain: bool = False  # each record carries the SHA-256 of the one before
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    # "host:port" of a listener of its own for /metrics, whose labels name identities; unset:
+    # /metrics is served on the API's address.
+    listen: str | None = None
+    # With several workers, how often each writes its pool gauges for the process that answers
+    # scrapes (which cannot see another process's pool).
+    pool_sample_interval: Seconds = 1.0
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return None if self.listen is None else listen_address(self.listen)
+
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -185,6 +201,7 @@ class GatewayConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     issuers: tuple[IssuerConfig, ...] = ()
     identities: tuple[IdentityConfig, ...] = ()
     # Where the file was read from; not a TOML key.
@@ -387,6 +404,13 @@ def _validate(config: GatewayConfig, source: str) -> None:
         fail("server.port", "expected a TCP port between 1 and 65535")
     if not 1 <= config.server.max_param_depth <= MAX_WRITABLE_DEPTH:
         fail("server.max_param_depth", f"expected 1 to {MAX_WRITABLE_DEPTH}")
+    if config.metrics.listen is not None:
+        try:
+            listen_address(config.metrics.listen)
+        except ValueError as error:
+            fail("metrics.listen", str(error))
+    if config.metrics.pool_sample_interval <= 0:
+        fail("metrics.pool_sample_interval", "expected a duration above zero")
     for path, name in _secret_names(config):
         if not SECRET_NAME.match(name):
             fail(path, "expected the name of a secret (an environment variable or file name), not a value or path")
@@ -494,6 +518,15 @@ def _validate_identity_roles(identity: IdentityConfig, path: str, fail: Fail) ->
     for role in identity.database_roles():
         if not SQL_NAME.match(role):
             fail(f"{path}.{key}", f"expected a plain role name (letters, digits, _ and $), got {role!r}")
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """`"127.0.0.1:9464"` or `"[::1]:9464"` -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'expected "host:port" with a TCP port between 1 and 65535, got {text!r}')
+    return host, int(port)
 
 
 def url_has_password(url: str) -> bool:

@@ -1,20 +1,24 @@
 """`gateway dev`: the gateway on an embedded PostgreSQL with a demo schema, in one command.
 
 Owns the dev cache directory (the data directory and generated secrets survive between
-runs), the demo database's first-time setup, and the banner with a ready token and
-examples. Ctrl-C stops the gateway, then the database.
+runs) and its lock (one `gateway dev` per directory), the demo database's first-time setup,
+and the banner with a ready token and examples. Ctrl-C stops the gateway, then the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import json
 import os
 import secrets as random_source
 import shutil
+import socket
+import sys
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
 
 import asyncpg
 import platformdirs
@@ -44,6 +48,37 @@ def _dev_secrets(home: Path) -> dict[str, str]:
     with os.fdopen(fd, "w") as handle:
         json.dump(values, handle)
     return values
+
+
+def _lock_cache_dir(home: Path) -> TextIO | None:
+    """An exclusive lock on the dev directory, held as long as the returned file stays open
+    (the kernel drops it when the process ends, however it ends); None when another process
+    holds it. The lock file lies beside the directory, so `--reset` cannot delete it."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    handle = (home.parent / f"{home.name}.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")  # for the message the next one prints
+    handle.flush()
+    return handle
+
+
+def _lock_holder(home: Path) -> str:
+    return (home.parent / f"{home.name}.lock").read_text().strip() or "unknown"
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _packaged(name: str) -> Path:
@@ -112,9 +147,26 @@ Press Ctrl-C to stop the gateway and the database.
 
 
 def run_dev(port: int = 8080, reset: bool = False) -> int:
+    home = cache_dir()
+    lock = _lock_cache_dir(home)
+    if lock is None:
+        print(
+            f"gateway dev: another gateway dev (pid {_lock_holder(home)}) is running with the data in {home}; "
+            "stop it first (Ctrl-C), or set GATEWAY_DEV_HOME to use another directory",
+            file=sys.stderr,
+        )
+        return 1
+    with lock:
+        return _run_locked(home, port, reset)
+
+
+def _run_locked(home: Path, port: int, reset: bool) -> int:
     from gateway.server import serve
 
-    home = cache_dir()
+    host = load_config(_packaged("gateway.dev.toml")).server.host
+    if not _port_is_free(host, port):  # before the database starts and the banner claims the port
+        print(f"gateway dev: {host}:{port} is in use; choose another port with --port", file=sys.stderr)
+        return 1
     cluster = LocalPostgres(home / "pgdata", find_bindir())
     if reset:
         cluster.stop()
@@ -123,7 +175,7 @@ def run_dev(port: int = 8080, reset: bool = False) -> int:
     if not cluster.initialized:
         print("creating the demo database (first run only)...", flush=True)
         cluster.initdb("postgres", passwords["superuser"])
-    cluster.stop()  # a server left running by an interrupted run
+    cluster.stop()  # a server left running by an interrupted run: with the lock held, no one else's
     db_port = free_loopback_port()
     cluster.configure(db_port, hba_lines=["host all all 127.0.0.1/32 scram-sha-256"])
     cluster.start()

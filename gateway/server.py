@@ -1,5 +1,6 @@
 """Running the app under uvicorn: a pre-flight check of the database, then one process or
-several workers (each with its own pool, limits and token cache).
+several workers (each with its own pool, limits and token cache), and the metrics listener
+when `[metrics] listen` gives /metrics an address of its own.
 """
 
 from __future__ import annotations
@@ -7,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import uvicorn
+from prometheus_client import start_http_server
 from starlette.applications import Starlette
 
 from gateway.api import create_app
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, MetricsConfig, load_config
 from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
+from gateway.metrics import MULTIPROCESS_DIR, multiprocess_registry
 
 
 async def preflight(config: GatewayConfig) -> str | None:
@@ -41,15 +46,35 @@ def app_from_environment() -> Starlette:
     return create_app(config)
 
 
+def start_metrics_listener(config: MetricsConfig, app: Starlette | None) -> WSGIServer | None:
+    """prometheus-client's own server, in a thread of the process that runs `gateway serve`:
+    with one worker (`app`) that is the worker, and the pool gauges are read from this thread;
+    with several (`app` None) it is uvicorn's supervisor, which serves no request and sums the
+    workers' files, so a scrape is answered even while every worker is busy."""
+    if config.address is None:
+        return None
+    registry = multiprocess_registry() if app is None else app.state.pipeline.metrics.registry
+    host, port = config.address
+    server, _ = start_http_server(port, host, registry=registry)
+    return server
+
+
 def serve(
     config: GatewayConfig, *, host: str, port: int, workers: int, config_path: str | None, env: str | None
 ) -> int:
     configure_logging(config.logging.level)
+    if workers > 1 and config.metrics.listen is not None and not os.environ.get(MULTIPROCESS_DIR):
+        print(
+            f"gateway: [metrics] listen with --workers {workers} needs {MULTIPROCESS_DIR}, an empty directory "
+            "the workers share, so the metrics listener can sum them (see README)",
+            file=sys.stderr,
+        )
+        return 1
     problem = asyncio.run(preflight(config))
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
         return 1
-    options = dict(
+    options: dict[str, Any] = dict(
         host=host,
         port=port,
         loop="uvloop",
@@ -61,12 +86,24 @@ def serve(
         log_level=config.logging.level,
         timeout_graceful_shutdown=10,
     )
+    app: Starlette | None = None
     if workers > 1:
         assert config_path is not None
         os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
         if env:
             os.environ["GATEWAY_ENV"] = env
-        uvicorn.run("gateway.server:app_from_environment", factory=True, workers=workers, **options)
+        options.update(factory=True, workers=workers)
     else:
-        uvicorn.run(create_app(config), **options)
+        app = create_app(config)
+    try:
+        metrics_listener = start_metrics_listener(config.metrics, app)
+    except OSError as error:
+        print(f"gateway: cannot listen for metrics on {config.metrics.listen}: {error.strerror}", file=sys.stderr)
+        return 1
+    try:
+        uvicorn.run(app or "gateway.server:app_from_environment", **options)
+    finally:
+        if metrics_listener is not None:
+            metrics_listener.shutdown()
+            metrics_listener.server_close()
     return 0

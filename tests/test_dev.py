@@ -72,3 +72,45 @@ def test_gateway_dev_serves_a_query_with_the_printed_token_and_stops_cleanly(tmp
         assert response.json()["identity"] == "orders-worker"
     finally:
         assert _stop(process) == 0
+
+
+def _run_dev_to_end(home: Path, port: int) -> subprocess.CompletedProcess:
+    """A `gateway dev` that should refuse at once; one that runs on instead is stopped with
+    Ctrl-C, so it stops the database it started too."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "dev", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GATEWAY_DEV_HOME": str(home)},
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_a_second_gateway_dev_refuses_before_its_banner_and_leaves_the_first_running(tmp_path):
+    port = free_loopback_port()
+    token, first, _ = _run_dev_once(tmp_path, port)
+    postmaster_pid = tmp_path / "dev" / "pgdata" / "postmaster.pid"
+    try:
+        postmaster = postmaster_pid.read_text().split()[0]
+        # The same data directory on another port: the directory's lock refuses it.
+        same_directory = _run_dev_to_end(tmp_path, free_loopback_port())
+        assert same_directory.returncode == 1
+        assert f"another gateway dev (pid {first.pid})" in same_directory.stderr
+        # Another data directory on the same port: refused before a database is even created.
+        elsewhere = tmp_path / "elsewhere"
+        same_port = _run_dev_to_end(elsewhere, port)
+        assert same_port.returncode == 1
+        assert f"127.0.0.1:{port} is in use" in same_port.stderr
+        assert not (elsewhere / "dev" / "pgdata").exists()
+        for refused in (same_directory, same_port):
+            assert "is running at" not in refused.stdout and "eyJ" not in refused.stdout
+        # The first one's database is the same server, still up, and its gateway still answers.
+        assert postmaster_pid.read_text().split()[0] == postmaster
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+    finally:
+        assert _stop(first) == 0

@@ -1,9 +1,11 @@
-"""The Starlette application: routes, middleware, lifespan, health, and the JSON shape of
-errors raised outside an endpoint (unknown paths, oversized bodies, internal failures).
+"""The Starlette application: routes, middleware, lifespan, health and readiness, and the
+JSON shape of errors raised outside an endpoint (unknown paths, oversized bodies, internal
+failures).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -112,18 +114,33 @@ async def healthz(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type=JSON)
 
 
-async def readyz(request: Request) -> Response:
-    pipeline: Pipeline = request.app.state.pipeline
-    database_ok = await pipeline.database.ping()
-    issuers = pipeline.verifier.issuer_status()
-    checks = {"database": "ok" if database_ok else "unreachable", "issuers": issuers}
-    ready = database_ok and all(state in READY_STATES for state in issuers.values())
-    status = 200 if ready else 503
-    return Response(
-        orjson.dumps({"status": "ready" if status == 200 else "not_ready", "checks": checks}),
-        status_code=status,
-        media_type=JSON,
-    )
+class Readiness:
+    """`GET /readyz`: database reachable and issuers loaded. A check takes a pool connection,
+    so its answer is kept for `server.readyz_cache`, and calls arriving while one runs wait
+    for its answer instead of each taking a connection."""
+
+    def __init__(self, pipeline: Pipeline, keep_for: float) -> None:
+        self.pipeline = pipeline
+        self.keep_for = keep_for
+        self._lock = asyncio.Lock()
+        self._answer: tuple[int, bytes] | None = None  # (status, body)
+        self._expires = 0.0
+
+    async def endpoint(self, request: Request) -> Response:
+        async with self._lock:  # held at most for one check, which the ping's timeout bounds
+            if self._answer is None or time.monotonic() >= self._expires:
+                self._answer = await self._check()
+                self._expires = time.monotonic() + self.keep_for
+            status, body = self._answer
+        # A new response each time: middleware adds this request's own headers to it.
+        return Response(body, status_code=status, media_type=JSON)
+
+    async def _check(self) -> tuple[int, bytes]:
+        database_ok = await self.pipeline.database.ping()
+        issuers = self.pipeline.verifier.issuer_status()
+        checks = {"database": "ok" if database_ok else "unreachable", "issuers": issuers}
+        ready = database_ok and all(state in READY_STATES for state in issuers.values())
+        return 200 if ready else 503, orjson.dumps({"status": "ready" if ready else "not_ready", "checks": checks})
 
 
 async def openapi(request: Request) -> Response:
@@ -165,12 +182,14 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pipeline.start()
         try:
-            yield
+            async with pipeline.metrics.following_pool(
+                pipeline.database.pool_state, config.metrics.pool_sample_interval
+            ):
+                yield
         finally:
             await pipeline.stop()
 
     routes = [
-        Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/query", native.query, methods=["POST"]),
         Route("/v1/batch", native.batch, methods=["POST"]),
@@ -179,8 +198,10 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
         Route(neon.PATH, neon.sql, methods=["POST"]),
         Route(neon.PATH, neon.preflight, methods=["OPTIONS"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
+        Route("/readyz", Readiness(pipeline, config.server.readyz_cache).endpoint, methods=["GET"]),
     ]
+    if config.metrics.listen is None:  # else only on that listener (gateway.server)
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
     middleware = [
         Middleware(RequestIdentifier),
         Middleware(JsonBodyLimit, max_body_bytes=config.server.max_body_bytes),

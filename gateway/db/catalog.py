@@ -122,7 +122,8 @@ class CatalogKeeper:
         self._wanted = asyncio.Event()
         self._settled = asyncio.Event()  # set while no refresh owed to DDL is pending
         self._settled.set()
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one read at a time; the listening connection runs one query at a time
+        self._listener: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -159,9 +160,15 @@ class CatalogKeeper:
             self._settled.set()
 
     async def refresh(self) -> bool:
-        """Read the snapshot now; True when it changed (and was handed to the policy)."""
-        async with self._lock, self.database.connection() as connection:
-            snapshot = await read_catalog(connection, self.roles)
+        """Read the snapshot now; True when it changed (and was handed to the policy). It is
+        read on the listening connection when there is one, so a refresh never takes a pool
+        connection from a request."""
+        async with self._lock:
+            if self._listener is not None:
+                snapshot = await read_catalog(self._listener, self.roles)
+            else:
+                async with self.database.connection() as connection:
+                    snapshot = await read_catalog(connection, self.roles)
         if snapshot == self.snapshot:
             return False
         self.snapshot = snapshot
@@ -208,10 +215,15 @@ class CatalogKeeper:
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _connection: lost.set())
         await connection.add_listener(CATALOG_CHANNEL, lambda *_notification: self.want_refresh())
-        self.listening = True
-        self.want_refresh()
-        while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), HEARTBEAT_SECONDS)
-            if not lost.is_set():
-                await connection.fetchval("SELECT 1", timeout=HEARTBEAT_SECONDS)
+        self._listener = connection
+        try:
+            self.listening = True
+            self.want_refresh()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), HEARTBEAT_SECONDS)
+                if not lost.is_set():
+                    async with self._lock:
+                        await connection.fetchval("SELECT 1", timeout=HEARTBEAT_SECONDS)
+        finally:
+            self._listener = None
