@@ -1,15 +1,20 @@
-"""Per-identity admission: a token bucket for the request rate and a cap on statements in
-flight. Both answer at once (429 with `Retry-After`); nothing queues here.
+"""Per-identity admission: a token bucket for the request rate, a cap on statements in flight,
+and a share of the connection pool. The rate and the cap answer at once (429 with
+`Retry-After`); a request over its identity's share waits for one of the identity's own
+connections, at most `acquire_timeout`, so that no identity's requests or slow streams can
+take every connection from the others.
 
 Limits are per process: with several workers each enforces its own share.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from gateway.config import GatewayConfig
 from gateway.errors import rate_limited
 from gateway.identity import Identity
 
@@ -33,12 +38,16 @@ class TokenBucket:
 
 
 class IdentityLimits:
-    def __init__(self) -> None:
+    def __init__(self, config: GatewayConfig) -> None:
         self._buckets: dict[str, TokenBucket] = {}
         self._in_flight: dict[str, int] = {}
+        self._shares = {identity.name: config.connection_share(identity) for identity in config.identities}
+        self._connections = {name: asyncio.Semaphore(share) for name, share in self._shares.items()}
+        self._share_wait = config.database.acquire_timeout
 
-    @contextmanager
-    def admit(self, identity: Identity) -> Iterator[None]:
+    @asynccontextmanager
+    async def admit(self, identity: Identity) -> AsyncIterator[None]:
+        """Admitted for as long as the block runs, holding one of the identity's connections."""
         if identity.rate is not None:
             bucket = self._buckets.get(identity.name)
             if bucket is None:
@@ -55,6 +64,26 @@ class IdentityLimits:
             )
         self._in_flight[identity.name] = in_flight + 1
         try:
-            yield
+            connections = self._connections[identity.name]
+            await self._take(identity, connections)
+            try:
+                yield
+            finally:
+                connections.release()
         finally:
             self._in_flight[identity.name] -= 1
+
+    async def _take(self, identity: Identity, connections: asyncio.Semaphore) -> None:
+        if not connections.locked():
+            await connections.acquire()  # free: returns without waiting
+            return
+        try:
+            async with asyncio.timeout(self._share_wait):
+                await connections.acquire()
+        except TimeoutError:
+            share = self._shares[identity.name]
+            raise rate_limited(
+                f'identity "{identity.name}" holds all {share} database connections it may hold (its '
+                f"max_connections) and none came free within {self._share_wait:g}s",
+                1,
+            ) from None
