@@ -128,6 +128,19 @@ def response_too_large(limit: int, unit: str = "bytes") -> GatewayError:
     return GatewayError(f"response is too large (max is {limit} {unit})", status=507, code="response_too_large")
 
 
+def statement_outdated(position: int) -> GatewayError:
+    """Statement `position` of a transaction was prepared (on this connection, by an earlier
+    request) before a table it reads changed its columns, and the statements before it had run:
+    the transaction is rolled back. The statement is prepared again on the next try."""
+    return GatewayError(
+        f"statement {position} was prepared before a table it reads changed its columns; the transaction was "
+        "rolled back and can be retried as it is",
+        status=409,
+        code="serialization_failure",
+        sqlstate="0A000",
+    )
+
+
 def client_too_slow(idle_timeout: float) -> GatewayError:
     """A streamed result the client stopped taking: the stream is aborted and its transaction
     rolled back. 408 is the audit record's status; the response had started as a 200."""
