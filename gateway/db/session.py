@@ -39,6 +39,11 @@ ISOLATION_LEVELS = {
     "serializable": "SERIALIZABLE",
 }
 CANCEL_REPEAT_INTERVAL = 0.5  # seconds before a cancel request that did not take is sent again
+# Sent in the messages that end every transaction: session-level advisory locks and sequence
+# positions (`currval`, `lastval`) are never left to the next request. Triggers, defaults and
+# identity columns reach both without any statement the policy sees, and ParameterStatus
+# reports neither; both statements cost no round trip here.
+END_OF_REQUEST = "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD SEQUENCES"
 # PostgreSQL (13+) names the parameter whose input failed as the whole of the error's context
 # (`unnamed portal parameter $2`, with ` = '...'` when the server logs parameter values); a
 # context that merely contains these words comes from somewhere else (a function's SQL).
@@ -243,8 +248,9 @@ class Transaction:
 
     async def commit(self, announce: str | None = None) -> None:
         """COMMIT, after `announce` (a statement of the gateway's own, in the same message)."""
+        prefix = f"{announce}; " if announce else ""
         try:
-            await self.connection.execute(f"{announce}; COMMIT" if announce else "COMMIT")
+            await self.connection.execute(f"{prefix}{END_OF_REQUEST}; COMMIT")
         except Exception as error:
             raise translate_error(error) from None
         finally:
@@ -256,7 +262,7 @@ class Transaction:
         self.open = False
         try:
             await settle_cancellation(self.connection)
-            await self.connection.execute("ROLLBACK")
+            await self.connection.execute(f"ROLLBACK; {END_OF_REQUEST}")
         except Exception:
             self.connection.terminate()
 
