@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
+import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import client_too_slow
 
@@ -24,10 +25,11 @@ PIECE_BYTES = 64 * 1024
 
 
 class PacedBody:
-    """Writes chunks of a response body; after a stall, nothing more."""
+    """Writes a response: its start with the first chunk, then chunks; after a stall, nothing."""
 
-    def __init__(self, send: Send, idle_timeout: float) -> None:
+    def __init__(self, send: Send, start: Message, idle_timeout: float) -> None:
         self._send = send
+        self._start: Message | None = start
         self.idle_timeout = idle_timeout
         self.stalled = False
 
@@ -35,9 +37,12 @@ class PacedBody:
         """Raises `client_too_slow` when the client takes nothing for `idle_timeout` seconds."""
         if self.stalled:
             return
+        if self._start is not None:
+            start, self._start = self._start, None
+            await self._send(start)
         view = memoryview(chunk)
-        for start in range(0, len(view), PIECE_BYTES):
-            piece = view[start : start + PIECE_BYTES]
+        for begin in range(0, len(view), PIECE_BYTES):
+            piece = view[begin : begin + PIECE_BYTES]
             try:
                 async with asyncio.timeout(self.idle_timeout):
                     await self._send({"type": "http.response.body", "body": piece, "more_body": True})
@@ -56,8 +61,12 @@ Producer = Callable[[PacedBody], Awaitable[None]]
 
 
 class PacedStreamingResponse(StreamingResponse):
-    """A streaming response written by `produce` through a `PacedBody`. Starlette's
-    `StreamingResponse` still watches for the client leaving (which cancels `produce`)."""
+    """A streaming response written by `produce` through a `PacedBody` (a `StreamingResponse`
+    for the endpoints, which leave closing the request to the stream).
+
+    `produce` runs in the request's own task and the client leaving cancels it there: in a task
+    of its own, as Starlette runs a body, a client gone before that task's first step would
+    cancel it unstarted, and the producer would never give its connection back."""
 
     def __init__(self, produce: Producer, *, idle_timeout: float, media_type: str, headers: Mapping[str, str]) -> None:
         self.produce = produce
@@ -67,8 +76,16 @@ class PacedStreamingResponse(StreamingResponse):
         self.background = None
         self.init_headers(headers)
 
-    async def stream_response(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        body = PacedBody(send, self.idle_timeout)
-        await self.produce(body)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        body = PacedBody(send, start, self.idle_timeout)
+        async with anyio.create_task_group() as group:
+
+            async def cancel_when_the_client_leaves() -> None:
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
+
+            group.start_soon(cancel_when_the_client_leaves)
+            await self.produce(body)
+            group.cancel_scope.cancel()
         await body.end()
