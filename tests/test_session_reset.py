@@ -126,19 +126,11 @@ WATCH_SQL = (
 )
 
 
-async def _execute(server: PgServer, sql: str) -> None:
-    connection = await server.connect()
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="module")
 def reset_schema(database: PgServer) -> Iterator[None]:
-    run(_execute(database, SCHEMA_SQL))
+    database.execute(SCHEMA_SQL)
     yield
-    run(_execute(database, DROP_SQL))
+    database.execute(DROP_SQL)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import httpx
 import orjson
 import pytest
+from test_api_streaming import HUGE_SQL, audit_records, gateway_backends
 
 from conftest import eventually
 
@@ -22,7 +23,6 @@ STALLED_INSERT = (
     "insert into ledger (note) select 'stalled-' || g from generate_series(1, 40000) g "
     "returning id, note, repeat(md5(note), 40) as filler"
 )
-HUGE_SELECT = "select g, repeat(md5(g::text), 10) as filler from generate_series(1, 300000) g"
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +30,6 @@ def impatient_gateway(launch_gateway, gateway_config):
     """Streams may stall for one second."""
     config = gateway_config().replace("[server]\n", '[server]\nstream_idle_timeout = "1s"\n', 1)
     return launch_gateway(config_text=config)
-
-
-def audit_records(gateway, request_id: str) -> list[dict]:
-    lines = [line for line in gateway.output().splitlines() if line.startswith("{") and request_id in line]
-    return [record for record in map(orjson.loads, lines) if record.get("requestId") == request_id]
-
-
-def tagged_backends(superuser, tag: str) -> list[dict]:
-    return superuser.activity("application_name LIKE $1", f"%{tag}%")
 
 
 def test_a_stream_the_client_stops_taking_is_rolled_back_and_audited_as_too_slow(
@@ -52,7 +43,7 @@ def test_a_stream_the_client_stops_taking_is_rolled_back_and_audited_as_too_slow
         chunks = response.iter_bytes()
         next(chunks)  # then nothing more, for longer than the stream may stall
         (record,) = eventually(lambda: audit_records(impatient_gateway, "stops-reading"), "the audit record")
-        assert not tagged_backends(superuser, "stops-reading")
+        assert not gateway_backends(superuser, "stops-reading")
         assert superuser.fetchval("select count(*) from ledger where note like 'stalled-%'") == 0
         assert record["status"] == 408
         assert "too slowly" in record["reason"] and "stream_idle_timeout" in record["reason"]
@@ -83,10 +74,10 @@ def status_of(client: socket.socket) -> int:
 def test_an_identity_flooding_slow_streams_leaves_connections_for_the_others(gateway, call_as, superuser):
     """The shared gateway has 4 connections and several identities: each may hold 2."""
     writer = call_as(gateway, "writer", tenant="acme")
-    floods = [raw_query(gateway.url, writer.token, HUGE_SELECT, f"flood-{n}") for n in range(4)]
+    floods = [raw_query(gateway.url, writer.token, HUGE_SQL, f"flood-{n}") for n in range(4)]
 
     def holders() -> set[int]:
-        return {n for n in range(4) if tagged_backends(superuser, f"flood-{n}")}
+        return {n for n in range(4) if gateway_backends(superuser, f"flood-{n}")}
 
     try:
         eventually(lambda: len(holders()) >= 2, "the flood to hold connections")

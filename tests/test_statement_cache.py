@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Superuser, run
+from conftest import Superuser
 
 SCHEMA_SQL = """
 CREATE SCHEMA alpha;
@@ -62,16 +62,9 @@ role = "demo_reader"
 
 @pytest.fixture(scope="module")
 def schema(database) -> Iterator[None]:
-    async def execute(sql: str) -> None:
-        connection = await database.connect()
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    run(execute(SCHEMA_SQL))
+    database.execute(SCHEMA_SQL)
     yield
-    run(execute(DROP_SQL))
+    database.execute(DROP_SQL)
 
 
 @pytest.fixture(scope="module")
