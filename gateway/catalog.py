@@ -1,6 +1,8 @@
 """The catalog snapshot: which relations (with their columns) and which functions exist in
-which schema, and in which schemas each identity role can create objects — what the policy
-needs to resolve names exactly as PostgreSQL will, and to know where a name could change.
+which schema, in which schemas each identity role can create objects, and which functions
+PostgreSQL calls on its own when a relation is read or written — what the policy needs to
+resolve names exactly as PostgreSQL will, to know where a name could change, and to know
+which statements may run code it never sees.
 
 Owns the immutable `CatalogSnapshot`, its lookups and its JSON file form (`gateway catalog
 dump`, `gateway check --snapshot`). Reading one from a live database is `gateway.db.catalog`;
@@ -17,7 +19,9 @@ from typing import Any
 
 import orjson
 
-SNAPSHOT_FORMAT = 2  # 2: pg_catalog functions and the schemas roles can create in
+# 2: pg_catalog functions and the schemas roles can create in; the implicit calls of
+# relations are optional (a snapshot without them knows of none)
+SNAPSHOT_FORMAT = 2
 CATALOG_SCHEMA = "pg_catalog"
 
 
@@ -38,6 +42,15 @@ class CatalogSnapshot:
     functions: Mapping[str, Mapping[str, tuple[str, ...]]]
     # role -> the schemas it can create objects in (identity roles only)
     creatable: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    # schema -> relation -> the functions PostgreSQL may call on its own when a statement reads
+    # the relation (its view query and row-level-security policies, and theirs of the relations
+    # they read), e.g. {"public": {"orders": frozenset({"pg_catalog.current_setting", ...})}};
+    # relations outside pg_catalog and information_schema, and only those with any
+    implicit_reads: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=lambda: MappingProxyType({}))
+    # the same for writes: also triggers, rules, defaults and generated columns, check and domain
+    # constraints, index expressions, and those of the relations its rules, cascading foreign
+    # keys and partitions write
+    implicit_writes: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=lambda: MappingProxyType({}))
     taken_at: str = field(default="", compare=False)
     database: str = field(default="", compare=False)
 
@@ -63,6 +76,12 @@ class CatalogSnapshot:
     def signatures(self, schema: str, name: str) -> tuple[str, ...]:
         return self.functions.get(schema, {}).get(name, ())
 
+    def implicit_calls(self, schema: str, relation: str, *, write: bool) -> frozenset[str]:
+        """The functions ("schema.name") PostgreSQL may call on its own when a statement reads
+        (or writes) the relation."""
+        calls = self.implicit_writes if write else self.implicit_reads
+        return calls.get(schema, {}).get(relation, frozenset())
+
     # ------------------------------------------------------------------ JSON form
 
     def to_json(self) -> dict[str, Any]:
@@ -70,15 +89,14 @@ class CatalogSnapshot:
             "format": SNAPSHOT_FORMAT,
             "taken_at": self.taken_at,
             "database": self.database,
-            "relations": {
-                schema: {name: sorted(columns) for name, columns in sorted(relations.items())}
-                for schema, relations in sorted(self.relations.items())
-            },
+            "relations": _sorted_lists(self.relations),
             "functions": {
                 schema: {name: list(signatures) for name, signatures in sorted(functions.items())}
                 for schema, functions in sorted(self.functions.items())
             },
             "creatable": {role: sorted(schemas) for role, schemas in sorted(self.creatable.items())},
+            "implicit_reads": _sorted_lists(self.implicit_reads),
+            "implicit_writes": _sorted_lists(self.implicit_writes),
         }
 
     @classmethod
@@ -93,9 +111,18 @@ class CatalogSnapshot:
             relations=_frozen(_nested_lists(data.get("relations"), "relations"), frozenset),
             functions=_frozen(_nested_lists(data.get("functions"), "functions"), tuple),
             creatable=_frozen_sets(_string_lists(data.get("creatable", {}), "creatable")),
+            implicit_reads=_frozen(_nested_lists(data.get("implicit_reads", {}), "implicit_reads"), frozenset),
+            implicit_writes=_frozen(_nested_lists(data.get("implicit_writes", {}), "implicit_writes"), frozenset),
             taken_at=str(data.get("taken_at", "")),
             database=str(data.get("database", "")),
         )
+
+
+def _sorted_lists(value: Mapping[str, Mapping[str, frozenset[str]]]) -> dict[str, dict[str, list[str]]]:
+    return {
+        schema: {name: sorted(items) for name, items in sorted(entries.items())}
+        for schema, entries in sorted(value.items())
+    }
 
 
 def _nested_lists(value: Any, key: str) -> dict[str, dict[str, list[str]]]:
@@ -135,11 +162,19 @@ def snapshot_from_rows(
     functions: dict[str, dict[str, list[str]]],
     creatable: dict[str, list[str]] | None = None,
     *,
+    implicit_reads: dict[str, dict[str, list[str]]] | None = None,
+    implicit_writes: dict[str, dict[str, list[str]]] | None = None,
     taken_at: str = "",
     database: str = "",
 ) -> CatalogSnapshot:
     return CatalogSnapshot(
-        _frozen(relations, frozenset), _frozen(functions, tuple), _frozen_sets(creatable or {}), taken_at, database
+        _frozen(relations, frozenset),
+        _frozen(functions, tuple),
+        _frozen_sets(creatable or {}),
+        _frozen(implicit_reads or {}, frozenset),
+        _frozen(implicit_writes or {}, frozenset),
+        taken_at,
+        database,
     )
 
 

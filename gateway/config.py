@@ -64,6 +64,8 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     # How long /readyz keeps its answer: each check takes a pool connection.
     readyz_cache: Seconds = 1.0
+    # A streamed result the client takes nothing of for this long is aborted and rolled back.
+    stream_idle_timeout: Seconds = 10.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ class IdentityConfig:
     statement_timeout: Seconds = 5.0
     rate: PerSecond | None = None
     concurrency: int = 8
+    max_connections: int | None = None  # pooled connections held at once; default: `connection_share`
     functions: tuple[str, ...] = ()
     schemas: tuple[str, ...] = ("public",)
     rules: tuple[RuleConfig, ...] = ()
@@ -216,6 +219,15 @@ class GatewayConfig:
 
     def secret_store(self) -> SecretStore:
         return SecretStore(Path(self.secrets_dir) if self.secrets_dir else None)
+
+    def connection_share(self, identity: IdentityConfig) -> int:
+        """The pooled connections `identity` may hold at once (its requests and streams): its
+        `max_connections`, else half the pool, so that no identity can starve another (all of
+        it when it is the only identity)."""
+        if identity.max_connections is not None:
+            return identity.max_connections
+        pool = self.database.pool_max
+        return pool if len(self.identities) == 1 else max(1, pool // 2)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -418,6 +430,13 @@ def _validate(config: GatewayConfig, source: str) -> None:
         fail("database.pool_min", "expected at most database.pool_max")
     if config.database.pool_max < 1:
         fail("database.pool_max", "expected at least 1")
+    if config.server.stream_idle_timeout <= 0:
+        fail("server.stream_idle_timeout", "expected a duration above zero")
+    idle_in_transaction = config.database.idle_in_transaction_timeout
+    if 0 < idle_in_transaction <= config.server.stream_idle_timeout:
+        # Else PostgreSQL ends a stalled stream's transaction first, and the stream ends in a
+        # misleading database_unavailable.
+        fail("server.stream_idle_timeout", "expected less than database.idle_in_transaction_timeout")
 
     issuer_names = set()
     issuer_values = set()
@@ -446,6 +465,8 @@ def _validate(config: GatewayConfig, source: str) -> None:
                 fail(f"{path}.schemas[{j}]", "expected a plain schema name (letters, digits, _ and $)")
         if identity.concurrency < 1:
             fail(f"{path}.concurrency", "expected at least 1")
+        if identity.max_connections is not None and identity.max_connections < 1:
+            fail(f"{path}.max_connections", "expected at least 1")
         for j, rule in enumerate(identity.rules):
             if rule.cascade and "ddl" not in rule.allow:
                 fail(f"{path}.rules[{j}].cascade", 'expected only on a rule that allows "ddl"')

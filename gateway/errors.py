@@ -128,6 +128,30 @@ def response_too_large(limit: int, unit: str = "bytes") -> GatewayError:
     return GatewayError(f"response is too large (max is {limit} {unit})", status=507, code="response_too_large")
 
 
+def statement_outdated(position: int) -> GatewayError:
+    """Statement `position` of a transaction was prepared (on this connection, by an earlier
+    request) before a table it reads changed its columns, and the statements before it had run:
+    the transaction is rolled back. The statement is prepared again on the next try."""
+    return GatewayError(
+        f"statement {position} was prepared before a table it reads changed its columns; the transaction was "
+        "rolled back and can be retried as it is",
+        status=409,
+        code="serialization_failure",
+        sqlstate="0A000",
+    )
+
+
+def client_too_slow(idle_timeout: float) -> GatewayError:
+    """A streamed result the client stopped taking: the stream is aborted and its transaction
+    rolled back. 408 is the audit record's status; the response had started as a 200."""
+    return GatewayError(
+        f"the client read the result too slowly: it took nothing for {idle_timeout:g}s "
+        "(server.stream_idle_timeout), so the stream was aborted and its transaction rolled back",
+        status=408,
+        code="client_too_slow",
+    )
+
+
 def query_cancelled() -> GatewayError:
     """The client left while its statement ran; the statement was cancelled on the server.
     499 is nginx's "client closed request", the status the audit record carries."""

@@ -130,7 +130,7 @@ class Pipeline:
         self.policy = policy
         self.database = database
         self.audit = audit
-        self.limits = IdentityLimits()
+        self.limits = IdentityLimits(config)
         self.metrics = metrics
         # One per identity, role (several with a role claim) and transaction mode: a small,
         # bounded set.
@@ -304,7 +304,7 @@ class RequestScope:
             f"gw {self.record.requestId[:24]} {self.record.traceId}", self.caller.token.claims_json
         )
         with _Phase(self.timings, "db"):
-            self._exit_stack.enter_context(self.pipeline.limits.admit(identity))
+            await self._exit_stack.enter_async_context(self.pipeline.limits.admit(identity))
             connection = await self._exit_stack.enter_async_context(self.pipeline.database.connection())
             if any(judged.decision.resets_session for judged in self.judged):
                 # DDL may leave temporary objects behind, a function outside the safe list

@@ -98,6 +98,19 @@ class PgServer:
         return await asyncpg.connect(self.url(self.superuser, database), password=self.superuser_password,
                                      ssl="prefer")
 
+    def execute(self, sql: str) -> None:
+        """Run `sql` as the superuser in the test database, from synchronous code (a module's
+        fixture creating and dropping its objects)."""
+
+        async def execute() -> None:
+            connection = await self.connect()
+            try:
+                await connection.execute(sql)
+            finally:
+                await connection.close()
+
+        run(execute())
+
 
 @pytest.fixture(scope="session")
 def pg_server(tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:

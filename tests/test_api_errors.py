@@ -392,18 +392,18 @@ def test_statements_over_the_concurrency_are_429(patient_gateway, call_as, super
 
 
 def test_no_free_connection_within_the_acquire_timeout_is_503_overloaded(patient_gateway, call_as, superuser):
-    writer = call_as(patient_gateway, "writer", tenant="acme")
+    writer, reader = call_as(patient_gateway, "writer", tenant="acme"), call_as(patient_gateway, "reader")
     superuser.execute("begin")
     superuser.execute("lock table public.customers in access exclusive mode")
     with ThreadPoolExecutor(1) as pool:
         holding = pool.submit(writer.query, LOCKED_SQL)
         eventually(lambda: superuser.backends_running(LOCKED_SQL, waiting_on_lock=True), "the select to wait")
-        response = writer.query("select 1")
+        response = reader.query("select 1")  # another identity: the writer's own share is the whole pool
         superuser.execute("commit")
         assert holding.result().status_code == 200
     assert_error(response, 503, "overloaded")
     assert int(response.headers["retry-after"]) >= 1
-    assert writer.query("select 1").status_code == 200
+    assert reader.query("select 1").status_code == 200
 
 
 def test_a_database_that_is_down_is_503_and_the_gateway_recovers(launch_gateway, call_as, needs_local_server):

@@ -337,6 +337,61 @@ def test_pool_min_above_pool_max_is_an_error(write):
     assert "database.pool_min" in load_error(write(MINIMAL + "pool_min = 5\npool_max = 2\n"))
 
 
+def test_a_stream_may_stall_for_10_seconds_by_default(write):
+    assert load_config(write(MINIMAL)).server.stream_idle_timeout == 10.0
+
+
+@pytest.mark.parametrize("value", ['"0s"', "0"])
+def test_stream_idle_timeout_of_zero_is_an_error(write, value):
+    text = MINIMAL.replace("[database]", f"[server]\nstream_idle_timeout = {value}\n\n[database]")
+    assert "server.stream_idle_timeout: expected a duration above zero" in load_error(write(text))
+
+
+def test_stream_idle_timeout_must_end_a_stall_before_postgresql_ends_the_transaction(write):
+    text = MINIMAL.replace("[database]", '[server]\nstream_idle_timeout = "30s"\n\n[database]')
+    assert "server.stream_idle_timeout: expected less than database.idle_in_transaction_timeout" in load_error(
+        write(text)
+    )
+    unbounded = load_config(write(text + "idle_in_transaction_timeout = 0\n"))  # PostgreSQL's 0: never
+    assert unbounded.server.stream_idle_timeout == 30.0
+
+
+SECOND_IDENTITY = """
+[[identities]]
+name = "reports"
+issuer = "dev"
+match = { sub = "reports" }
+role = "orders_reader"
+"""
+
+
+def test_an_identity_may_hold_half_the_pool_by_default(write):
+    config = load_config(write(WITH_IDENTITY + SECOND_IDENTITY))
+    assert [config.connection_share(identity) for identity in config.identities] == [10, 10]
+
+
+def test_the_only_identity_may_hold_the_whole_pool(write):
+    config = load_config(write(WITH_IDENTITY))
+    assert config.connection_share(config.identities[0]) == 20
+
+
+def test_a_one_connection_pool_is_shared_by_every_identity(write):
+    secret = 'password_secret = "DB_PASSWORD"\n'
+    one = WITH_IDENTITY.replace(secret, secret + "pool_min = 1\npool_max = 1\n")
+    config = load_config(write(one + SECOND_IDENTITY))
+    assert [config.connection_share(identity) for identity in config.identities] == [1, 1]
+
+
+def test_max_connections_sets_an_identitys_share(write):
+    config = load_config(write(WITH_IDENTITY + SECOND_IDENTITY + "max_connections = 3\n"))
+    assert [config.connection_share(identity) for identity in config.identities] == [10, 3]
+
+
+def test_max_connections_of_zero_is_an_error(write):
+    text = WITH_IDENTITY + SECOND_IDENTITY + "max_connections = 0\n"
+    assert "identities[1].max_connections: expected at least 1" in load_error(write(text))
+
+
 def test_identity_naming_unknown_issuer_is_an_error(write):
     path = write(WITH_IDENTITY.replace('issuer = "dev"', 'issuer = "google"'))
     message = load_error(path)

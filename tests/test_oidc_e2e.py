@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Api, GatewayProcess, PgServer, eventually, run
+from conftest import Api, GatewayProcess, PgServer, eventually
 from gateway.config import parse_config
 from gateway.server import preflight
 from oidc_provider import (
@@ -140,14 +140,7 @@ GRANT tenant_acme, tenant_globex TO gateway_login;
 
 @pytest.fixture(scope="module")
 def tenant_roles(database: PgServer) -> None:
-    async def create() -> None:
-        connection = await database.connect()
-        try:
-            await connection.execute(TENANT_SCHEMA)
-        finally:
-            await connection.close()
-
-    run(create())
+    database.execute(TENANT_SCHEMA)
 
 
 @pytest.fixture(scope="module")

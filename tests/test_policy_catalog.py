@@ -40,6 +40,19 @@ CATALOG = snapshot_from_rows(
 PLANTED = snapshot_from_rows(
     RELATIONS, {**BUILTINS, "public": {"lower": ["character varying"], "set_config": ["text, text, boolean"]}}
 )
+# What PostgreSQL calls on its own: a policy on orders (built-ins that leave the session alone),
+# a trigger on orders, a view that calls set_config.
+IMPLICIT = snapshot_from_rows(
+    RELATIONS,
+    BUILTINS,
+    implicit_reads={
+        "public": {
+            "orders": ["pg_catalog.current_setting", "pg_catalog.texteq"],
+            "recent_orders": ["pg_catalog.set_config"],
+        }
+    },
+    implicit_writes={"public": {"orders": ["pg_catalog.current_setting", "pg_catalog.texteq", "public.audit"]}},
+)
 
 BASE: dict[str, Any] = {
     "name": "catalog-tests",
@@ -100,6 +113,12 @@ IDENTITIES_CONFIG = [
         "role": "app_reader",
         "functions": ["public.lower", "set_config"],
         "rules": [{"allow": ["select"], "tables": ["public.*"]}],
+    },
+    {
+        "name": "overreach",
+        "issuer": "dev",
+        "role": "app_writer",
+        "rules": [{"allow": ["select", "update"], "tables": ["public.*"]}],
     },
     {
         "name": "configurer",
@@ -381,6 +400,22 @@ def test_a_function_beyond_the_safe_list_marks_the_session_for_a_reset(engine, i
     assert decision.resets_session is resets
 
 
+@pytest.mark.parametrize(
+    ("sql", "resets"),
+    [
+        ("select status from orders", False),  # its policy calls built-ins that leave the session alone
+        ("select id from recent_orders", True),  # the view calls set_config
+        ("update orders set status = 'x' where id = 1", True),  # a trigger outside pg_catalog
+        ("select name from customers", False),
+    ],
+)
+def test_what_postgresql_calls_on_its_own_marks_the_session_for_a_reset(sql, resets):
+    identity = IDENTITIES["overreach"]
+    decision = engine_with(IMPLICIT).decide(identity, sql)[1]
+    assert decision.allowed, decision.reason
+    assert decision.resets_session is resets
+
+
 # ---------------------------------------------------------------------------- caches and snapshots
 
 
@@ -480,6 +515,15 @@ def test_a_snapshot_survives_its_json_form(tmp_path: Path):
     assert loaded.signatures("public", "lower") == ("character varying",)
 
 
+def test_the_functions_postgresql_calls_on_its_own_survive_the_json_form(tmp_path: Path):
+    path = tmp_path / "snapshot.json"
+    path.write_bytes(dump_snapshot(IMPLICIT))
+    loaded = load_snapshot(path)
+    assert loaded == IMPLICIT
+    assert loaded.implicit_calls("public", "recent_orders", write=False) == {"pg_catalog.set_config"}
+    assert "public.audit" in loaded.implicit_calls("public", "orders", write=True)
+
+
 def test_snapshots_are_equal_whenever_they_were_taken():
     again = snapshot_from_rows(
         RELATIONS, {**BUILTINS, "other": {"lower": ["text"]}}, taken_at="2027-01-01T00:00:00+00:00"
@@ -495,6 +539,9 @@ def test_snapshots_are_equal_whenever_they_were_taken():
         (b'{"format": 2, "relations": {"public": {"t": "id"}}, "functions": {}}', "relations.public.t"),
         (b'{"format": 2, "relations": {}}', "functions"),
         (b'{"format": 2, "relations": {}, "functions": {}, "creatable": {"r": "public"}}', "creatable.r"),
+        (b'{"format": 2, "relations": {}, "functions": {}, "implicit_reads": {"public": {"v": "f"}}}',
+         "implicit_reads.public.v"),
+        (b'{"format": 2, "relations": {}, "functions": {}, "implicit_writes": []}', "implicit_writes"),
         (b'{"format": 1, "relations": {}, "functions": {}}', "dump it again"),
     ],
 )

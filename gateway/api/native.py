@@ -9,11 +9,13 @@ open portal and commits at the end, reporting a late failure in the body's last 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.api.exchange import (
     CLIENT_CLOSED_REQUEST,
@@ -29,6 +31,7 @@ from gateway.api.exchange import (
     until_disconnect,
 )
 from gateway.api.results import NDJSON, ResultWriter
+from gateway.api.streaming import PacedBody, PacedStreamingResponse
 from gateway.db.session import ISOLATION_LEVELS, StatementRun
 from gateway.errors import GatewayError, bad_request
 from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
@@ -96,7 +99,12 @@ async def _query(request: Request, scope: RequestScope) -> Response:
     if run.exhausted:
         body_bytes = await _whole(scope, run, writer, judged)
         return Response(body_bytes, media_type=media_type, headers=scope_headers(scope))
-    return StreamingResponse(_stream(scope, run, writer, judged), media_type=media_type, headers=scope_headers(scope))
+    return PacedStreamingResponse(
+        partial(_stream, scope, run, writer, judged),
+        idle_timeout=scope.pipeline.config.server.stream_idle_timeout,
+        media_type=media_type,
+        headers=scope_headers(scope),
+    )
 
 
 async def _start(scope: RequestScope, judged: Judged) -> StatementRun:
@@ -121,24 +129,34 @@ async def _whole(scope: RequestScope, run: StatementRun, writer: ResultWriter, j
     return b"".join(chunks)
 
 
-async def _stream(scope: RequestScope, run: StatementRun, writer: ResultWriter, judged: Judged) -> AsyncIterator[bytes]:
+async def _stream(
+    scope: RequestScope, run: StatementRun, writer: ResultWriter, judged: Judged, body: PacedBody
+) -> None:
+    """The rows as they are read, then COMMIT and the summary. The connection goes back (and
+    the audit record is written) before the last line is sent: a client that stopped reading
+    holds nothing of the database while it is offered."""
     status = 200
+    last = b""
     try:
-        yield writer.head()
+        await body.write(writer.head())
         async for chunk in _rows(run, writer):
-            yield chunk
+            await body.write(chunk)
         await scope.commit()
-        yield writer.tail(run.command_tag, judged.facts.kind)
+        last = writer.tail(run.command_tag, judged.facts.kind)
     except GatewayError as error:
         status = error.status
         scope.fail(error)
-        yield writer.error_tail(error, scope.request_id)
+        if body.stalled:  # the audit record says why the stream stopped
+            scope.record.reason = error.message
+        last = writer.error_tail(error, scope.request_id)
     except asyncio.CancelledError:  # the client left mid-stream
         status = CLIENT_CLOSED_REQUEST
         raise
     finally:
         _account(scope, writer, status)
         await close_shielded(scope, status)
+    with contextlib.suppress(GatewayError):  # a stall now holds nothing of the database
+        await body.write(last)
 
 
 def _account(scope: RequestScope, writer: ResultWriter, status: int) -> None:

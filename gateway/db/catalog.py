@@ -24,11 +24,19 @@ logger = logging.getLogger("gateway")
 
 # Relations a statement can name (tables, views, materialized views, foreign tables,
 # partitioned tables, sequences) with their columns, system columns included; every function
-# by name, with its argument types outside pg_catalog (a built-in is judged by its name); and
-# the schemas each identity role ($1) can create objects in. Other sessions' temporary schemas
-# and TOAST schemas are nobody's search path.
+# by name, with its argument types outside pg_catalog (a built-in is judged by its name); the
+# schemas each identity role ($1) can create objects in; and, for each relation outside the
+# system schemas, the functions PostgreSQL calls on its own when it is read or written. Other
+# sessions' temporary schemas and TOAST schemas are nobody's search path.
+#
+# Those implicit calls are found in the stored expression trees (pg_node_tree text) of what
+# runs with a relation: function, operator, aggregate and window-function ids (`:funcid 2078`)
+# and the relations read there (`:relid 16395`), followed through views, policies, rules,
+# cascading foreign keys and partitions. pg_depend cannot say: dependencies on built-in
+# functions such as set_config are not recorded. Text that merely looks like an id (a column
+# alias) can only add a function, never hide one.
 CATALOG_SQL = """
-WITH schemas AS (
+WITH RECURSIVE schemas AS (
     SELECT oid, nspname FROM pg_catalog.pg_namespace
     WHERE nspname !~ '^pg_(toast|temp_)'
 ),
@@ -55,6 +63,76 @@ creatable AS (
     FROM pg_catalog.pg_roles r CROSS JOIN schemas s
     WHERE r.rolname = ANY ($1::text[]) AND pg_catalog.has_schema_privilege(r.oid, s.oid, 'CREATE')
     GROUP BY r.rolname
+),
+user_relations AS (
+    SELECT c.oid, s.nspname, c.relname FROM pg_catalog.pg_class c JOIN schemas s ON s.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND s.nspname NOT IN ('pg_catalog', 'information_schema')
+),
+-- The types of every column, through domains and array elements (whose checks run on writes).
+column_types (relid, typid) AS (
+    SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a JOIN user_relations r ON r.oid = a.attrelid
+    WHERE a.attnum > 0 AND NOT a.attisdropped
+    UNION
+    SELECT ct.relid, u.typid FROM column_types ct JOIN pg_catalog.pg_type t ON t.oid = ct.typid,
+           LATERAL (VALUES (t.typbasetype), (t.typelem)) u (typid)
+    WHERE u.typid <> 0
+),
+-- Expressions PostgreSQL evaluates when a relation is read (its view query, its row-level-
+-- security policies) or written (also rules, triggers, defaults and generated columns, checks,
+-- index expressions and predicates).
+sources (relid, access, tree) AS (
+    SELECT ev_class, CASE WHEN ev_type = '1' THEN 'read' ELSE 'write' END,
+           ev_action::text || COALESCE(ev_qual::text, '')
+      FROM pg_catalog.pg_rewrite
+    UNION ALL
+    SELECT polrelid, 'read', COALESCE(polqual::text, '') || COALESCE(polwithcheck::text, '')
+      FROM pg_catalog.pg_policy
+    UNION ALL
+    SELECT tgrelid, 'write', ':funcid ' || tgfoid || ' ' || COALESCE(tgqual::text, '')
+      FROM pg_catalog.pg_trigger WHERE NOT tgisinternal
+    UNION ALL
+    SELECT adrelid, 'write', adbin::text FROM pg_catalog.pg_attrdef
+    UNION ALL
+    SELECT conrelid, 'write', conbin::text FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid <> 0
+    UNION ALL
+    SELECT ct.relid, 'write', c.conbin::text
+      FROM column_types ct JOIN pg_catalog.pg_constraint c ON c.contypid = ct.typid WHERE c.contype = 'c'
+    UNION ALL
+    SELECT indrelid, 'write', COALESCE(indexprs::text, '') || COALESCE(indpred::text, '')
+      FROM pg_catalog.pg_index WHERE indexprs IS NOT NULL OR indpred IS NOT NULL
+),
+user_sources AS (
+    SELECT s.* FROM sources s JOIN user_relations r ON r.oid = s.relid
+),
+calls (relid, access, fn) AS (
+    SELECT s.relid, s.access, m[1]::oid
+      FROM user_sources s,
+           pg_catalog.regexp_matches(s.tree, ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m
+),
+-- Reading a relation reads those its view query and policies read; writing it may also write
+-- those its rules name, those whose foreign keys cascade from it, and its partitions.
+edges (relid, access, other) AS (
+    SELECT s.relid, s.access, m[1]::oid
+      FROM user_sources s, pg_catalog.regexp_matches(s.tree, ':relid ([0-9]+)', 'g') m
+    UNION
+    SELECT confrelid, 'write', conrelid FROM pg_catalog.pg_constraint
+    WHERE contype = 'f' AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))
+    UNION
+    SELECT inhparent, 'write', inhrelid FROM pg_catalog.pg_inherits
+),
+reach (relid, access, other) AS (
+    SELECT r.oid, a.access, r.oid FROM user_relations r CROSS JOIN (VALUES ('read'), ('write')) a (access)
+    UNION
+    SELECT reach.relid, reach.access, e.other
+      FROM reach JOIN edges e ON e.relid = reach.other AND (e.access = reach.access OR reach.access = 'write')
+),
+implicit AS (
+    SELECT r.nspname, r.relname, reach.access,
+           pg_catalog.json_agg(DISTINCT fs.nspname || '.' || p.proname) AS functions
+      FROM reach JOIN user_relations r ON r.oid = reach.relid
+      JOIN calls c ON c.relid = reach.other AND (c.access = reach.access OR reach.access = 'write')
+      JOIN pg_catalog.pg_proc p ON p.oid = c.fn JOIN pg_catalog.pg_namespace fs ON fs.oid = p.pronamespace
+     GROUP BY r.nspname, r.relname, reach.access
 )
 SELECT pg_catalog.json_build_object(
     'database', pg_catalog.current_database(),
@@ -64,7 +142,12 @@ SELECT pg_catalog.json_build_object(
     'functions', (SELECT pg_catalog.json_object_agg(nspname, functions) FROM (
         SELECT nspname, pg_catalog.json_object_agg(proname, signatures) AS functions
         FROM functions GROUP BY nspname) f),
-    'creatable', (SELECT pg_catalog.json_object_agg(rolname, schemas) FROM creatable)
+    'creatable', (SELECT pg_catalog.json_object_agg(rolname, schemas) FROM creatable),
+    'implicit', (SELECT pg_catalog.json_object_agg(access, schemas) FROM (
+        SELECT access, pg_catalog.json_object_agg(nspname, relations) AS schemas FROM (
+            SELECT access, nspname, pg_catalog.json_object_agg(relname, functions) AS relations
+            FROM implicit GROUP BY access, nspname) per_schema
+        GROUP BY access) per_access)
 )::text
 """
 
@@ -77,10 +160,13 @@ async def read_catalog(connection: asyncpg.Connection, roles: list[str]) -> Cata
         await connection.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         text = await connection.fetchval(CATALOG_SQL, roles)
     data = orjson.loads(text)
+    implicit = data.get("implicit") or {}
     return snapshot_from_rows(
         data.get("relations") or {},
         data.get("functions") or {},
         data.get("creatable") or {},
+        implicit_reads=implicit.get("read") or {},
+        implicit_writes=implicit.get("write") or {},
         taken_at=datetime.now(UTC).isoformat(timespec="seconds"),
         database=data.get("database") or "",
     )

@@ -9,11 +9,13 @@ a connection per request lives in `gateway.db.session`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
@@ -24,11 +26,13 @@ from gateway.errors import database_unavailable, overloaded
 from gateway.secrets import SecretStore
 
 # What a connection may carry from one request to the next is nothing: every setting is
-# transaction-local and the policy refuses statements that change session state. After a
-# statement that may leave session state behind (DDL can create temporary tables; a function
-# an identity is allowed beyond the safe list can set session settings with set_config, take
-# advisory locks or advance sequences), this full reset runs when the connection goes back to
-# the pool. RESET ALL leaves the role alone: RESET ROLE comes first.
+# transaction-local, the policy refuses statements that change session state, and every
+# transaction ends by releasing advisory locks and forgetting sequence positions
+# (`gateway.db.session`). After a statement that may leave other session state behind (DDL
+# can create temporary tables; a function outside the safe list, or one PostgreSQL runs on
+# its own for a view, policy, trigger, rule or default, can set session settings), and after
+# PostgreSQL reported a session setting changed, this full reset runs when the connection goes
+# back to the pool. RESET ALL leaves the role alone: RESET ROLE comes first.
 FULL_RESET = (
     "RESET ROLE; CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); "
     "DISCARD TEMP; DISCARD SEQUENCES;"
@@ -48,15 +52,36 @@ CONNECTION_ERRORS = (
 
 
 class GatewayConnection(TextExchangeConnection):
-    """A pooled connection that skips asyncpg's reset round trip unless a request marked it."""
+    """A pooled connection that skips asyncpg's reset round trip unless a request marked it
+    or PostgreSQL reported a changed session setting."""
 
     needs_full_reset = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reported = reported_settings(self)
+        self._reported_at_start = dict(self._reported)
+
     def get_reset_query(self) -> str:
-        if self.needs_full_reset:
+        # PostgreSQL reports TimeZone, DateStyle, IntervalStyle, client_encoding and the other
+        # GUC_REPORT settings whenever their value changes (ParameterStatus); after COMMIT or
+        # ROLLBACK a transaction-local value has been reported back, so a difference is a
+        # session-level change nothing else caught (a trigger added since the catalog was read).
+        if self.needs_full_reset or self._reported != self._reported_at_start:
             self.needs_full_reset = False
             return FULL_RESET
         return ""
+
+
+def reported_settings(connection: asyncpg.Connection) -> dict[str, str]:
+    """The settings PostgreSQL has reported on `connection`, kept current by asyncpg as
+    ParameterStatus messages arrive: the dict asyncpg's ConnectionSettings holds in a C-level
+    attribute, reached through the garbage collector's references (checked at every connect on
+    the pinned asyncpg range), so that comparing them costs one dict comparison per request."""
+    for referent in gc.get_referents(connection.get_settings()):
+        if isinstance(referent, dict) and "server_version" in referent and "TimeZone" in referent:
+            return referent
+    raise RuntimeError("asyncpg no longer keeps the reported settings where this asyncpg version range did")
 
 
 class LoginRoleError(RuntimeError):

@@ -9,11 +9,15 @@ errors.
 Batches come from a portal opened with Bind+Execute in one round trip, so a small result
 costs no more than `fetch()`; asyncpg's public cursor API would add a round trip or yield
 row by row, so `_Portal` drives asyncpg's cursor protocol directly (pinned asyncpg range).
+That path skips what asyncpg does around its own statements, so it is done here: a cached
+statement whose result type changed is prepared again, and statements are cached per name
+resolution (role and search path), never shared between resolutions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import re
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ from asyncpg.types import Attribute
 
 from gateway.db.pool import GatewayConnection
 from gateway.db.types import parameter_value
-from gateway.errors import GatewayError, bad_request, database_unavailable
+from gateway.errors import GatewayError, bad_request, database_unavailable, statement_outdated
 
 ISOLATION_LEVELS = {
     "read uncommitted": "READ UNCOMMITTED",
@@ -35,6 +39,11 @@ ISOLATION_LEVELS = {
     "serializable": "SERIALIZABLE",
 }
 CANCEL_REPEAT_INTERVAL = 0.5  # seconds before a cancel request that did not take is sent again
+# Sent in the messages that end every transaction: session-level advisory locks and sequence
+# positions (`currval`, `lastval`) are never left to the next request. Triggers, defaults and
+# identity columns reach both without any statement the policy sees, and ParameterStatus
+# reports neither; both statements cost no round trip here.
+END_OF_REQUEST = "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD SEQUENCES"
 # PostgreSQL (13+) names the parameter whose input failed as the whole of the error's context
 # (`unnamed portal parameter $2`, with ` = '...'` when the server logs parameter values); a
 # context that merely contains these words comes from somewhere else (a function's SQL).
@@ -59,6 +68,11 @@ class TransactionSettings:
     isolation: str = "read committed"
     read_only: bool = False
     deferrable: bool = False
+
+    @cached_property
+    def statement_key(self) -> type[asyncpg.Record]:
+        """What asyncpg's statement cache is keyed on besides the text (see `resolution_key`)."""
+        return resolution_key(self.role, self.schemas)
 
     @cached_property
     def _setup_prefix(self) -> str:
@@ -89,6 +103,16 @@ class TransactionSettings:
 
 def _set_local(name: str, value: str) -> str:
     return f"pg_catalog.set_config({sql_string(name)}, {sql_string(value)}, true)"
+
+
+@functools.cache
+def resolution_key(role: str, schemas: tuple[str, ...]) -> type[asyncpg.Record]:
+    """A record class per name resolution, for asyncpg's statement cache, which is keyed on the
+    text and the record class only. A statement is planned for the search path and role it was
+    prepared with: run under another path its parameter types stay those of the first (`$1`
+    compared with a column of another type fails), and a result type that differs fails as a
+    stale plan. One class per role and schemas (a bounded set: the configuration's)."""
+    return type("ResolvedRecord", (asyncpg.Record,), {"__slots__": ()})
 
 
 # A result column: asyncpg's Attribute (`name`, and `type` with oid, name, kind, schema).
@@ -170,6 +194,7 @@ class Transaction:
         self.settings = settings
         self._setup_sql = setup_sql
         self.open = False
+        self._statements = 0
 
     async def begin(self) -> None:
         try:
@@ -179,8 +204,30 @@ class Transaction:
         self.open = True
 
     async def run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
+        self._statements += 1
         try:
-            state = await self.connection._get_statement(sql, None, named=True)
+            return await self._run(sql, params, first_batch, batch_size)
+        except asyncpg.exceptions.InvalidCachedStatementError:
+            # The statement's result type changed since it was prepared (ALTER TABLE ... ADD
+            # COLUMN under `select *`). asyncpg drops every cached statement and retries outside
+            # a transaction; here the first statement of a transaction runs again in a new one,
+            # since nothing has run in this one. A later statement cannot: the statements before
+            # it ran in a transaction that is now aborted.
+            self.connection._drop_global_statement_cache()
+            if self._statements > 1:
+                raise statement_outdated(self._statements) from None
+        try:
+            await self.connection.execute(f"ROLLBACK; {self._setup_sql}")
+            return await self._run(sql, params, first_batch, batch_size)
+        except asyncpg.exceptions.InvalidCachedStatementError:  # changed again in between
+            raise statement_outdated(self._statements) from None
+        except Exception as error:
+            raise translate_error(error) from None
+
+    async def _run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
+        key = self.settings.statement_key
+        try:
+            state = await self.connection._get_statement(sql, None, named=True, record_class=key)
         except Exception as error:
             raise translate_error(error) from None
         parameter_types = state._get_parameters()
@@ -190,17 +237,20 @@ class Transaction:
             parameter_value(value, type_, position)
             for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)
         ]
-        portal = _Portal(self.connection, sql, state, args, None)
+        portal = _Portal(self.connection, sql, state, args, key)
         try:
             rows = await portal.first(first_batch, None)
+        except asyncpg.exceptions.InvalidCachedStatementError:
+            raise
         except Exception as error:
             raise translate_error(error) from None
         return StatementRun(portal, describe_columns(state), rows, batch_size)
 
     async def commit(self, announce: str | None = None) -> None:
         """COMMIT, after `announce` (a statement of the gateway's own, in the same message)."""
+        prefix = f"{announce}; " if announce else ""
         try:
-            await self.connection.execute(f"{announce}; COMMIT" if announce else "COMMIT")
+            await self.connection.execute(f"{prefix}{END_OF_REQUEST}; COMMIT")
         except Exception as error:
             raise translate_error(error) from None
         finally:
@@ -212,7 +262,7 @@ class Transaction:
         self.open = False
         try:
             await settle_cancellation(self.connection)
-            await self.connection.execute("ROLLBACK")
+            await self.connection.execute(f"ROLLBACK; {END_OF_REQUEST}")
         except Exception:
             self.connection.terminate()
 

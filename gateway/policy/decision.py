@@ -3,8 +3,9 @@ developer can act on.
 
 Owns rule matching per (kind, table) and per column, the function checks (built-in safe
 list, deny list, the identity's own functions, every function an unqualified call may
-resolve to), the cast check, CASCADE, and names the identity's own role could make resolve
-elsewhere. Names are resolved by `gateway.policy.resolution`; nothing here parses SQL.
+resolve to), the cast check, CASCADE, names the identity's own role could make resolve
+elsewhere, and whether the statement may leave session state behind. Names are resolved by
+`gateway.policy.resolution`; nothing here parses SQL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ from gateway.policy.functions import is_builtin_safe, is_denied, unqualified
 from gateway.policy.resolution import ColumnResolver, ColumnUse, resolve_function, resolve_table
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+# Built-ins that can leave session settings behind (or a replication origin or temporary
+# slot), or run SQL given as text, which can call anything: called by PostgreSQL on its own
+# (a view, policy, trigger, rule or default calls them), they call for a full reset. Any
+# function outside pg_catalog can do all of it. Advisory locks and sequence positions are
+# released at the end of every transaction anyway (`gateway.db.session`).
+SESSION_BUILTINS = frozenset(
+    """
+    set_config pg_replication_origin_session_setup pg_create_logical_replication_slot
+    pg_create_physical_replication_slot query_to_xml query_to_xmlschema query_to_xml_and_xmlschema
+    table_to_xml table_to_xmlschema table_to_xml_and_xmlschema cursor_to_xml cursor_to_xmlschema
+    schema_to_xml schema_to_xmlschema schema_to_xml_and_xmlschema database_to_xml database_to_xmlschema
+    database_to_xml_and_xmlschema ts_stat ts_rewrite
+    """.split()
+)
 
 
 @dataclass(frozen=True)
@@ -33,8 +48,9 @@ class Decision:
     reason: str | None = None
     category: str | None = None  # stable name of the reason's class, None when allowed
     columns: tuple[str, ...] = ()  # "schema.table.column"; "schema.table.*" for every column
-    # The statement may leave session state behind (DDL, or a function that is not a built-in
-    # on the safe list): its connection gets a full reset before reuse.
+    # The statement may leave session state behind (DDL, a function that is not a built-in on
+    # the safe list, or one PostgreSQL calls on its own for a relation it touches): its
+    # connection gets a full reset before reuse.
     resets_session: bool = False
     # A statement PostgreSQL itself would refuse: its SQLSTATE and 1-based error position.
     sqlstate: str | None = None
@@ -130,8 +146,28 @@ def _judge(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot |
         return denied(
             reason=refused.reason, category=refused.category, sqlstate=refused.sqlstate, position=refused.position
         )
-    resets = facts.kind == "ddl" or any(runs_other_code)
+    resets = facts.kind == "ddl" or any(runs_other_code) or _runs_session_code(identity, facts, catalog)
     return Decision(True, identity.name, facts.kind, tuple(tables), functions, columns=columns, resets_session=resets)
+
+
+def _runs_session_code(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot | None) -> bool:
+    """Whether PostgreSQL may call, on its own, a function that changes session state while it
+    reads or writes a relation the statement touches (views, row-level-security policies,
+    triggers, rules, defaults, checks: the snapshot's implicit calls)."""
+    if catalog is None:
+        return False
+    for access in facts.accesses:
+        for qualified in resolve_table(access.table, identity.schemas, catalog):
+            schema, _, relation = qualified.partition(".")
+            calls = catalog.implicit_calls(schema, relation, write=access.kind != "select")
+            if any(_changes_session(function) for function in calls):
+                return True
+    return False
+
+
+def _changes_session(function: str) -> bool:
+    schema, _, name = function.rpartition(".")
+    return schema != CATALOG_SCHEMA or name in SESSION_BUILTINS
 
 
 def _use_order(use: ColumnUse) -> tuple[str, str, str]:
