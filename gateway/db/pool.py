@@ -165,6 +165,12 @@ class Database:
             server_settings={"application_name": application_name},
         )
 
+    def terminate(self) -> None:
+        """Drop every connection at once, in use or idle, without waiting for the server
+        (shutting down after the grace period: the database may not be answering)."""
+        if self.pool is not None:
+            self.pool.terminate()
+
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
