@@ -252,6 +252,7 @@ class Transaction:
         caller's ran, so the transaction starts again, once, on a fresh connection."""
         self._retried = True
         await self._lease.aclose()
+        await self.database.renew()
         await self._set_up()
 
     async def run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
