@@ -66,6 +66,9 @@ class ServerConfig:
     readyz_cache: Seconds = 1.0
     # A streamed result the client takes nothing of for this long is aborted and rolled back.
     stream_idle_timeout: Seconds = 10.0
+    # After SIGTERM, open requests get this long to finish; then they are cut (rolled back,
+    # audited) and the process exits.
+    shutdown_grace: Seconds = 10.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class DatabaseConfig:
     connect_timeout: Seconds = 5.0
     lock_timeout: Seconds = 2.0
     idle_in_transaction_timeout: Seconds = 30.0
+    # How long past the identity's statement_timeout any wait on the database may last: by
+    # then PostgreSQL has answered a statement past its timeout, so one that is still silent
+    # is frozen or cut off; its connection is dropped and the request answered 503.
+    response_margin: Seconds = 1.0
     statement_cache_size: int = 1024
     # Refuse to start when the login role could run statements with privileges of its own.
     check_login_role: bool = True
@@ -467,6 +474,10 @@ def _validate(config: GatewayConfig, source: str) -> None:
             fail(f"{path}.concurrency", "expected at least 1")
         if identity.max_connections is not None and identity.max_connections < 1:
             fail(f"{path}.max_connections", "expected at least 1")
+        if identity.statement_timeout <= 0:
+            # Every wait on the database ends at this plus response_margin: no timeout at all
+            # (PostgreSQL's 0) would leave a long statement that margin and nothing more.
+            fail(f"{path}.statement_timeout", "expected a duration above zero")
         for j, rule in enumerate(identity.rules):
             if rule.cascade and "ddl" not in rule.allow:
                 fail(f"{path}.rules[{j}].cascade", 'expected only on a rule that allows "ddl"')

@@ -124,6 +124,22 @@ def database_unavailable(retry_after: int = 2) -> GatewayError:
     )
 
 
+def database_unresponsive(waited: float, retry_after: int = 2) -> GatewayError:
+    """The database sent nothing for longer than PostgreSQL itself would take to end the
+    statement (frozen, or cut off without the connection closing); the connection is dropped."""
+    return GatewayError(
+        f"the database did not answer within {waited:g}s; retry shortly",
+        status=503,
+        code="database_unavailable",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def internal_error() -> GatewayError:
+    """A failure the gateway did not foresee (a bug): logged with its traceback, never shown."""
+    return GatewayError("internal error")
+
+
 def response_too_large(limit: int, unit: str = "bytes") -> GatewayError:
     return GatewayError(f"response is too large (max is {limit} {unit})", status=507, code="response_too_large")
 

@@ -138,6 +138,7 @@ class Pipeline:
         self.catalog = CatalogKeeper(
             database, config.identity_roles(), policy.use_catalog, config.policy.catalog_refresh or None
         )
+        self._open_scopes: set[RequestScope] = set()
 
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
@@ -174,6 +175,16 @@ class Pipeline:
         self.metrics.jwks_refreshes.labels(issuer, outcome).inc()
 
     async def stop(self) -> None:
+        """Shut down, the server having stopped taking requests and cancelled those still
+        open when its grace period ran out. Every connection is terminated first (PostgreSQL
+        rolls back the transaction of a connection that closes), so that nothing waits on the
+        database from now on, answering or not; then each open request's task is waited for
+        as it unwinds, closing its request — it knows what it sent — and auditing it before
+        the audit sink closes."""
+        self.database.terminate()
+        tasks = {scope.task for scope in self._open_scopes} - {None, asyncio.current_task()}
+        if tasks:
+            await asyncio.wait(tasks)
         if self.policy.workers is not None:
             await self.policy.workers.stop()
         await self.catalog.stop()
@@ -214,7 +225,9 @@ class Pipeline:
         record = AuditRecord(
             requestId=request_id, traceId=trace_id, endpoint=endpoint, clientIp=client_ip, userAgent=user_agent
         )
-        return RequestScope(self, record)
+        scope = RequestScope(self, record)
+        self._open_scopes.add(scope)
+        return scope
 
 
 class _Phase:
@@ -234,7 +247,7 @@ class _Phase:
         self._timings[self._name] += time.perf_counter() - self._started
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestScope:
     """One request's journey. Use `authenticate`, `judge`, `open_transaction`, `run`,
     `commit`, and always `close` (which rolls back what was not committed and audits)."""
@@ -246,6 +259,7 @@ class RequestScope:
     timings: dict[str, float] = field(default_factory=lambda: {"auth": 0.0, "policy": 0.0, "db": 0.0})
     transaction: Transaction | None = None
     error: GatewayError | None = None  # what the request failed with, if it failed
+    task: asyncio.Task | None = field(default_factory=asyncio.current_task)  # serving the request
     _exit_stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _closed: bool = False
 
@@ -303,15 +317,13 @@ class RequestScope:
         setup_sql = settings.setup_sql(
             f"gw {self.record.requestId[:24]} {self.record.traceId}", self.caller.token.claims_json
         )
+        # DDL may leave temporary objects behind, a function outside the safe list session
+        # settings, locks or sequence state.
+        full_reset = any(judged.decision.resets_session for judged in self.judged)
         with _Phase(self.timings, "db"):
             await self._exit_stack.enter_async_context(self.pipeline.limits.admit(identity))
-            connection = await self._exit_stack.enter_async_context(self.pipeline.database.connection())
-            if any(judged.decision.resets_session for judged in self.judged):
-                # DDL may leave temporary objects behind, a function outside the safe list
-                # session settings, locks or sequence state.
-                connection.needs_full_reset = True
-            transaction = Transaction(connection, settings, setup_sql)
-            self._exit_stack.push_async_callback(transaction.rollback)
+            transaction = Transaction(self.pipeline.database, settings, setup_sql, full_reset=full_reset)
+            self._exit_stack.push_async_callback(transaction.close)
             await transaction.begin()
         self.transaction = transaction
         return transaction
@@ -354,8 +366,11 @@ class RequestScope:
         try:
             await self._exit_stack.aclose()
         finally:
-            self.pipeline.audit.write(self.record)
-            self.pipeline.metrics.observe(self)
+            try:
+                self.pipeline.audit.write(self.record)
+                self.pipeline.metrics.observe(self)
+            finally:
+                self.pipeline._open_scopes.discard(self)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.record.started

@@ -84,7 +84,8 @@ def serve(
         lifespan="on",
         log_config=None,  # uvicorn's loggers go through the gateway's JSON handler
         log_level=config.logging.level,
-        timeout_graceful_shutdown=10,
+        # Open requests then get cut; the app's shutdown rolls them back and audits them.
+        timeout_graceful_shutdown=config.server.shutdown_grace,
     )
     app: Starlette | None = None
     if workers > 1:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,21 @@ class PgServer:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server(tls_files: TlsFiles) -> Iterator[PgServer]:
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         parts = urlparse(external)
         yield PgServer(parts.hostname or "127.0.0.1", parts.port or 5432, parts.username or "postgres",
                        parts.password or "", None)
         return
+    with local_pg_server(tls_files) as server:
+        yield server
+
+
+@contextmanager
+def local_pg_server(tls_files: TlsFiles) -> Iterator[PgServer]:
+    """A PostgreSQL server of its own on loopback (TLS, SCRAM, the suite's client rules),
+    removed afterwards: the suite's, or one a test may stop, kill and freeze at will."""
     # A short private path: the server account must be able to reach it.
     datadir = Path(tempfile.mkdtemp(prefix="gw-pg-")) / "data"
     cluster = LocalPostgres(datadir, find_bindir(need_tls=True))
@@ -142,7 +151,7 @@ def pg_server(tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> 
         shutil.rmtree(datadir.parent, ignore_errors=True)
 
 
-async def _create_test_database(server: PgServer) -> None:
+async def create_test_database(server: PgServer) -> None:
     admin = await server.connect("postgres")
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
@@ -167,7 +176,7 @@ async def _create_test_database(server: PgServer) -> None:
 @pytest.fixture(scope="session")
 def database(pg_server: PgServer) -> PgServer:
     """The test database with the demo schema, roles and logins."""
-    run(_create_test_database(pg_server))
+    run(create_test_database(pg_server))
     return pg_server
 
 

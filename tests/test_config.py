@@ -544,6 +544,11 @@ def test_zero_jwks_cache_is_an_error(write):
     assert "issuers[0].jwks_cache: expected a duration above zero" in load_error(write(oidc(jwks_cache='"0s"')))
 
 
+def test_an_identity_without_a_statement_timeout_is_an_error(write):
+    text = WITH_IDENTITY.replace('role = "orders_writer"', 'role = "orders_writer"\nstatement_timeout = "0s"')
+    assert "identities[0].statement_timeout: expected a duration above zero" in load_error(write(text))
+
+
 ROLE_CLAIM = 'role_claim = "tenant_role"\nroles = ["tenant_a", "tenant_b"]'
 
 

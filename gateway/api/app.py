@@ -29,7 +29,7 @@ from gateway.api.openapi import openapi_document
 from gateway.api.results import error_body
 from gateway.auth import READY_STATES
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, payload_too_large
+from gateway.errors import GatewayError, internal_error, payload_too_large
 from gateway.pipeline import Pipeline, request_id_from
 
 logger = logging.getLogger("gateway")
@@ -163,12 +163,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def internal_error(request: Request, exc: Exception) -> Response:
+async def unhandled_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s", request.url.path)
     # Sent by Starlette's outermost middleware, past RequestIdentifier: stamp the id here.
     request_id = request.state.request_id
     return Response(
-        _error_json(GatewayError("internal error"), request_id),
+        _error_json(internal_error(), request_id),
         status_code=500,
         media_type=JSON,
         headers={"X-Request-Id": request_id},
@@ -222,7 +222,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        exception_handlers={HTTPException: http_error, Exception: unhandled_error},
     )
     app.state.pipeline = pipeline
     return app

@@ -1,11 +1,13 @@
 """What every endpoint does around the pipeline: open a `RequestScope` from the HTTP
-request, read the JSON body within the size limit, turn a `GatewayError` into its response,
-stamp `Server-Timing`, and cancel database work when the client leaves.
+request, read the JSON body within the size limit, turn a `GatewayError` — or a failure
+nobody foresaw — into its response, stamp `Server-Timing`, and cancel database work when the
+client leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,14 +20,17 @@ from starlette.responses import Response, StreamingResponse
 from gateway import json_text
 from gateway.api.results import error_body
 from gateway.db.session import StatementRun
-from gateway.errors import GatewayError, bad_request, payload_too_large, query_cancelled
+from gateway.errors import GatewayError, bad_request, internal_error, payload_too_large, query_cancelled
 from gateway.pipeline import Judged, Pipeline, RequestScope, Statement, TransactionOptions, trace_id_from
 
 T = TypeVar("T")
 JSON = "application/json"
 
+logger = logging.getLogger("gateway")
+
 
 CLIENT_CLOSED_REQUEST = 499  # audit status for a client that left before the response
+CUT_BY_SERVER = 503  # audit status for a request still open when the shutdown's grace ran out
 
 Handler = Callable[[Request, RequestScope], Awaitable[Response]]
 ErrorResponder = Callable[[RequestScope, GatewayError], Response]
@@ -52,11 +57,23 @@ async def answer(request: Request, endpoint: str, handler: Handler, on_error: Er
         gone = on_error(scope, query_cancelled())  # nobody reads it; the audit says 499
         scope.record.status = CLIENT_CLOSED_REQUEST
         return gone
+    except asyncio.CancelledError:  # cut short by the server: the shutdown's grace period ran out
+        await close_shielded(scope, CUT_BY_SERVER)
+        raise
+    except Exception:
+        return on_error(scope, unforeseen(scope))
     finally:
         if not isinstance(response, StreamingResponse):
             if response is not None and not scope.record.status:
                 scope.record.status = response.status_code
             await scope.close()
+
+
+def unforeseen(scope: RequestScope) -> GatewayError:
+    """The 500 for an exception nobody foresaw (a bug), logged once with its traceback while
+    it is being handled; the caller sees only the error shape of its wire format."""
+    logger.exception("unexpected error on %s (request %s)", scope.record.endpoint, scope.request_id)
+    return internal_error()
 
 
 def open_scope(request: Request, endpoint: str) -> RequestScope:
@@ -148,8 +165,8 @@ def error_response(scope: RequestScope, error: GatewayError) -> Response:
 
 async def close_shielded(scope: RequestScope, status: int | None = None) -> None:
     """Release the connection and audit even while the request task is being cancelled (a
-    streaming response is cancelled when its client leaves). Endpoints that answer in one
-    piece are not cancelled and close with `scope.close()` directly."""
+    streaming response is cancelled when its client leaves, any request when the shutdown
+    cuts it)."""
     with anyio.CancelScope(shield=True):
         await scope.close(status)
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from gateway.api.exchange import (
     CLIENT_CLOSED_REQUEST,
+    CUT_BY_SERVER,
     JSON,
     answer,
     close_shielded,
@@ -28,6 +29,7 @@ from gateway.api.exchange import (
     run_in_transaction,
     scope_headers,
     statement_from,
+    unforeseen,
     until_disconnect,
 )
 from gateway.api.results import NDJSON, ResultWriter
@@ -143,15 +145,16 @@ async def _stream(
             await body.write(chunk)
         await scope.commit()
         last = writer.tail(run.command_tag, judged.facts.kind)
-    except GatewayError as error:
-        status = error.status
-        scope.fail(error)
-        if body.stalled:  # the audit record says why the stream stopped
-            scope.record.reason = error.message
-        last = writer.error_tail(error, scope.request_id)
-    except asyncio.CancelledError:  # the client left mid-stream
-        status = CLIENT_CLOSED_REQUEST
+    except asyncio.CancelledError:  # cut short: the client left, or the shutdown's grace ran out
+        status = CLIENT_CLOSED_REQUEST if body.client_left else CUT_BY_SERVER
         raise
+    except Exception as error:  # a GatewayError, or one nobody foresaw (logged; a 500)
+        failure = error if isinstance(error, GatewayError) else unforeseen(scope)
+        status = failure.status
+        scope.fail(failure)
+        if body.stalled:  # the audit record says why the stream stopped
+            scope.record.reason = failure.message
+        last = writer.error_tail(failure, scope.request_id)
     finally:
         _account(scope, writer, status)
         await close_shielded(scope, status)

@@ -32,6 +32,7 @@ class PacedBody:
         self._start: Message | None = start
         self.idle_timeout = idle_timeout
         self.stalled = False
+        self.client_left = False  # set before the producer is cancelled for it
 
     async def write(self, chunk: bytes) -> None:
         """Raises `client_too_slow` when the client takes nothing for `idle_timeout` seconds."""
@@ -83,6 +84,7 @@ class PacedStreamingResponse(StreamingResponse):
 
             async def cancel_when_the_client_leaves() -> None:
                 await self.listen_for_disconnect(receive)
+                body.client_left = True
                 group.cancel_scope.cancel()
 
             group.start_soon(cancel_when_the_client_leaves)

@@ -165,6 +165,20 @@ class Database:
             server_settings={"application_name": application_name},
         )
 
+    async def renew(self) -> None:
+        """Replace every connection made so far as it is next acquired (in use: as it is
+        released). One found dead before use means its backend ended while it sat in the pool,
+        and a restart ends them all; asyncpg would hand out the next of them, which looks as
+        alive until its end is read."""
+        assert self.pool is not None, "Database.open() was not awaited"
+        await self.pool.expire_connections()
+
+    def terminate(self) -> None:
+        """Drop every connection at once, in use or idle, without waiting for the server
+        (shutting down after the grace period: the database may not be answering)."""
+        if self.pool is not None:
+            self.pool.terminate()
+
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()

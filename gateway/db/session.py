@@ -3,8 +3,8 @@
 Owns the setup message (transaction mode, role, claims, timeouts, pinned search_path,
 standard_conforming_strings, request tag — all transaction-local, sent as ONE simple-query
 message), running the caller's statement byte for byte through the extended protocol from a
-portal in batches, commit and rollback, and the mapping of PostgreSQL errors to gateway
-errors.
+portal in batches, commit and rollback, the deadline on every wait for the database, and the
+mapping of PostgreSQL and driver errors to gateway errors.
 
 Batches come from a portal opened with Bind+Execute in one round trip, so a small result
 costs no more than `fetch()`; asyncpg's public cursor API would add a round trip or yield
@@ -20,17 +20,27 @@ import asyncio
 import functools
 import gc
 import re
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 from asyncpg.cursor import BaseCursor
 from asyncpg.types import Attribute
 
-from gateway.db.pool import GatewayConnection
+from gateway.db.pool import Database, GatewayConnection
 from gateway.db.types import parameter_value
-from gateway.errors import GatewayError, bad_request, database_unavailable, statement_outdated
+from gateway.errors import (
+    GatewayError,
+    bad_request,
+    database_unavailable,
+    database_unresponsive,
+    statement_outdated,
+)
+
+T = TypeVar("T")
 
 ISOLATION_LEVELS = {
     "read uncommitted": "READ UNCOMMITTED",
@@ -150,7 +160,10 @@ class _Portal(BaseCursor):
 class StatementRun:
     """A running statement: its columns, then batches of rows, then its command tag."""
 
-    def __init__(self, portal: _Portal, columns: tuple[Column, ...], first_rows: list, batch_size: int) -> None:
+    def __init__(
+        self, transaction: Transaction, portal: _Portal, columns: tuple[Column, ...], first_rows: list, batch_size: int
+    ) -> None:
+        self._transaction = transaction
         self._portal = portal
         self.columns = columns
         self._pending: list | None = first_rows
@@ -167,10 +180,8 @@ class StatementRun:
             rows, self._pending = self._pending, None
             yield rows
         while not self._portal.exhausted:
-            try:
-                rows = await self._portal.next(self._batch_size, None)
-            except Exception as error:
-                raise translate_error(error) from None
+            transaction = self._transaction
+            rows = await transaction.wait(self._portal.next(self._batch_size, transaction.max_wait))
             self._earlier_rows += self._last_execute_rows
             self._last_execute_rows = len(rows)
             yield rows
@@ -186,27 +197,70 @@ class StatementRun:
         return tag
 
 
-class Transaction:
-    """BEGIN with the settings, statements, COMMIT; ROLLBACK on anything else."""
+class _Replaceable(Exception):
+    """The connection failed before anything of the caller's ran on it: the transaction may
+    start again on another."""
 
-    def __init__(self, connection: GatewayConnection, settings: TransactionSettings, setup_sql: str) -> None:
-        self.connection = connection
+
+class Transaction:
+    """One request's transaction on a pooled connection of its own: `begin` (acquire, then
+    BEGIN with the settings), statements, `commit`; `close` rolls back whatever was not
+    committed and gives the connection back.
+
+    Every wait on the database ends within the statement timeout plus `response_margin`:
+    PostgreSQL answers a statement past its timeout well before that, so a longer silence
+    means the database is not answering (frozen, cut off without the connection closing),
+    and its own statement_timeout cannot fire while it is frozen. The connection is then
+    terminated, never returned to the pool, and the request gets a 503. A connection found
+    dead before anything of the caller's ran on it is replaced, once.
+    """
+
+    def __init__(
+        self, database: Database, settings: TransactionSettings, setup_sql: str, *, full_reset: bool = False
+    ) -> None:
+        self.database = database
         self.settings = settings
+        self.max_wait = settings.statement_timeout_ms / 1000 + database.config.response_margin
         self._setup_sql = setup_sql
+        self._full_reset = full_reset
+        self._lease = AsyncExitStack()  # the pooled connection, given back at `close`
+        self._connection: GatewayConnection | None = None
         self.open = False
-        self._statements = 0
+        self._statements = 0  # run so far, the one running included
+        self._retried = False  # the one retry a request gets (`run`) is spent
+
+    @property
+    def connection(self) -> GatewayConnection:
+        assert self._connection is not None, "Transaction.begin() was not awaited"
+        return self._connection
 
     async def begin(self) -> None:
         try:
-            await self.connection.execute(self._setup_sql)
-        except Exception as error:
-            raise translate_error(error) from None
+            await self._set_up()
+        except _Replaceable:
+            await self._set_up_again()
+
+    async def _set_up(self) -> None:
+        self._connection = await self._lease.enter_async_context(self.database.connection())
+        self._connection.needs_full_reset = self._full_reset
+        await self.wait(self._connection.execute(self._setup_sql, timeout=self.max_wait), replaceable=(Exception,))
         self.open = True
+
+    async def _set_up_again(self) -> None:
+        """The connection's backend had ended while it sat in the pool (a restart,
+        `pg_terminate_backend`); asyncpg finds out only when it is next used. Nothing of the
+        caller's ran, so the transaction starts again, once, on a fresh connection."""
+        self._retried = True
+        await self._lease.aclose()
+        await self.database.renew()
+        await self._set_up()
 
     async def run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
         self._statements += 1
         try:
             return await self._run(sql, params, first_batch, batch_size)
+        except _Replaceable:
+            await self._set_up_again()
         except asyncpg.exceptions.InvalidCachedStatementError:
             # The statement's result type changed since it was prepared (ALTER TABLE ... ADD
             # COLUMN under `select *`). asyncpg drops every cached statement and retries outside
@@ -216,20 +270,22 @@ class Transaction:
             self.connection._drop_global_statement_cache()
             if self._statements > 1:
                 raise statement_outdated(self._statements) from None
+            self._retried = True
+            await self.wait(self.connection.execute(f"ROLLBACK; {self._setup_sql}", timeout=self.max_wait))
         try:
-            await self.connection.execute(f"ROLLBACK; {self._setup_sql}")
             return await self._run(sql, params, first_batch, batch_size)
         except asyncpg.exceptions.InvalidCachedStatementError:  # changed again in between
             raise statement_outdated(self._statements) from None
-        except Exception as error:
-            raise translate_error(error) from None
 
     async def _run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
+        first = self._statements == 1
         key = self.settings.statement_key
-        try:
-            state = await self.connection._get_statement(sql, None, named=True, record_class=key)
-        except Exception as error:
-            raise translate_error(error) from None
+        # Preparing runs nothing; the statement runs at Bind+Execute, which asyncpg refuses
+        # without writing anything (InternalClientError) on a connection it knows is broken.
+        state = await self.wait(
+            self.connection._get_statement(sql, self.max_wait, named=True, record_class=key),
+            replaceable=(Exception,) if first else (),
+        )
         parameter_types = state._get_parameters()
         if len(parameter_types) != len(params):
             raise bad_request(f"the statement takes {len(parameter_types)} parameters but {len(params)} were sent")
@@ -238,21 +294,15 @@ class Transaction:
             for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)
         ]
         portal = _Portal(self.connection, sql, state, args, key)
-        try:
-            rows = await portal.first(first_batch, None)
-        except asyncpg.exceptions.InvalidCachedStatementError:
-            raise
-        except Exception as error:
-            raise translate_error(error) from None
-        return StatementRun(portal, describe_columns(state), rows, batch_size)
+        refused = (asyncpg.exceptions.InternalClientError,) if first else ()
+        rows = await self.wait(portal.first(first_batch, self.max_wait), replaceable=refused)
+        return StatementRun(self, portal, describe_columns(state), rows, batch_size)
 
     async def commit(self, announce: str | None = None) -> None:
         """COMMIT, after `announce` (a statement of the gateway's own, in the same message)."""
         prefix = f"{announce}; " if announce else ""
         try:
-            await self.connection.execute(f"{prefix}{END_OF_REQUEST}; COMMIT")
-        except Exception as error:
-            raise translate_error(error) from None
+            await self.wait(self.connection.execute(f"{prefix}{END_OF_REQUEST}; COMMIT", timeout=self.max_wait))
         finally:
             self.open = False
 
@@ -260,11 +310,49 @@ class Transaction:
         if not self.open:
             return
         self.open = False
+        if self.connection.is_closed():  # PostgreSQL rolled back when it closed
+            return
         try:
-            await settle_cancellation(self.connection)
-            await self.connection.execute(f"ROLLBACK; {END_OF_REQUEST}")
-        except Exception:
+            async with asyncio.timeout(self.max_wait):
+                await settle_cancellation(self.connection)
+                await self.connection.execute(f"ROLLBACK; {END_OF_REQUEST}")
+        except Exception:  # not rolled back, or not in time: dropped, never reused
             self.connection.terminate()
+
+    async def close(self) -> None:
+        """Roll back what was not committed and give the connection back (a terminated one
+        is replaced by the pool)."""
+        try:
+            await self.rollback()
+        finally:
+            await self._lease.aclose()
+
+    def abandon(self) -> None:
+        """Drop the connection at once: terminated, never returned to the pool. PostgreSQL
+        rolls back the transaction of a connection that closes."""
+        self.open = False
+        if self._connection is not None:
+            self._connection.terminate()
+
+    async def wait(self, work: Awaitable[T], *, replaceable: tuple[type[BaseException], ...] = ()) -> T:
+        """`work`: a call on the connection given `max_wait` as asyncpg's timeout (a timer of
+        the protocol's own, cheaper than a cancel scope on the hot path). Past it, or after a
+        failure that leaves the connection unusable, the connection is dropped; a failure of
+        the `replaceable` kinds, the first time, raises `_Replaceable` so that the caller
+        starts again on another connection."""
+        try:
+            return await work
+        except TimeoutError:  # asyncpg has sent PostgreSQL a cancel request, which cannot help
+            self.abandon()
+            raise database_unresponsive(self.max_wait) from None
+        except asyncpg.exceptions.InvalidCachedStatementError:
+            raise  # `run` prepares the statement again
+        except Exception as error:
+            if connection_lost(error):
+                self.abandon()
+                if isinstance(error, replaceable) and not self._retried:
+                    raise _Replaceable from error
+            raise translate_error(error) from None
 
 
 async def settle_cancellation(connection: GatewayConnection) -> None:
@@ -326,13 +414,24 @@ def _is_row_description(items: list) -> bool:
 # ---------------------------------------------------------------------------- errors
 
 
+def connection_lost(error: BaseException) -> bool:
+    """Whether `error` leaves the connection unusable: the socket closed or failed, the
+    server ended the session (08xxx, 57P0x), or asyncpg can no longer drive it. A backend
+    terminated while its connection sat idle shows as the last: asyncpg reads the server's
+    FATAL with no request to hand it to, and refuses the next request with
+    `InternalClientError: cannot switch to state ...; another operation (2) is in progress`."""
+    if isinstance(error, asyncpg.PostgresError):
+        return (error.sqlstate or "").startswith(("08", "57P"))
+    return isinstance(error, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.InternalClientError)
+
+
 def translate_error(error: BaseException) -> GatewayError:
     """A PostgreSQL or driver error as the caller should see it (SPEC §4 error table)."""
     if isinstance(error, GatewayError):
         return error
     if isinstance(error, asyncpg.PostgresError):
         return _postgres_error(error)
-    if isinstance(error, OSError | asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError):
+    if connection_lost(error):
         return database_unavailable()
     raise error
 
