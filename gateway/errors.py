@@ -106,9 +106,10 @@ def overloaded(retry_after: int = 1) -> GatewayError:
 
 
 def analyser_busy(retry_after: int = 1) -> GatewayError:
-    """Every statement analyser is busy with other new texts (a cache miss had to wait)."""
+    """The statement analysers could not take a new text in time: all busy with others, or the
+    machine too busy for the analysis to finish."""
     return GatewayError(
-        "every statement analyser is busy with other new statements; retry shortly",
+        "the gateway is too busy to analyse new statements right now; retry shortly",
         status=503,
         code="overloaded",
         headers={"Retry-After": str(retry_after)},

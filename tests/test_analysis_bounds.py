@@ -11,15 +11,17 @@ the defence does not know which.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import Api, GatewayProcess
+from conftest import Api, GatewayProcess, eventually
 
 BUDGET = 0.1  # policy.analysis_timeout's default
 MARGIN = 0.1  # the bound on every answer is the budget plus this
@@ -97,24 +99,36 @@ def test_every_nesting_pattern_is_answered_within_the_budget_while_healthz_answe
                 started = time.monotonic()
                 response = reader.post("/v1/explain", {"sql": pattern(depth)})
                 elapsed = time.monotonic() - started
-                assert response.status_code == 200, response.text
-                too_slow = "took too long to analyse" in (response.json()["reason"] or "")
-                timings.append((elapsed, name, depth, too_slow))
+                # 503 (retry) when the machine, not the text, kept the analysis from finishing.
+                assert response.status_code in (200, 503), response.text
+                reason = response.json()["reason"] if response.status_code == 200 else "busy"
+                cut_off = "took too long to analyse" in (reason or "") or reason == "busy"
+                timings.append((elapsed, name, depth, cut_off))
     slowest = max(timings)
     print(f"\n{len(timings)} texts; slowest answer {slowest[0] * 1000:.0f} ms ({slowest[1]} at depth {slowest[2]}); "
-          f"{sum(t[3] for t in timings)} denied as too slow; /healthz {health.answers} answers, "
+          f"{sum(t[3] for t in timings)} cut off; /healthz {health.answers} answers, "
           f"slowest {health.slowest * 1000:.0f} ms")
     assert slowest[0] <= BUDGET + MARGIN, slowest
     assert health.slowest <= 0.1
-    # The budget did its work: the exponential ones were cut off, not waited for.
-    assert any(too_slow for _, name, _, too_slow in timings if name == "array")
+    # The budget did its work: exponential ones (minutes each) were cut off, not waited for.
+    assert any(cut_off for _, name, _, cut_off in timings if name == "array")
+
+
+def _verdict(api: Api, sql: str) -> tuple[httpx.Response, float]:
+    """The answer to `sql` once the machine let a worker spend the budget on it (on a busy
+    machine an attempt may be a 503 to retry), and how long that answer took."""
+    while True:
+        started = time.monotonic()
+        response = api.query(sql)
+        elapsed = time.monotonic() - started
+        if response.status_code != 503:
+            return response, elapsed
+        assert elapsed <= BUDGET + MARGIN
 
 
 def test_a_text_over_budget_is_denied_with_a_reason_and_counted(bounded_gateway, reader, http):
     sql = PATTERNS["array"](24)  # minutes for the parser, were it allowed to finish
-    started = time.monotonic()
-    response = reader.query(sql)
-    elapsed = time.monotonic() - started
+    response, elapsed = _verdict(reader, sql)
     assert response.status_code == 403, response.text
     assert "took too long to analyse" in response.json()["error"]["message"]
     assert elapsed <= BUDGET + MARGIN
@@ -128,8 +142,9 @@ def test_a_text_over_budget_is_denied_with_a_reason_and_counted(bounded_gateway,
 
 def test_a_killed_worker_is_replaced_and_analysis_goes_on(reader):
     for depth in (22, 23, 25):
-        assert reader.query(PATTERNS["array"](depth)).status_code == 403
-    response = reader.query("select id from orders where status = $1 and id > $2", "new", 0)
+        assert _verdict(reader, PATTERNS["array"](depth))[0].status_code == 403
+    sql = "select id from orders where status = 'new' and id > 0"
+    response = _verdict(reader, sql)[0]
     assert response.status_code == 200, response.text
 
 
@@ -156,3 +171,46 @@ def test_sigterm_during_hostile_analysis_exits_within_the_grace_period(launch_ga
 def _ignore_errors(call: Callable[[], object]) -> None:
     with contextlib.suppress(httpx.HTTPError):  # the gateway went away under it: expected
         call()
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+    return children
+
+
+def _analysis_workers(gateway: GatewayProcess) -> list[int]:
+    """The gateway's analysis workers: the children of its forkserver."""
+    forkservers = [
+        child for child in _children(gateway.process.pid)
+        if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+    return [worker for forkserver in forkservers for worker in _children(forkserver)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker CPU time from /proc")
+def test_a_worker_the_machine_keeps_from_running_is_a_503_not_a_verdict_on_the_text(launch_gateway, call_as):
+    gateway = launch_gateway()
+    api = call_as(gateway, "reader")
+    sql = "select id, status from orders where id = $1 and status = $2"
+    workers = eventually(lambda: _analysis_workers(gateway), "the analysis workers")
+    for worker in workers:
+        os.kill(worker, signal.SIGSTOP)  # starved: no CPU at all, however cheap the text
+    try:
+        started = time.monotonic()
+        response = api.query(sql, 1, "new")
+        elapsed = time.monotonic() - started
+    finally:
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGCONT)
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"]
+    assert elapsed <= 2 * BUDGET + MARGIN  # waiting for a worker, then for its answer
+    # Nothing was held against the text: with workers that run, it is allowed.
+    assert eventually(lambda: api.query(sql, 1, "new").status_code == 200, "the text to be analysed")

@@ -10,6 +10,11 @@ makes a parser slow, the budget bounds it.
 
 Workers are forked from a forkserver that has the analyser imported already, so a
 replacement is ready in milliseconds, not the second a fresh interpreter needs.
+
+The budget is wall-clock time, so that every answer is bounded; but on a busy machine a
+cheap text can miss it because its worker barely ran. Where the worker's CPU time can be read
+(`/proc` on Linux), a text whose worker used less than half the budget is not called too
+complex: the request is answered 503 (retry) and nothing is remembered against the text.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -33,7 +39,21 @@ SLOW_TEXT_MEMORY_SIZE = 1024
 
 
 class AnalyserBusy(Exception):
-    """No worker became free in time: every one is busy with other texts."""
+    """No worker became free in time, or the machine was too busy for the worker to finish a
+    text that is not itself expensive: retry."""
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process, or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _serve(connection: Connection, max_bytes: int) -> None:
@@ -53,6 +73,9 @@ class _Worker:
         self.process = context.Process(target=_serve, args=(child, max_bytes), daemon=True)
         self.process.start()
         child.close()
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.process.pid) if self.process.pid is not None else None
 
     async def analyse(self, sql: str, timeout: float) -> StatementFacts:
         """Raises TimeoutError past `timeout`, EOFError when the worker died."""
@@ -115,7 +138,8 @@ class AnalysisPool:
     async def analyse(self, sql: str) -> StatementFacts:
         """The facts of one text, or a denial saying it took too long. Raises `AnalyserBusy`
         when no worker frees up within the budget (each one does within it, unless texts
-        queue up faster than they are analysed)."""
+        queue up faster than they are analysed), or the machine kept the worker from
+        finishing a text that did not use the budget's CPU."""
         if self._recently_slow(sql):
             return self._too_slow()
         try:
@@ -126,11 +150,14 @@ class AnalysisPool:
         return await asyncio.shield(asyncio.get_running_loop().create_task(self._run(worker, sql)))
 
     async def _run(self, worker: _Worker, sql: str) -> StatementFacts:
-        started = time.monotonic()
+        cpu_before = worker.cpu_seconds()
         try:
             facts = await worker.analyse(sql, self.timeout)
         except TimeoutError:
+            cpu_after = worker.cpu_seconds()
             self._replace(worker)
+            if cpu_before is not None and cpu_after is not None and cpu_after - cpu_before < self.timeout / 2:
+                raise AnalyserBusy from None  # the worker was starved, not the text expensive
             self._remember_slow(sql)
             self.on_timeout()
             return self._too_slow()
@@ -140,9 +167,6 @@ class AnalysisPool:
                 denial=Denial("internal", "the statement could not be analysed (the analyser failed)")
             )
         self._put_idle(worker)
-        if time.monotonic() - started > self.timeout:  # answered, but only just after the budget
-            self._remember_slow(sql)
-            return self._too_slow()
         return facts
 
     def _too_slow(self) -> StatementFacts:
