@@ -172,6 +172,9 @@ class PolicyConfig:
     analysis_workers: int = 2  # worker processes per gateway process
     # How often the catalog snapshot is re-read from the database; 0 turns re-reading off.
     catalog_refresh: Seconds = 300.0
+    # How long one read of the catalog may take; past it the read is abandoned, the snapshot
+    # in use kept (decisions held after DDL go on with it).
+    catalog_read_timeout: Seconds = 5.0
 
 
 @dataclass(frozen=True)
@@ -494,6 +497,8 @@ def _validate(config: GatewayConfig, source: str) -> None:
         fail("policy.analysis_rate", "expected a rate above zero")
     if config.policy.analysis_timeout <= 0:
         fail("policy.analysis_timeout", "expected a duration above zero")
+    if config.policy.catalog_read_timeout <= 0:
+        fail("policy.catalog_read_timeout", "expected a duration above zero")
     if config.policy.analysis_workers < 1:
         fail("policy.analysis_workers", "expected at least 1")
 

@@ -136,7 +136,11 @@ class Pipeline:
         # bounded set.
         self._transaction_settings: dict[tuple[str, str, TransactionOptions], TransactionSettings] = {}
         self.catalog = CatalogKeeper(
-            database, config.identity_roles(), policy.use_catalog, config.policy.catalog_refresh or None
+            database,
+            config.identity_roles(),
+            policy.use_catalog,
+            config.policy.catalog_refresh or None,
+            config.policy.catalog_read_timeout,
         )
         self._open_scopes: set[RequestScope] = set()
 

@@ -13,6 +13,8 @@ terminated. Against a real PostgreSQL and real `gateway serve` processes.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ EVENTS_SQL = Path(__file__).resolve().parent.parent / "docs" / "catalog-events.s
 IDENTITIES = f"""
 [policy]
 catalog_refresh = "1h"
+catalog_read_timeout = "1s"
 
 [[identities]]
 name = "scratcher"
@@ -201,3 +204,25 @@ def test_the_listening_connection_comes_back_after_it_is_terminated(event_trigge
     with table_created_outside(superuser):
         within(3.0, lambda: resolved(scratcher, "select id from customers") == [f"{SCHEMA}.customers"],
                "notifications to arrive on the new connection")
+
+
+def test_decisions_held_after_ddl_go_on_when_the_catalog_cannot_be_read(scratcher, superuser):
+    """The listening connections' backends are frozen, so the refresh owed to DDL cannot read
+    the catalog: it gives up after `catalog_read_timeout` (1 s here), and decisions go on with
+    the snapshot in use."""
+    listeners = [row["pid"] for row in superuser.activity("application_name = 'gw catalog listener'")]
+    assert listeners
+    for pid in listeners:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        ok(scratcher, f"create table {SCHEMA}.held (id int)")
+        ddl_answered = time.monotonic() - started
+        response = scratcher.post("/v1/explain", {"sql": "select id from orders"})
+        next_answered = time.monotonic() - started
+        assert response.status_code == 200, response.text
+    finally:
+        for pid in listeners:
+            os.kill(pid, signal.SIGCONT)
+        ok(scratcher, f"drop table {SCHEMA}.held")
+    assert ddl_answered <= 1.0 + 1.0 and next_answered <= 1.0 + 1.0, (ddl_answered, next_answered)

@@ -198,8 +198,10 @@ class CatalogKeeper:
         roles: list[str],
         publish: Callable[[CatalogSnapshot], None],
         interval: float | None,
+        read_timeout: float,
     ) -> None:
         self.database = database
+        self.read_timeout = read_timeout
         self.roles = roles
         self.publish = publish
         self.interval = interval
@@ -248,18 +250,26 @@ class CatalogKeeper:
     async def refresh(self) -> bool:
         """Read the snapshot now; True when it changed (and was handed to the policy). It is
         read on the listening connection when there is one, so a refresh never takes a pool
-        connection from a request."""
-        async with self._lock:
-            if self._listener is not None:
-                snapshot = await read_catalog(self._listener, self.roles)
-            else:
-                async with self.database.connection() as connection:
-                    snapshot = await read_catalog(connection, self.roles)
+        connection from a request. Raises TimeoutError past `read_timeout` (a frozen
+        database), having dropped the connection it was read on."""
+        async with asyncio.timeout(self.read_timeout), self._lock:
+            snapshot = await self._read()
         if snapshot == self.snapshot:
             return False
         self.snapshot = snapshot
         self.publish(snapshot)
         return True
+
+    async def _read(self) -> CatalogSnapshot:
+        listener = self._listener
+        if listener is None:
+            async with self.database.connection() as connection:
+                return await read_catalog(connection, self.roles)
+        try:
+            return await read_catalog(listener, self.roles)
+        except asyncio.CancelledError:
+            listener.terminate()  # abandoned mid-query: the listening loop connects again
+            raise
 
     async def _keep_fresh(self) -> None:
         while True:
