@@ -220,15 +220,16 @@ INJECTED = """
 import asyncio
 
 import gateway.api.results as results
+import gateway.db.asyncpg_compat as compat
 import gateway.db.session as session
 
-describe_columns = session.describe_columns
+statement_columns = compat.statement_columns
 write_rows = results.ResultWriter.rows
 close_transaction = session.Transaction.close
 
 
-def failing_describe_columns(state):
-    columns = describe_columns(state)
+def failing_statement_columns(state):
+    columns = statement_columns(state)
     if any(column.name == "unforeseen" for column in columns):
         raise RuntimeError("a failure nobody foresaw")
     return columns
@@ -246,7 +247,7 @@ async def slow_close(transaction):
     await close_transaction(transaction)
 
 
-session.describe_columns = failing_describe_columns
+compat.statement_columns = failing_statement_columns
 results.ResultWriter.rows = rows_failing_later
 session.Transaction.close = slow_close
 """

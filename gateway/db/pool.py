@@ -9,7 +9,6 @@ a connection per request lives in `gateway.db.session`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from urllib.parse import urlencode
 import asyncpg
 
 from gateway.config import DatabaseConfig
+from gateway.db import asyncpg_compat as compat
 from gateway.db.types import TextExchangeConnection, TextType, builtin_text_types, check_text_exchange
 from gateway.errors import database_unavailable, overloaded
 from gateway.secrets import SecretStore
@@ -59,7 +59,7 @@ class GatewayConnection(TextExchangeConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._reported = reported_settings(self)
+        self._reported = compat.reported_settings(self)
         self._reported_at_start = dict(self._reported)
 
     def get_reset_query(self) -> str:
@@ -71,17 +71,6 @@ class GatewayConnection(TextExchangeConnection):
             self.needs_full_reset = False
             return FULL_RESET
         return ""
-
-
-def reported_settings(connection: asyncpg.Connection) -> dict[str, str]:
-    """The settings PostgreSQL has reported on `connection`, kept current by asyncpg as
-    ParameterStatus messages arrive: the dict asyncpg's ConnectionSettings holds in a C-level
-    attribute, reached through the garbage collector's references (checked at every connect on
-    the pinned asyncpg range), so that comparing them costs one dict comparison per request."""
-    for referent in gc.get_referents(connection.get_settings()):
-        if isinstance(referent, dict) and "server_version" in referent and "TimeZone" in referent:
-            return referent
-    raise RuntimeError("asyncpg no longer keeps the reported settings where this asyncpg version range did")
 
 
 class LoginRoleError(RuntimeError):
@@ -138,7 +127,8 @@ class Database:
         if first:
             self._builtin_types = await builtin_text_types(connection)
         connection.exchange_as_text(self._builtin_types)
-        if first:
+        if first:  # refuse, before serving, an asyncpg whose internals are not the checked ones
+            await compat.self_test(connection)
             await check_text_exchange(connection)
 
     async def open(self, size: int | None = None) -> None:
@@ -206,9 +196,7 @@ class Database:
             raise database_unavailable() from None
         finally:
             self.waiting -= not idle
-        # The connection itself, not the pool's proxy: asyncpg's cursors and prepared
-        # statements outlive the proxy's lease (they are collected after release).
-        connection: GatewayConnection = proxy._con
+        connection: GatewayConnection = compat.pooled_connection(proxy)
         try:
             yield connection
         finally:

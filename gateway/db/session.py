@@ -7,18 +7,17 @@ portal in batches, commit and rollback, the deadline on every wait for the datab
 mapping of PostgreSQL and driver errors to gateway errors.
 
 Batches come from a portal opened with Bind+Execute in one round trip, so a small result
-costs no more than `fetch()`; asyncpg's public cursor API would add a round trip or yield
-row by row, so `_Portal` drives asyncpg's cursor protocol directly (pinned asyncpg range).
-That path skips what asyncpg does around its own statements, so it is done here: a cached
-statement whose result type changed is prepared again, and statements are cached per name
-resolution (role and search path), never shared between resolutions.
+costs no more than `fetch()` (`gateway.db.asyncpg_compat.Portal`: asyncpg's public cursor
+API would add a round trip or yield row by row). That path skips what asyncpg does around
+its own statements, so it is done here: a cached statement whose result type changed is
+prepared again, and statements are cached per name resolution (role and search path), never
+shared between resolutions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import re
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
@@ -27,9 +26,9 @@ from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
-from asyncpg.cursor import BaseCursor
-from asyncpg.types import Attribute
 
+from gateway.db import asyncpg_compat as compat
+from gateway.db.asyncpg_compat import Column, Portal
 from gateway.db.pool import Database, GatewayConnection
 from gateway.db.types import parameter_value
 from gateway.errors import (
@@ -48,7 +47,6 @@ ISOLATION_LEVELS = {
     "repeatable read": "REPEATABLE READ",
     "serializable": "SERIALIZABLE",
 }
-CANCEL_REPEAT_INTERVAL = 0.5  # seconds before a cancel request that did not take is sent again
 # Sent in the messages that end every transaction: session-level advisory locks and sequence
 # positions (`currval`, `lastval`) are never left to the next request. Triggers, defaults and
 # identity columns reach both without any statement the policy sees, and ParameterStatus
@@ -125,43 +123,11 @@ def resolution_key(role: str, schemas: tuple[str, ...]) -> type[asyncpg.Record]:
     return type("ResolvedRecord", (asyncpg.Record,), {"__slots__": ()})
 
 
-# A result column: asyncpg's Attribute (`name`, and `type` with oid, name, kind, schema).
-Column = Attribute
-
-
-class _Portal(BaseCursor):
-    """One execution of a prepared statement, read in batches."""
-
-    status: bytes = b""
-
-    async def first(self, limit: int, timeout: float | None) -> list:
-        self._check_ready()
-        protocol = self._connection._protocol
-        # The unnamed portal, as Neon's proxy binds (an error's context then reads as it
-        # would there): nothing else is bound on the connection until this one is read.
-        self._portal_name = ""
-        rows, self.status, self._exhausted = await protocol.bind_execute(
-            self._state, self._args, self._portal_name, limit, True, timeout
-        )
-        return rows
-
-    async def next(self, limit: int, timeout: float | None) -> list:
-        protocol = self._connection._protocol
-        rows, self.status, self._exhausted = await protocol.execute(
-            self._state, self._portal_name, limit, True, timeout
-        )
-        return rows
-
-    @property
-    def exhausted(self) -> bool:
-        return bool(self._exhausted)
-
-
 class StatementRun:
     """A running statement: its columns, then batches of rows, then its command tag."""
 
     def __init__(
-        self, transaction: Transaction, portal: _Portal, columns: tuple[Column, ...], first_rows: list, batch_size: int
+        self, transaction: Transaction, portal: Portal, columns: tuple[Column, ...], first_rows: list, batch_size: int
     ) -> None:
         self._transaction = transaction
         self._portal = portal
@@ -174,6 +140,11 @@ class StatementRun:
     @property
     def exhausted(self) -> bool:
         return self._portal.exhausted
+
+    @property
+    def statement(self) -> Any:
+        """asyncpg's prepared statement state (`gateway.db.asyncpg_compat`)."""
+        return self._portal.statement
 
     async def batches(self):
         if self._pending is not None:
@@ -267,7 +238,7 @@ class Transaction:
             # a transaction; here the first statement of a transaction runs again in a new one,
             # since nothing has run in this one. A later statement cannot: the statements before
             # it ran in a transaction that is now aborted.
-            self.connection._drop_global_statement_cache()
+            compat.drop_statement_cache(self.connection)
             if self._statements > 1:
                 raise statement_outdated(self._statements) from None
             self._retried = True
@@ -283,20 +254,20 @@ class Transaction:
         # Preparing runs nothing; the statement runs at Bind+Execute, which asyncpg refuses
         # without writing anything (InternalClientError) on a connection it knows is broken.
         state = await self.wait(
-            self.connection._get_statement(sql, self.max_wait, named=True, record_class=key),
+            compat.prepared_statement(self.connection, sql, self.max_wait, key),
             replaceable=(Exception,) if first else (),
         )
-        parameter_types = state._get_parameters()
+        parameter_types = compat.parameter_types(state)
         if len(parameter_types) != len(params):
             raise bad_request(f"the statement takes {len(parameter_types)} parameters but {len(params)} were sent")
         args = [
             parameter_value(value, type_, position)
             for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)
         ]
-        portal = _Portal(self.connection, sql, state, args, key)
+        portal = Portal(self.connection, sql, state, args, key)
         refused = (asyncpg.exceptions.InternalClientError,) if first else ()
         rows = await self.wait(portal.first(first_batch, self.max_wait), replaceable=refused)
-        return StatementRun(self, portal, describe_columns(state), rows, batch_size)
+        return StatementRun(self, portal, compat.statement_columns(state), rows, batch_size)
 
     async def commit(self, announce: str | None = None) -> None:
         """COMMIT, after `announce` (a statement of the gateway's own, in the same message)."""
@@ -314,7 +285,7 @@ class Transaction:
             return
         try:
             async with asyncio.timeout(self.max_wait):
-                await settle_cancellation(self.connection)
+                await compat.settle_cancellation(self.connection)
                 await self.connection.execute(f"ROLLBACK; {END_OF_REQUEST}")
         except Exception:  # not rolled back, or not in time: dropped, never reused
             self.connection.terminate()
@@ -355,28 +326,6 @@ class Transaction:
             raise translate_error(error) from None
 
 
-async def settle_cancellation(connection: GatewayConnection) -> None:
-    """Wait until a statement whose task was cancelled (the client left) has stopped.
-
-    asyncpg sends one CancelRequest. PostgreSQL acts on it at its next interrupt check, and
-    ignores it if that check comes while it reads the next protocol message: a request that
-    lands late in Bind (planning) is dropped before Execute, and the statement would run on
-    to its timeout holding the connection. So the request is repeated until it takes, through
-    asyncpg's internals (it has no public way to repeat one).
-    """
-    protocol = connection._protocol
-    if not protocol._is_cancelling():
-        return
-    settled = asyncio.ensure_future(protocol._wait_for_cancellation())
-    while not (await asyncio.wait({settled}, timeout=CANCEL_REPEAT_INTERVAL))[0]:
-        connection._cancel_current_command(asyncio.get_running_loop().create_future())
-    settled.result()
-
-
-def describe_columns(state: Any) -> tuple[Column, ...]:
-    return state._get_attributes()
-
-
 class RowField(NamedTuple):
     """One column of PostgreSQL's RowDescription message, as the server sent it."""
 
@@ -390,25 +339,11 @@ class RowField(NamedTuple):
 
 
 def row_description(run: StatementRun) -> list[RowField]:
-    """The statement's RowDescription, field by field, for the Neon protocol's `fields`.
-
-    asyncpg's public `Attribute` has only a column's name and type; the table OID, column
-    number, type size and modifier are in the RowDescription that asyncpg keeps on the
-    prepared statement state, in a C-level attribute Python cannot name. The garbage
-    collector's list of the state's references reaches it (the one list of 7-tuples, one per
-    column) without asking the catalogs for what the server already sent (checked on the
-    pinned asyncpg range; the Node tests compare every field with node-postgres's)."""
-    count = len(run.columns)
-    if not count:
-        return []
-    for referent in gc.get_referents(run._portal._state):
-        if isinstance(referent, list) and len(referent) == count and _is_row_description(referent):
-            return [RowField(*field) for field in referent]
-    raise RuntimeError("asyncpg no longer keeps the RowDescription where this asyncpg version range did")
-
-
-def _is_row_description(items: list) -> bool:
-    return all(isinstance(item, tuple) and len(item) == len(RowField._fields) for item in items)
+    """The statement's RowDescription, field by field, for the Neon protocol's `fields`:
+    asyncpg's public `Attribute` has only a column's name and type, the server sent the table
+    OID, column number, type size and modifier too (the Node tests compare every field with
+    node-postgres's)."""
+    return [RowField(*field) for field in compat.row_description(run.statement, len(run.columns))]
 
 
 # ---------------------------------------------------------------------------- errors

@@ -22,6 +22,7 @@ import asyncpg
 import orjson
 
 from gateway import json_text
+from gateway.db import asyncpg_compat as compat
 from gateway.errors import bad_request
 
 Converter = Callable[[Any], Any]
@@ -73,16 +74,14 @@ def _array_parameter(value: str | list) -> str:
     return value if isinstance(value, str) else format_array_literal(value)
 
 
-class TextExchangeConnection(asyncpg.Connection):
+class TextExchangeConnection(compat.IntrospectingConnection):
     """A connection on which every value, of every type, travels as PostgreSQL's text.
 
     asyncpg's public `set_type_codec` takes scalar types only, and derives codecs for the rest
     itself: records and composites read in binary (or refused), arrays read into lists that
-    lose their lower bounds. So codecs are set with `ConnectionSettings.add_python_codec` —
-    the call `set_type_codec` makes — for every built-in type when the connection opens, and
-    for any other type when asyncpg first introspects it (`_introspect_types`, asyncpg's
-    private step between preparing a statement and building its codecs; pinned asyncpg range,
-    checked at start by `check_text_exchange`).
+    lose their lower bounds. So text codecs are added for every built-in type when the
+    connection opens, and for any other type when asyncpg first introspects it
+    (`gateway.db.asyncpg_compat`; checked at start by `check_text_exchange`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -90,24 +89,21 @@ class TextExchangeConnection(asyncpg.Connection):
         self._text_oids: set[int] = set()
 
     def exchange_as_text(self, types: Iterable[TextType]) -> None:
-        settings = self.get_settings()
         for type_ in types:
             if type_.oid in self._text_oids:
                 continue
             kind, encoder = ("array", _array_parameter) if type_.json_array else ("scalar", str)
-            settings.add_python_codec(type_.oid, type_.name, type_.schema, [], kind, encoder, _identity, "text")
+            compat.add_text_codec(self, type_.oid, type_.name, type_.schema, kind, encoder, _identity)
             self._text_oids.add(type_.oid)
 
-    async def _introspect_types(self, typeoids: Any, timeout: float | None) -> Any:
-        types, statement = await super()._introspect_types(typeoids, timeout)
+    def types_introspected(self, rows: list) -> None:
         # Domains keep asyncpg's alias to their base type, which is text by then: PostgreSQL
         # describes a domain's values by the base type's OID anyway.
         self.exchange_as_text(
             TextType.of(row["oid"], row["name"], row["ns"], _array_delimiter(row))
-            for row in types
+            for row in rows
             if row["kind"] != b"d"
         )
-        return types, statement
 
 
 def _array_delimiter(row: Any) -> str | None:

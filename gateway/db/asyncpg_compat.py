@@ -1,0 +1,207 @@
+"""Every use of asyncpg's internals, in one place, checked at start.
+
+asyncpg's public API cannot do a few things the gateway needs: open a portal and read it in
+batches with one round trip per batch (its cursor adds a round trip or yields row by row),
+look a prepared statement up in its cache by name resolution, repeat a cancel request that
+did not take, read the RowDescription the server sent and the settings it reported, and
+exchange records and arrays as PostgreSQL's text. Each of those reaches into asyncpg here and
+nowhere else, and `self_test` — run on the first connection, before the gateway serves —
+refuses an asyncpg outside the range these internals were checked on, or one on which any of
+them no longer behaves as expected. pyproject.toml pins the same range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import asyncpg
+from asyncpg.cursor import BaseCursor
+from asyncpg.types import Attribute
+
+TESTED_VERSIONS = ((0, 30), (0, 33))  # [from, to): the range pyproject.toml pins
+CANCEL_REPEAT_INTERVAL = 0.5  # seconds before a cancel request that did not take is sent again
+ROW_DESCRIPTION_FIELDS = 7  # name, table oid, column number, type oid, size, modifier, format
+
+# A result column: asyncpg's Attribute (`name`, and `type` with oid, name, kind, schema).
+Column = Attribute
+
+
+class UnsupportedAsyncpg(RuntimeError):
+    """This asyncpg's internals are not the ones the gateway was checked with."""
+
+
+# ---------------------------------------------------------------------------- statements
+
+
+async def prepared_statement(
+    connection: asyncpg.Connection, sql: str, timeout: float | None, record_class: type[asyncpg.Record]
+) -> Any:
+    """The connection's cached prepared statement for `sql` and `record_class` (prepared now
+    if need be): asyncpg's statement cache is keyed on the text and the record class only."""
+    return await connection._get_statement(sql, timeout, named=True, record_class=record_class)
+
+
+def parameter_types(statement: Any) -> tuple:
+    return statement._get_parameters()
+
+
+def statement_columns(statement: Any) -> tuple[Column, ...]:
+    return statement._get_attributes()
+
+
+def drop_statement_cache(connection: asyncpg.Connection) -> None:
+    """Forget every cached statement (after one whose result type changed), as asyncpg does
+    on its own path before retrying."""
+    connection._drop_global_statement_cache()
+
+
+def row_description(statement: Any, count: int) -> list[tuple]:
+    """The statement's RowDescription as the server sent it, one 7-tuple per column. asyncpg
+    keeps it on the statement state in a C-level attribute Python cannot name; the garbage
+    collector's list of the state's references reaches it (the one list of `count` 7-tuples)."""
+    if not count:
+        return []
+    for referent in gc.get_referents(statement):
+        if isinstance(referent, list) and len(referent) == count and _is_row_description(referent):
+            return referent
+    raise UnsupportedAsyncpg("asyncpg no longer keeps the RowDescription where the tested range did")
+
+
+def _is_row_description(items: list) -> bool:
+    return all(isinstance(item, tuple) and len(item) == ROW_DESCRIPTION_FIELDS for item in items)
+
+
+class Portal(BaseCursor):
+    """One execution of a prepared statement, read in batches: Bind+Execute in one round trip,
+    then Execute per batch."""
+
+    status: bytes = b""
+
+    async def first(self, limit: int, timeout: float | None) -> list:
+        self._check_ready()
+        # The unnamed portal, as Neon's proxy binds (an error's context then reads as it
+        # would there): nothing else is bound on the connection until this one is read.
+        self._portal_name = ""
+        rows, self.status, self._exhausted = await self._connection._protocol.bind_execute(
+            self._state, self._args, self._portal_name, limit, True, timeout
+        )
+        return rows
+
+    async def next(self, limit: int, timeout: float | None) -> list:
+        rows, self.status, self._exhausted = await self._connection._protocol.execute(
+            self._state, self._portal_name, limit, True, timeout
+        )
+        return rows
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self._exhausted)
+
+    @property
+    def statement(self) -> Any:
+        return self._state
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+def pooled_connection(proxy: Any) -> asyncpg.Connection:
+    """The connection behind a pool's proxy: asyncpg's cursors and prepared statements outlive
+    the proxy's lease (they are collected after release)."""
+    return proxy._con
+
+
+def reported_settings(connection: asyncpg.Connection) -> dict[str, str]:
+    """The settings PostgreSQL has reported on `connection`, kept current by asyncpg as
+    ParameterStatus messages arrive: the dict asyncpg's ConnectionSettings holds in a C-level
+    attribute, reached through the garbage collector's references, so that comparing them
+    costs one dict comparison per request."""
+    for referent in gc.get_referents(connection.get_settings()):
+        if isinstance(referent, dict) and "server_version" in referent and "TimeZone" in referent:
+            return referent
+    raise UnsupportedAsyncpg("asyncpg no longer keeps the reported settings where the tested range did")
+
+
+async def settle_cancellation(connection: asyncpg.Connection) -> None:
+    """Wait until a statement whose task was cancelled (the client left) has stopped.
+
+    asyncpg sends one CancelRequest. PostgreSQL acts on it at its next interrupt check, and
+    ignores it if that check comes while it reads the next protocol message: a request that
+    lands late in Bind (planning) is dropped before Execute, and the statement would run on
+    to its timeout holding the connection. So the request is repeated until it takes (asyncpg
+    has no public way to repeat one).
+    """
+    protocol = connection._protocol
+    if not protocol._is_cancelling():
+        return
+    settled = asyncio.ensure_future(protocol._wait_for_cancellation())
+    while not (await asyncio.wait({settled}, timeout=CANCEL_REPEAT_INTERVAL))[0]:
+        connection._cancel_current_command(asyncio.get_running_loop().create_future())
+    settled.result()
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+def add_text_codec(
+    connection: asyncpg.Connection, oid: int, name: str, schema: str, kind: str, encoder: Any, decoder: Any
+) -> None:
+    """A codec that sends and reads the type as PostgreSQL's text, for any type: the call
+    asyncpg's public `set_type_codec` makes, which it allows for scalar types only."""
+    connection.get_settings().add_python_codec(oid, name, schema, [], kind, encoder, decoder, "text")
+
+
+class IntrospectingConnection(asyncpg.Connection):
+    """A connection told of every type asyncpg introspects (its private step between preparing
+    a statement and building the statement's codecs), before the codecs are built."""
+
+    def types_introspected(self, rows: list) -> None:
+        """Override: `rows` are asyncpg's introspection rows (oid, name, ns, kind, ...)."""
+
+    async def _introspect_types(self, typeoids: Any, timeout: float | None) -> Any:
+        types, statement = await super()._introspect_types(typeoids, timeout)
+        self.types_introspected(types)
+        return types, statement
+
+
+# ---------------------------------------------------------------------------- the check
+
+
+def check_version() -> None:
+    version = tuple(int(part) for part in asyncpg.__version__.split(".")[:2])
+    low, high = TESTED_VERSIONS
+    if not low <= version < high:
+        raise UnsupportedAsyncpg(
+            f"asyncpg {asyncpg.__version__} is outside the range the gateway was checked with "
+            f"(>= {'.'.join(map(str, low))}, < {'.'.join(map(str, high))})"
+        )
+
+
+async def self_test(connection: asyncpg.Connection) -> None:
+    """Exercise every internal above on a live connection; raise `UnsupportedAsyncpg` naming
+    the first that does not behave as expected. Runs nothing that changes the database."""
+    check_version()
+    try:
+        statement = await prepared_statement(connection, "SELECT 1 AS one, $1::text AS two", None, asyncpg.Record)
+        if len(parameter_types(statement)) != 1 or [c.name for c in statement_columns(statement)] != ["one", "two"]:
+            raise UnsupportedAsyncpg("a prepared statement's parameters and columns read differently")
+        fields = row_description(statement, 2)
+        if [field[0] for field in fields] != [b"one", b"two"]:
+            raise UnsupportedAsyncpg("the RowDescription reads differently")
+        async with connection.transaction():
+            portal = Portal(connection, "", statement, ["x"], asyncpg.Record)
+            rows = await portal.first(2, None)  # one row, and the end of the result
+            if not portal.exhausted or len(rows) != 1:
+                raise UnsupportedAsyncpg("a portal reads differently")
+        if not isinstance(reported_settings(connection).get("server_version"), str):
+            raise UnsupportedAsyncpg("the reported settings read differently")
+        await settle_cancellation(connection)  # nothing to settle: must return at once
+        for name in ("_drop_global_statement_cache", "_cancel_current_command", "_introspect_types"):
+            if not callable(getattr(connection, name, None)):
+                raise UnsupportedAsyncpg(f"asyncpg.Connection.{name} is gone")
+    except UnsupportedAsyncpg:
+        raise
+    except (AttributeError, TypeError) as error:
+        raise UnsupportedAsyncpg(f"asyncpg {asyncpg.__version__}: {error}") from None
