@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import random
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -37,6 +39,11 @@ from gateway.policy.workers import AnalysisPool
 from gateway.secrets import SecretStore
 
 FETCH_BATCH_ROWS = 5000
+# After the grace period the process exits within a second. Cut requests get this long to
+# unwind (each is audited as it does), and the whole shutdown from then on this long: past
+# it, the process logs every thread's stack and exits without waiting further.
+UNWIND_SECONDS = 0.5
+STOP_DEADLINE_SECONDS = 0.8
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -185,10 +192,11 @@ class Pipeline:
         database from now on, answering or not; then each open request's task is waited for
         as it unwinds, closing its request — it knows what it sent — and auditing it before
         the audit sink closes."""
+        exit_if_not_done_within(STOP_DEADLINE_SECONDS)
         self.database.terminate()
         tasks = {scope.task for scope in self._open_scopes} - {None, asyncio.current_task()}
         if tasks:
-            await asyncio.wait(tasks)
+            await asyncio.wait(tasks, timeout=UNWIND_SECONDS)
         if self.policy.workers is not None:
             await self.policy.workers.stop()
         await self.catalog.stop()
@@ -249,6 +257,21 @@ class _Phase:
 
     def __exit__(self, *exc_info: object) -> None:
         self._timings[self._name] += time.perf_counter() - self._started
+
+
+def exit_if_not_done_within(seconds: float) -> None:
+    """The shutdown's last resort, on a thread of its own so that nothing the event loop or the
+    interpreter's exit waits on can hold it up."""
+
+    def exit_now() -> None:
+        logger.error("shutdown did not finish within %gs; exiting now (stacks follow)", seconds)
+        faulthandler.dump_traceback(all_threads=True)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 @dataclass(eq=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -328,10 +329,27 @@ def gateway_config_text(server: PgServer, tls: TlsFiles, **overrides: Any) -> st
     return BASE_CONFIG.format(**settings)
 
 
+# The analysis budget (policy.analysis_timeout) is wall-clock time, 100 ms by default, and a
+# worker the machine kept from running is answered 503 (retry). The suite runs PostgreSQL,
+# gateways and their clients on two cores, where a cheap text can wait that long for a CPU:
+# gateways started here get a budget the machine cannot miss, unless the configuration sets
+# one (tests/test_analysis_bounds.py tests the default's).
+SUITE_ANALYSIS_BUDGET = 'analysis_timeout = "10s"'
+
+
+def with_suite_analysis_budget(config_text: str) -> str:
+    if "analysis_timeout" in config_text:
+        return config_text
+    if re.search(r"^\[policy\]$", config_text, flags=re.MULTILINE):
+        return re.sub(r"^\[policy\]$", f"[policy]\n{SUITE_ANALYSIS_BUDGET}", config_text, count=1,
+                      flags=re.MULTILINE)
+    return f"{config_text}\n[policy]\n{SUITE_ANALYSIS_BUDGET}\n"
+
+
 def start_gateway(config_text: str, folder: Path, env: dict[str, str], port: int | None = None,
                   extra_args: tuple[str, ...] = ()) -> GatewayProcess:
     config_path = folder / "gateway.toml"
-    config_path.write_text(config_text)
+    config_path.write_text(with_suite_analysis_budget(config_text))
     port = port or free_loopback_port()
     log_path = folder / f"gateway-{port}.log"
     process = subprocess.Popen(

@@ -82,8 +82,9 @@ class HealthWatch:
 
 
 @pytest.fixture(scope="module")
-def bounded_gateway(launch_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
-    return launch_gateway()
+def bounded_gateway(launch_gateway: Callable[..., GatewayProcess],
+                    gateway_config: Callable[..., str]) -> GatewayProcess:
+    return launch_gateway(config_text=gateway_config(f'\n[policy]\nanalysis_timeout = "{BUDGET * 1000:g}ms"\n'))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -110,12 +111,6 @@ def with_settings(config_text: str, table: str, **settings: str) -> str:
     return config_text.replace(f"[{table}]\n", f"[{table}]\n{lines}", 1)
 
 
-# These tests time faults, not the policy: on a machine loaded enough, a statement's first
-# analysis can pass its 100 ms budget and be denied, which would leave a test waiting for a
-# request that never reached the database.
-UNHURRIED_ANALYSIS = '\n[policy]\nanalysis_timeout = "10s"\n'
-
-
 @pytest.fixture(scope="module")
 def launch_on_own(own_server: PgServer, tls_files: TlsFiles,
                   launch_gateway: Callable[..., GatewayProcess]) -> Iterator[Callable[..., GatewayProcess]]:
@@ -133,7 +128,7 @@ def launch_on_own(own_server: PgServer, tls_files: TlsFiles,
         text = text.replace(writer, f"{writer}max_connections = 1000\n")
         for table, values in (settings or {}).items():
             text = with_settings(text, table, **values)
-        gateway = launch_gateway(config_text=text + UNHURRIED_ANALYSIS + extra,
+        gateway = launch_gateway(config_text=text + extra,
                                  env={"TEST_DB_PASSWORD": own_server.login_password})
         launched.append(gateway)
         return gateway
@@ -218,8 +213,10 @@ def assert_unavailable(answer: Answer, code: str = "database_unavailable") -> No
 # are the real ones.
 INJECTED = """
 import asyncio
+import os
 
 import gateway.api.results as results
+import gateway.db.catalog as catalog
 import gateway.db.asyncpg_compat as compat
 import gateway.db.session as session
 
@@ -244,9 +241,25 @@ def rows_failing_later(writer, records):
 async def slow_close(transaction):
     if "slow-close" in transaction._setup_sql:
         await asyncio.sleep(0.5)
+    if "stuck-close" in transaction._setup_sql:
+        await never_ending()
     await close_transaction(transaction)
 
 
+async def never_ending():
+    while True:  # deaf to cancellation
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+
+async def stuck_stop(keeper):
+    await never_ending()
+
+
+if os.environ.get("STUCK_SHUTDOWN"):
+    catalog.CatalogKeeper.stop = stuck_stop
 compat.statement_columns = failing_statement_columns
 results.ResultWriter.rows = rows_failing_later
 session.Transaction.close = slow_close
@@ -263,7 +276,7 @@ def injected(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def unforeseen_gateway(launch_gateway, gateway_config, injected) -> GatewayProcess:
-    return launch_gateway(config_text=gateway_config(UNHURRIED_ANALYSIS, pool_max=1), env=injected)
+    return launch_gateway(config_text=gateway_config(pool_max=1), env=injected)
 
 
 # ---------------------------------------------------------------------------- 2. a deadline on every wait
@@ -395,7 +408,11 @@ def terminate_and_time(gateway: GatewayProcess) -> float:
     """SIGTERM, and the seconds until the process has exited."""
     started = time.monotonic()
     gateway.process.send_signal(signal.SIGTERM)
-    gateway.process.wait(HUNG_AFTER)
+    try:
+        gateway.process.wait(HUNG_AFTER)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        raise AssertionError(f"the gateway did not exit within {HUNG_AFTER:g}s:\n{gateway.output()}") from None
     return time.monotonic() - started
 
 
@@ -406,7 +423,7 @@ def test_sigterm_cuts_the_requests_still_open_after_the_grace_rolled_back_and_au
     shows) and a statement waiting on a lock are still open when SIGTERM comes: each gets
     the grace period, then is cut, rolled back and audited (503, with what it sent), and the
     process exits within the grace period plus one second."""
-    config = gateway_config(UNHURRIED_ANALYSIS, lock_timeout="60s")
+    config = gateway_config(lock_timeout="60s")
     gateway = launch_gateway(config_text=with_settings(config, "server", shutdown_grace=f"{SHUTDOWN_GRACE:g}s"))
     token = mint("writer", tenant="acme")
     note = f"cut-{uuid.uuid4().hex}"
@@ -444,7 +461,7 @@ def test_sigterm_waits_for_each_cut_request_to_be_audited(launch_gateway, gatewa
                                                          superuser):
     """A cut request whose cleanup takes a while (injected: half a second) is still audited:
     the shutdown waits for every cut request's task before closing the audit sink."""
-    config = with_settings(gateway_config(UNHURRIED_ANALYSIS, lock_timeout="60s"), "server",
+    config = with_settings(gateway_config(lock_timeout="60s"), "server",
                            shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
     gateway = launch_gateway(config_text=config, env=injected)
     token = mint("writer", tenant="acme")
@@ -461,6 +478,41 @@ def test_sigterm_waits_for_each_cut_request_to_be_audited(launch_gateway, gatewa
     assert seconds <= SHUTDOWN_GRACE + 1, seconds
     (record,) = audit_records(gateway, "slow-close")
     assert record["status"] == 503
+
+
+def test_sigterm_exits_in_time_even_when_a_cut_request_never_unwinds(launch_gateway, gateway_config, injected,
+                                                                      mint, superuser):
+    """A cut request whose cleanup never ends (injected: it ignores cancellation) is given
+    half a second; the rest of the shutdown goes on without it."""
+    config = with_settings(gateway_config(lock_timeout="60s"), "server", shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
+    gateway = launch_gateway(config_text=config, env=injected)
+    token = mint("writer", tenant="acme")
+    waiting_sql = "select count(*) as never_unwinds from public.customers"
+    superuser.execute("begin")
+    try:
+        superuser.execute("lock table public.customers in access exclusive mode")
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(ask, gateway, token, waiting_sql, request_id="stuck-close")
+            eventually(lambda: superuser.backends_running(waiting_sql, waiting_on_lock=True), "the select to wait")
+            seconds = terminate_and_time(gateway)
+    finally:
+        superuser.execute("rollback")
+    assert seconds <= SHUTDOWN_GRACE + 1, seconds
+    assert gateway.process.returncode == -signal.SIGTERM  # a clean exit, not the last resort
+    assert "Application shutdown complete" in gateway.output()
+
+
+def test_sigterm_exits_in_time_whatever_holds_the_shutdown_up(launch_gateway, gateway_config, injected):
+    """Whatever holds the shutdown up (injected: a part whose stop never ends), the process
+    exits within the grace period plus a second, saying so and showing where it was."""
+    config = with_settings(gateway_config(), "server", shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
+    gateway = launch_gateway(config_text=config, env={**injected, "STUCK_SHUTDOWN": "1"})
+    seconds = terminate_and_time(gateway)
+    assert seconds <= SHUTDOWN_GRACE + 1, seconds
+    assert gateway.process.returncode == 1
+    output = gateway.output()
+    assert "shutdown did not finish within" in output
+    assert "Current thread" in output  # the stacks, for whoever finds out why
 
 
 def test_sigterm_exits_in_time_even_with_the_database_frozen(own_server, launch_on_own, mint):
