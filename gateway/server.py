@@ -13,9 +13,8 @@ from wsgiref.simple_server import WSGIServer
 
 import uvicorn
 from prometheus_client import start_http_server
-from starlette.applications import Starlette
 
-from gateway.api import create_app
+from gateway.api import Front, create_app
 from gateway.config import GatewayConfig, MetricsConfig, load_config
 from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
 from gateway.errors import GatewayError
@@ -39,14 +38,14 @@ async def preflight(config: GatewayConfig) -> str | None:
     return None
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> Front:
     """The app for uvicorn's worker processes, which re-read the configuration file."""
     config = load_config(os.environ["GATEWAY_CONFIG"], env=os.environ.get("GATEWAY_ENV") or None)
     configure_logging(config.logging.level)
     return create_app(config)
 
 
-def start_metrics_listener(config: MetricsConfig, app: Starlette | None) -> WSGIServer | None:
+def start_metrics_listener(config: MetricsConfig, app: Front | None) -> WSGIServer | None:
     """prometheus-client's own server, in a thread of the process that runs `gateway serve`:
     with one worker (`app`) that is the worker, and the pool gauges are read from this thread;
     with several (`app` None) it is uvicorn's supervisor, which serves no request and sums the
@@ -87,7 +86,7 @@ def serve(
         # Open requests then get cut; the app's shutdown rolls them back and audits them.
         timeout_graceful_shutdown=config.server.shutdown_grace,
     )
-    app: Starlette | None = None
+    app: Front | None = None
     if workers > 1:
         assert config_path is not None
         os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)

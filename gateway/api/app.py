@@ -8,20 +8,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import orjson
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.api import native, neon
 from gateway.api.exchange import JSON
@@ -34,26 +33,42 @@ from gateway.pipeline import Pipeline, request_id_from
 
 logger = logging.getLogger("gateway")
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
 
 def _error_json(error: GatewayError, request_id: str) -> bytes:
     return orjson.dumps({"error": error_body(error, request_id)})
 
 
-class RequestIdentifier:
-    """Gives each request one id (the caller's `X-Request-Id` when sane, else a new one), kept
-    in the scope's state for endpoints and error handlers, and stamps it — with a
-    `Server-Timing` total — on every response that does not carry them yet (health checks,
-    framework errors)."""
+class Front:
+    """The one ASGI layer in front of the routes. Each request gets one id (the caller's
+    `X-Request-Id` when sane, else a new one), kept in the scope's state. The hot routes
+    (`POST /v1/query`, `POST /sql`) are answered directly: their endpoints turn every failure
+    into a response in their wire format's shape and stamp the id and `Server-Timing`
+    themselves. Everything else goes through Starlette's router (404, 405, JSON 500s), and
+    answers that lack the id or a `Server-Timing` total get them here."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: Starlette, hot: dict[tuple[str, str], Endpoint], max_body_bytes: int) -> None:
         self.app = app
+        self.state = app.state  # the pipeline, for whoever holds the app
+        self.hot = hot
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(Headers(scope=scope).get("x-request-id"))
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = request_id_from(_header(scope, b"x-request-id"))
+        scope["state"] = {"request_id": request_id}
+        endpoint = self.hot.get((scope["method"], scope["path"]))
+        if endpoint is not None:
+            scope["app"] = self.app
+            try:
+                response = await endpoint(Request(scope, receive))
+            except Exception as error:  # the endpoints answer their failures: a bug
+                response = await unhandled_error(Request(scope), error)
+            await response(scope, receive, send)
+            return
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -67,47 +82,21 @@ class RequestIdentifier:
                     headers.append("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
             await send(message)
 
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            # Any path, known or not: the body is refused before a byte of it is read.
+            error = payload_too_large(self.max_body_bytes)
+            body = neon.error_json(error) if scope["path"] == neon.PATH else _error_json(error, request_id)
+            await Response(body, status_code=413, media_type=JSON)(scope, receive, send_with_id)
+            return
         await self.app(scope, receive, send_with_id)
 
 
-class JsonBodyLimit:
-    """Starlette's RequestBodyLimitMiddleware, whose own 413 is plain text, answering in the
-    gateway's JSON error shape instead."""
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = RequestBodyLimitMiddleware(app, max_body_size=max_body_bytes)
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        replacement = b""
-
-        async def send_json_413(message: Message) -> None:
-            nonlocal replacement
-            if message["type"] == "http.response.start" and message["status"] == 413:
-                headers = dict(message.get("headers", []))
-                if headers.get(b"content-type", b"").startswith(b"text/plain"):
-                    error = payload_too_large(self.max_body_bytes)
-                    replacement = (
-                        neon.error_json(error)
-                        if scope["path"] == neon.PATH
-                        else _error_json(error, scope["state"]["request_id"])
-                    )
-                    message = {
-                        "type": "http.response.start",
-                        "status": 413,
-                        "headers": [
-                            (b"content-type", JSON.encode()),
-                            (b"content-length", str(len(replacement)).encode()),
-                        ],
-                    }
-            elif message["type"] == "http.response.body" and replacement:
-                message = {"type": "http.response.body", "body": replacement}
-            await send(message)
-
-        await self.app(scope, receive, send_json_413)
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 async def healthz(request: Request) -> Response:
@@ -175,7 +164,7 @@ async def unhandled_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starlette:
+def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front:
     pipeline = pipeline or Pipeline.from_config(config)
 
     @asynccontextmanager
@@ -202,13 +191,9 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
     ]
     if config.metrics.listen is None:  # else only on that listener (gateway.server)
         routes.append(Route("/metrics", metrics, methods=["GET"]))
-    middleware = [
-        Middleware(RequestIdentifier),
-        Middleware(JsonBodyLimit, max_body_bytes=config.server.max_body_bytes),
-    ]
+    middleware = []
     if config.server.cors_origins:
-        middleware.insert(
-            1,
+        middleware.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.server.cors_origins),
@@ -225,4 +210,6 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Starl
         exception_handlers={HTTPException: http_error, Exception: unhandled_error},
     )
     app.state.pipeline = pipeline
-    return app
+    # With CORS configured every request goes through its middleware, hot routes included.
+    hot = {} if config.server.cors_origins else {("POST", "/v1/query"): native.query, ("POST", neon.PATH): neon.sql}
+    return Front(app, hot, config.server.max_body_bytes)

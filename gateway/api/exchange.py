@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import anyio
 import orjson
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
@@ -88,17 +87,30 @@ def open_scope(request: Request, endpoint: str) -> RequestScope:
     )
 
 
+async def read_body(request: Request) -> bytes:
+    """The body, refused (413) as soon as it is declared or found to be over
+    `server.max_body_bytes`, before the rest of it is read."""
+    limit = request.app.state.pipeline.config.server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise payload_too_large(limit)
+    chunks = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise payload_too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left while sending the body
+        raise ClientGone from None
+    return b"".join(chunks)
+
+
 async def read_json(request: Request) -> Any:
     """The body as JSON whatever the Content-Type (edge runtimes send text/plain), integers
     of any width exact."""
-    try:
-        body = await request.body()
-    except HTTPException as error:
-        if error.status_code == 413:
-            raise payload_too_large(request.app.state.pipeline.config.server.max_body_bytes) from None
-        raise
-    except ClientDisconnect:  # the client left while sending the body
-        raise ClientGone from None
+    body = await read_body(request)
     try:
         return json_text.loads(body)
     except json_text.UnreadableJson as error:
@@ -144,8 +156,7 @@ def results_body(parts: list[bytes]) -> bytes:
 
 
 def scope_headers(scope: RequestScope) -> dict[str, str]:
-    """`X-Request-Id` is stamped by the app's `RequestIdentifier` middleware."""
-    return {"Server-Timing": scope.server_timing()}
+    return {"X-Request-Id": scope.request_id, "Server-Timing": scope.server_timing()}
 
 
 def json_response(scope: RequestScope, payload: Any, status: int = 200) -> Response:
@@ -171,13 +182,20 @@ async def close_shielded(scope: RequestScope, status: int | None = None) -> None
         await scope.close(status)
 
 
+# A statement answered sooner than this is not watched for the client leaving: the watcher
+# is a task, which costs more than such a statement saves by being cancelled.
+WATCH_AFTER_SECONDS = 0.05
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await `work` in this task, cancelling it if the client disconnects first; asyncpg then
-    cancels the running statement on the server. One watcher task per call, nothing more:
-    this runs on every query."""
+    cancels the running statement on the server. The watcher starts only once `work` has
+    taken `WATCH_AFTER_SECONDS`: this runs on every query."""
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
     client_left = False
+    watcher: asyncio.Task | None = None
 
     async def watch() -> None:
         nonlocal client_left
@@ -185,7 +203,11 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         client_left = True
         task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_SECONDS, start_watching)
     try:
         return await work
     except asyncio.CancelledError:
@@ -194,7 +216,9 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         task.uncancel()
         raise ClientGone from None
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _wait_for_disconnect(request: Request) -> None:

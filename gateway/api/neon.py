@@ -183,7 +183,7 @@ async def _sql(request: Request, scope: RequestScope) -> Response:
     parts = await until_disconnect(request, run_in_transaction(scope, judged, neon.transaction, encode))
     body = results_body(parts) if neon.batch else parts[0]
     scope.record.bytes += len(body)
-    return Response(body, media_type=JSON, headers={**scope_headers(scope), **neon.echo})
+    return Response(body, media_type=JSON, headers={**_headers(scope), **neon.echo})
 
 
 async def preflight(request: Request) -> Response:
@@ -281,5 +281,10 @@ def error_json(error: GatewayError) -> bytes:
 def error_response(scope: RequestScope, error: GatewayError) -> Response:
     scope.fail(error)
     status = scope.record.status = status_of(error)
-    headers = {**scope_headers(scope), **error.headers}
+    headers = {**_headers(scope), **error.headers}
     return Response(error_json(error), status_code=status, media_type=JSON, headers=headers)
+
+
+def _headers(scope: RequestScope) -> dict[str, str]:
+    """The proxy's `Neon-Request-Id` too, on every answer from `/sql`."""
+    return {**scope_headers(scope), "Neon-Request-Id": scope.request_id}
