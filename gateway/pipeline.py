@@ -192,17 +192,20 @@ class Pipeline:
         database from now on, answering or not; then each open request's task is waited for
         as it unwinds, closing its request — it knows what it sent — and auditing it before
         the audit sink closes."""
-        exit_if_not_done_within(STOP_DEADLINE_SECONDS)
-        self.database.terminate()
-        tasks = {scope.task for scope in self._open_scopes} - {None, asyncio.current_task()}
-        if tasks:
-            await asyncio.wait(tasks, timeout=UNWIND_SECONDS)
-        if self.policy.workers is not None:
-            await self.policy.workers.stop()
-        await self.catalog.stop()
-        await self.verifier.close()
-        await self.database.close()
-        self.audit.close()
+        deadline = exit_if_not_done_within(STOP_DEADLINE_SECONDS)
+        try:
+            self.database.terminate()
+            tasks = {scope.task for scope in self._open_scopes} - {None, asyncio.current_task()}
+            if tasks:
+                await asyncio.wait(tasks, timeout=UNWIND_SECONDS)
+            if self.policy.workers is not None:
+                await self.policy.workers.stop()
+            await self.catalog.stop()
+            await self.verifier.close()
+            await self.database.close()
+            self.audit.close()
+        finally:
+            deadline.cancel()
 
     def _hangup(self) -> None:
         self.audit.reopen()
@@ -259,9 +262,9 @@ class _Phase:
         self._timings[self._name] += time.perf_counter() - self._started
 
 
-def exit_if_not_done_within(seconds: float) -> None:
-    """The shutdown's last resort, on a thread of its own so that nothing the event loop or the
-    interpreter's exit waits on can hold it up."""
+def exit_if_not_done_within(seconds: float) -> threading.Timer:
+    """The shutdown's last resort, on a thread of its own so that nothing the event loop waits
+    on can hold it up; cancel the timer it returns when done."""
 
     def exit_now() -> None:
         logger.error("shutdown did not finish within %gs; exiting now (stacks follow)", seconds)
@@ -272,6 +275,7 @@ def exit_if_not_done_within(seconds: float) -> None:
     timer = threading.Timer(seconds, exit_now)
     timer.daemon = True
     timer.start()
+    return timer
 
 
 @dataclass(eq=False)
