@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import asyncpg
 import httpx
@@ -62,6 +63,7 @@ LOG_TAIL_LINES = 40
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 HOLD_SAMPLE = re.compile(r"^gateway_connection_hold_seconds_(sum|count)\s+(\S+)$", re.MULTILINE)
 PROFILE_FORMATS = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
+Result = TypeVar("Result")
 RATIO_BAR = 0.8  # SPEC §8: gateway req/s >= 0.8 x bare req/s
 CPU_RATIO_BAR = 1.3  # SPEC §8: gateway CPU per request <= 1.3 x bare
 ADDED_P50_BAR_MS = 0.3  # SPEC §8: added p50 latency at concurrency 1 <= 0.3 ms
@@ -157,6 +159,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
     return args
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    """The run's throw-away PostgreSQL: its temp dir (removed at the end), secrets and port."""
+
+    workdir: Path
+    secrets: RunSecrets
+    port: int
+
+
+def start_database(stack: contextlib.ExitStack, table: str, table_sql: str) -> BenchDatabase:
+    """PostgreSQL in a temp dir, both stopped and removed when `stack` closes, with `table`
+    made by `table_sql` and the roles of `create_objects`."""
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
+    run_secrets = RunSecrets.generate()
+    print(f"starting PostgreSQL in {workdir}")
+    port = start_postgres(workdir / "pgdata", run_secrets.superuser_password, stack)
+    asyncio.run(create_objects(port, run_secrets, table, table_sql))
+    return BenchDatabase(workdir, run_secrets, port)
 
 
 def start_postgres(datadir: Path, password: str, stack: contextlib.ExitStack) -> int:
@@ -494,16 +516,15 @@ def profile(server: Server, script: Path, workers: int, args: argparse.Namespace
     return output
 
 
-def compare(
-    workers: int, pg_port: int, run_secrets: RunSecrets, token: str, workdir: Path, args: argparse.Namespace
-) -> Comparison:
+def compare(workers: int, database: BenchDatabase, token: str, args: argparse.Namespace) -> Comparison:
     """Both servers at one worker count, started for it and stopped after it."""
+    workdir, run_secrets = database.workdir, database.secrets
     script = write_wrk_script(workdir, token)
-    config = write_gateway_config(workdir, pg_port, args.connections, ITEMS_TABLE)
+    config = write_gateway_config(workdir, database.port, args.connections, ITEMS_TABLE)
     with contextlib.ExitStack() as stack:
         print(f"starting bare app and gateway, {workers} worker(s) each")
         servers = [
-            start_bare_app(workers, pg_port, run_secrets, workdir, stack),
+            start_bare_app(workers, database.port, run_secrets, workdir, stack),
             start_gateway(workers, config, run_secrets, workdir, stack),
         ]
         for server in servers:
@@ -516,13 +537,9 @@ def compare(
 
 def run_benchmark(args: argparse.Namespace) -> list[Comparison]:
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
-        run_secrets = RunSecrets.generate()
-        print(f"starting PostgreSQL in {workdir}")
-        pg_port = start_postgres(workdir / "pgdata", run_secrets.superuser_password, stack)
-        asyncio.run(create_objects(pg_port, run_secrets, ITEMS_TABLE, ITEMS_SQL))
-        token = mint_token(run_secrets.jwt_secret)
-        return [compare(workers, pg_port, run_secrets, token, workdir, args) for workers in args.workers]
+        database = start_database(stack, ITEMS_TABLE, ITEMS_SQL)
+        token = mint_token(database.secrets.jwt_secret)
+        return [compare(workers, database, token, args) for workers in args.workers]
 
 
 # ---------------------------------------------------------------------------- report
@@ -589,22 +606,32 @@ def exit_on_sigterm(signum: int, frame: object) -> NoReturn:
     sys.exit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: install it with `apt-get install -y wrk`", file=sys.stderr)
-        return 2
+def run_and_report(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], Result],
+    report: Callable[[Result, argparse.Namespace], None],
+) -> int:
+    """A benchmark's exit status: 0 when it measured (whether or not a bar is met), 1 when a
+    step failed (the message names it), 130 on Ctrl-C; SIGTERM cleans up as Ctrl-C does."""
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
-        comparisons = run_benchmark(args)
+        result = run(args)
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, temporary directory removed", file=sys.stderr)
         return 130
     except (BenchError, EmbeddedPostgresError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print_report(comparisons, args)
+    report(result, args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: install it with `apt-get install -y wrk`", file=sys.stderr)
+        return 2
+    return run_and_report(args, run_benchmark, print_report)
 
 
 if __name__ == "__main__":

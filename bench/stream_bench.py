@@ -13,9 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import re
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,19 +29,18 @@ from bench.bare_app import encode_value
 from bench.http_bench import (
     BARE_ROLE,
     DATABASE,
+    BenchDatabase,
     BenchError,
     RunSecrets,
     Server,
-    create_objects,
-    exit_on_sigterm,
     median,
     mint_token,
+    run_and_report,
+    start_database,
     start_gateway,
-    start_postgres,
     wait_until_ready,
     write_gateway_config,
 )
-from gateway.embedded import EmbeddedPostgresError
 from gateway.pipeline import FETCH_BATCH_ROWS
 
 STREAM_TABLE = "public.stream_rows"
@@ -183,16 +180,14 @@ def read_through_gateway(client: httpx.Client, server: Server, token: str, strea
     return rows / elapsed
 
 
-def measure(
-    server: Server, pg_port: int, run_secrets: RunSecrets, token: str, args: argparse.Namespace
-) -> list[Measurement]:
+def measure(server: Server, database: BenchDatabase, token: str, args: argparse.Namespace) -> list[Measurement]:
     """The direct reader and each gateway path in turn within every round, so drift in the
     machine's speed falls on all alike."""
     direct = Measurement(DIRECT_LABEL)
     through_gateway = [Measurement(stream.label) for stream in GATEWAY_PATHS]
     with httpx.Client(timeout=httpx.Timeout(60.0, read=None)) as client:
         for number in range(1, args.rounds + 1):
-            direct.rates.append(asyncio.run(read_directly(pg_port, run_secrets, args.rows)))
+            direct.rates.append(asyncio.run(read_directly(database.port, database.secrets, args.rows)))
             print(f"  round {number}: {direct.label:<48} {direct.rates[-1]:>10.0f} rows/s")
             for stream, measurement in zip(GATEWAY_PATHS, through_gateway, strict=True):
                 rss_before = reset_peak_rss(server.process.pid)
@@ -207,21 +202,18 @@ def measure(
 
 def run_benchmark(args: argparse.Namespace) -> list[Measurement]:
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-stream-bench-")))
-        run_secrets = RunSecrets.generate()
-        print(f"starting PostgreSQL in {workdir}, {args.rows} rows in {STREAM_TABLE}")
-        pg_port = start_postgres(workdir / "pgdata", run_secrets.superuser_password, stack)
-        asyncio.run(create_objects(pg_port, run_secrets, STREAM_TABLE, stream_table_sql(args.rows)))
+        print(f"{args.rows} rows in {STREAM_TABLE}")
+        database = start_database(stack, STREAM_TABLE, stream_table_sql(args.rows))
         limits = {
             "max_rows": args.rows,
             "max_response_bytes": MAX_RESPONSE_BYTES,
             "statement_timeout": STATEMENT_TIMEOUT,
         }
-        config = write_gateway_config(workdir, pg_port, 4, STREAM_TABLE, limits)
+        config = write_gateway_config(database.workdir, database.port, 4, STREAM_TABLE, limits)
         print("starting the gateway, 1 worker")
-        server = start_gateway(1, config, run_secrets, workdir, stack)
+        server = start_gateway(1, config, database.secrets, database.workdir, stack)
         wait_until_ready(server)
-        return measure(server, pg_port, run_secrets, mint_token(run_secrets.jwt_secret), args)
+        return measure(server, database, mint_token(database.secrets.jwt_secret), args)
 
 
 # ---------------------------------------------------------------------------- report
@@ -244,18 +236,7 @@ def print_report(measurements: list[Measurement], args: argparse.Namespace) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
-    try:
-        measurements = run_benchmark(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the gateway stopped, temporary directory removed", file=sys.stderr)
-        return 130
-    except (BenchError, EmbeddedPostgresError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print_report(measurements, args)
-    return 0
+    return run_and_report(parse_args(argv), run_benchmark, print_report)
 
 
 if __name__ == "__main__":
