@@ -1,8 +1,11 @@
-"""Requests/s and p50 latency of the gateway's full path against a bare Starlette + asyncpg handler.
+"""Requests/s, server CPU per request and p50 latency of the gateway's full path against a bare
+Starlette + asyncpg handler, and how long the gateway holds a pooled connection per request.
 
-Owns one whole measurement for the first two bars of SPEC §8: a throw-away PostgreSQL, the
-table and roles both servers query, the gateway's config, both servers as real processes with
-the same worker count, and `wrk` driving them alternately. It measures and asserts nothing.
+Owns one whole measurement for the HTTP bars of SPEC §8: a throw-away PostgreSQL, the table
+and roles both servers query, the gateway's config, both servers as real processes with the
+same worker count (one comparison per `--workers` value), `wrk` driving them alternately, and
+the per-process CPU read from /proc. It measures and asserts nothing. `stream_bench.py`
+builds on the setup helpers here.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -20,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import asyncpg
 import httpx
@@ -33,6 +38,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.embedded import EmbeddedPostgresError, LocalPostgres, find_bindir, free_loopback_port
+from gateway.metrics import MULTIPROCESS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUPERUSER = "postgres"
@@ -40,7 +46,13 @@ DATABASE = "postgres"
 LOGIN_ROLE = "gateway_login"
 READER_ROLE = "bench_reader"
 BARE_ROLE = "bench_bare"
-ITEM_ROWS = 1000
+ITEMS_TABLE = "public.items"
+ITEMS_SQL = """
+    create table public.items(id int primary key, name text not null, price numeric(10,2) not null);
+    insert into public.items
+        select g, 'item ' || g, (g * 1.25)::numeric(10,2) from generate_series(1, 1000) g;
+    analyze public.items;
+"""
 QUERY_PATH = "/v1/query"
 QUERY_BODY = {"sql": "select id, name, price from items where id = $1", "params": [42]}
 # asyncpg's pool defaults (min_size = max_size = 10); the gateway gets the same, per worker.
@@ -48,7 +60,12 @@ POOL_SIZE = 10
 WARMUP = "3s"
 READY_TIMEOUT_SECONDS = 60.0
 LOG_TAIL_LINES = 40
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+HOLD_SAMPLE = re.compile(r"^gateway_connection_hold_seconds_(sum|count)\s+(\S+)$", re.MULTILINE)
+PROFILE_FORMATS = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
+Result = TypeVar("Result")
 RATIO_BAR = 0.8  # SPEC §8: gateway req/s >= 0.8 x bare req/s
+CPU_RATIO_BAR = 1.3  # SPEC §8: gateway CPU per request <= 1.3 x bare
 ADDED_P50_BAR_MS = 0.3  # SPEC §8: added p50 latency at concurrency 1 <= 0.3 ms
 
 
@@ -80,21 +97,41 @@ class Server:
     log: Path
 
 
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One server's numbers, one entry per round."""
 
     name: str
     rates: list[float] = field(default_factory=list)  # req/s at --connections
+    cpu_us: list[float] = field(default_factory=list)  # server CPU µs per request at --connections
     p50s_ms: list[float] = field(default_factory=list)  # p50 latency at concurrency 1
+    holds_ms: list[float] = field(default_factory=list)  # pooled connection held per use (gateway)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Bare and gateway at one worker count, and where the profile went if one was taken."""
+
+    workers: int
+    bare: Measurement
+    gateway: Measurement
+    profile: Path | None = None
 
     @property
-    def median_rate(self) -> float:
-        return statistics.median(self.rates)
+    def ratio(self) -> float:
+        return median(self.gateway.rates) / median(self.bare.rates)
 
     @property
-    def median_p50_ms(self) -> float:
-        return statistics.median(self.p50s_ms)
+    def cpu_ratio(self) -> float:
+        return median(self.gateway.cpu_us) / median(self.bare.cpu_us)
+
+    @property
+    def added_p50_ms(self) -> float:
+        return median(self.gateway.p50s_ms) - median(self.bare.p50s_ms)
 
 
 # ---------------------------------------------------------------------------- setup
@@ -102,19 +139,46 @@ class Measurement:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server (default 1)")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1],
+        help="uvicorn workers per server; several values, one comparison each (default 1)",
+    )
     parser.add_argument("--duration", default="10s", help="wrk duration of each measurement (default 10s)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="measurements per server (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per server (default 3)")
+    parser.add_argument(
+        "--profile", nargs="?", const="flamegraph", choices=sorted(PROFILE_FORMATS),
+        help="py-spy records the gateway during one more run at --connections (default format: flamegraph)",
+    )
     args = parser.parse_args(argv)
     if not re.fullmatch(r"\d+[smh]?", args.duration):
         parser.error('--duration: expected a wrk duration such as "10s" or "1m"')
-    if min(args.workers, args.connections, args.threads, args.rounds) < 1:
+    if min(*args.workers, args.connections, args.threads, args.rounds) < 1:
         parser.error("--workers, --connections, --threads and --rounds must be at least 1")
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
     return args
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    """The run's throw-away PostgreSQL: its temp dir (removed at the end), secrets and port."""
+
+    workdir: Path
+    secrets: RunSecrets
+    port: int
+
+
+def start_database(stack: contextlib.ExitStack, table: str, table_sql: str) -> BenchDatabase:
+    """PostgreSQL in a temp dir, both stopped and removed when `stack` closes, with `table`
+    made by `table_sql` and the roles of `create_objects`."""
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
+    run_secrets = RunSecrets.generate()
+    print(f"starting PostgreSQL in {workdir}")
+    port = start_postgres(workdir / "pgdata", run_secrets.superuser_password, stack)
+    asyncio.run(create_objects(port, run_secrets, table, table_sql))
+    return BenchDatabase(workdir, run_secrets, port)
 
 
 def start_postgres(datadir: Path, password: str, stack: contextlib.ExitStack) -> int:
@@ -128,36 +192,43 @@ def start_postgres(datadir: Path, password: str, stack: contextlib.ExitStack) ->
     return port
 
 
-async def create_objects(port: int, run_secrets: RunSecrets) -> None:
-    connection = await asyncpg.connect(
-        host="127.0.0.1", port=port, database=DATABASE, user=SUPERUSER,
-        password=run_secrets.superuser_password,
+async def superuser_connection(port: int, run_secrets: RunSecrets) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host="127.0.0.1", port=port, database=DATABASE, user=SUPERUSER, password=run_secrets.superuser_password
     )
+
+
+async def create_objects(port: int, run_secrets: RunSecrets, table: str, table_sql: str) -> None:
+    """`table_sql` creates `table`; the gateway's roles and the bare login may read it."""
+    connection = await superuser_connection(port, run_secrets)
     try:
         await connection.execute(f"""
-            create table public.items(id int primary key, name text not null, price numeric(10,2) not null);
-            insert into public.items
-                select g, 'item ' || g, (g * 1.25)::numeric(10,2) from generate_series(1, {ITEM_ROWS}) g;
-            analyze public.items;
+            {table_sql}
             create role {READER_ROLE} nologin;
-            grant select on public.items to {READER_ROLE};
+            grant select on {table} to {READER_ROLE};
             create role {LOGIN_ROLE} login noinherit password '{run_secrets.login_password}';
             grant {READER_ROLE} to {LOGIN_ROLE};
             grant connect on database {DATABASE} to {LOGIN_ROLE};
             create role {BARE_ROLE} login password '{run_secrets.bare_password}';
-            grant select on public.items to {BARE_ROLE};
+            grant select on {table} to {BARE_ROLE};
             grant connect on database {DATABASE} to {BARE_ROLE};
         """)
     finally:
         await connection.close()
 
 
-def write_gateway_config(workdir: Path, pg_port: int, connections: int) -> Path:
+def write_gateway_config(
+    workdir: Path, pg_port: int, connections: int, table: str, limits: dict[str, int | str] | None = None
+) -> Path:
+    """One issuer and one identity that may select from `table`, with `limits` (identity keys
+    of gateway.config, such as max_rows) over the defaults."""
     # `concurrency` is per identity and every request here is the same identity: without room
     # for all wrk connections the gateway would answer 429 and the run would measure that.
+    # JSON's strings and integers are TOML's too.
+    limit_lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (limits or {}).items())
     path = workdir / "gateway.toml"
     path.write_text(f"""\
-name = "http-bench"
+name = "bench"
 
 [database]
 url = "postgresql://{LOGIN_ROLE}@127.0.0.1:{pg_port}/{DATABASE}"
@@ -181,10 +252,10 @@ issuer = "bench"
 role = "{READER_ROLE}"
 match = {{ sub = "bench" }}
 concurrency = {connections}
-
+{limit_lines}
   [[identities.rules]]
   allow = ["select"]
-  tables = ["public.items"]
+  tables = ["{table}"]
 """)
     return path
 
@@ -260,6 +331,11 @@ def start_gateway(
         "BENCH_DB_PASSWORD": run_secrets.login_password,
         "BENCH_JWT_SECRET": run_secrets.jwt_secret,
     }
+    env.pop(MULTIPROCESS_DIR, None)
+    if workers > 1:  # as deployed (README): without it a scrape reads one worker's metrics
+        metrics_dir = workdir / f"prometheus-{workers}"
+        metrics_dir.mkdir()
+        env[MULTIPROCESS_DIR] = str(metrics_dir)
     return start_server("gateway", command, env, port, workdir, stack)
 
 
@@ -299,8 +375,12 @@ def check_query(server: Server, token: str) -> None:
 # ---------------------------------------------------------------------------- measuring
 
 
-def run_wrk(server: Server, script: Path, duration: str, *, connections: int, threads: int) -> str:
-    """wrk's report, once every response was a 2xx (wrk counts a 401 as fast as a row)."""
+def run_wrk(
+    server: Server, script: Path, duration: str, *, connections: int, threads: int, warming_up: bool = False
+) -> str:
+    """wrk's report, once every response was a 2xx (wrk counts a 401 as fast as a row). Warming
+    up, refusals are only noted: a worker's first statements may be a 503 to retry while the
+    machine keeps its analysis workers from starting (policy.analysis_timeout)."""
     command = [
         "wrk", f"-c{connections}", f"-t{threads}", f"-d{duration}", "--latency", "-s", str(script),
         f"{server.base_url}{QUERY_PATH}",
@@ -309,7 +389,9 @@ def run_wrk(server: Server, script: Path, duration: str, *, connections: int, th
     if result.returncode != 0:
         raise BenchError(f"wrk against {server.name} failed ({result.returncode}): {result.stderr.strip()}")
     failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", result.stdout)
-    if failed:
+    if failed and warming_up:
+        print(f"  note: warming up {server.name}: {failed.group(1)} responses were not 2xx")
+    elif failed:
         fail_with_log(server, f"{failed.group(1)} responses were not 2xx; wrk said:\n{result.stdout}")
     errors = re.search(r"Socket errors:.*", result.stdout)
     if errors:
@@ -317,83 +399,206 @@ def run_wrk(server: Server, script: Path, duration: str, *, connections: int, th
     return result.stdout
 
 
-def requests_per_second(report: str) -> float:
-    match = re.search(r"^Requests/sec:\s+([\d.]+)", report, re.MULTILINE)
+def wrk_figure(pattern: str, report: str, what: str) -> re.Match[str]:
+    match = re.search(pattern, report, re.MULTILINE)
     if match is None:
-        raise BenchError(f"no Requests/sec line in wrk's report:\n{report}")
-    return float(match.group(1))
+        raise BenchError(f"no {what} in wrk's report:\n{report}")
+    return match
+
+
+def requests_per_second(report: str) -> float:
+    return float(wrk_figure(r"^Requests/sec:\s+([\d.]+)", report, "Requests/sec line").group(1))
+
+
+def requests_completed(report: str) -> int:
+    return int(wrk_figure(r"^\s*(\d+) requests in ", report, '"N requests in" line').group(1))
 
 
 def p50_ms(report: str) -> float:
-    match = re.search(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", report, re.MULTILINE)
-    if match is None:
-        raise BenchError(f"no 50% line in wrk's latency distribution:\n{report}")
+    match = wrk_figure(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", report, "50% line in the latency distribution")
     return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants now (uvicorn's workers, the gateway's analysis workers)."""
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of a process tree, reaped children included (cutime, cstime)."""
+    ticks = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            # Fields after the command name, which may hold spaces: the 14th to 17th of stat(5).
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += sum(int(value) for value in fields[11:15])
+    return ticks / CLOCK_TICKS
+
+
+def connection_hold(server: Server) -> tuple[float, float] | None:
+    """(seconds, uses) of gateway_connection_hold_seconds so far; None from a server without it."""
+    response = httpx.get(f"{server.base_url}/metrics", timeout=10.0)
+    samples = dict(HOLD_SAMPLE.findall(response.text)) if response.status_code == 200 else {}
+    if not samples:
+        return None
+    return float(samples["sum"]), float(samples["count"])
+
+
+def measure_load(server: Server, script: Path, measurement: Measurement, args: argparse.Namespace) -> str:
+    """One run at --connections: req/s, CPU per request and, from the gateway, hold time."""
+    hold_before = connection_hold(server)
+    cpu_before = cpu_seconds(server.process.pid)
+    report = run_wrk(server, script, args.duration, connections=args.connections, threads=args.threads)
+    cpu_used = cpu_seconds(server.process.pid) - cpu_before
+    measurement.rates.append(requests_per_second(report))
+    measurement.cpu_us.append(cpu_used / requests_completed(report) * 1e6)
+    line = f"{measurement.rates[-1]:>8.0f} req/s, {measurement.cpu_us[-1]:>6.0f} µs CPU/request"
+    hold_after = connection_hold(server)
+    if hold_before is not None and hold_after is not None:
+        held, uses = (after - before for after, before in zip(hold_after, hold_before, strict=True))
+        measurement.holds_ms.append(held / uses * 1000 if uses else float("nan"))
+        line += f", connection held {measurement.holds_ms[-1]:.3f} ms/use"
+    return line
 
 
 def measure(servers: list[Server], script: Path, args: argparse.Namespace) -> list[Measurement]:
     """Warm each server up, then alternate them within every round, so drift in the machine's
     speed (a shared box moves by tens of percent) falls on both alike."""
-    load = {"connections": args.connections, "threads": args.threads}
     for server in servers:
         print(f"  warming up {server.name} ({WARMUP})")
-        run_wrk(server, script, WARMUP, **load)
+        run_wrk(server, script, WARMUP, connections=args.connections, threads=args.threads, warming_up=True)
     measurements = [Measurement(server.name) for server in servers]
     for number in range(1, args.rounds + 1):
         for server, measurement in zip(servers, measurements, strict=True):
-            rate = requests_per_second(run_wrk(server, script, args.duration, **load))
-            measurement.rates.append(rate)
-            print(f"  round {number}: {server.name:<8} {rate:>8.0f} req/s at -c{args.connections}")
+            line = measure_load(server, script, measurement, args)
+            print(f"  round {number}: {server.name:<8} -c{args.connections}: {line}")
         for server, measurement in zip(servers, measurements, strict=True):
             p50 = p50_ms(run_wrk(server, script, args.duration, connections=1, threads=1))
             measurement.p50s_ms.append(p50)
-            print(f"  round {number}: {server.name:<8} {p50:>8.3f} ms p50 at -c1")
+            print(f"  round {number}: {server.name:<8} -c1: {p50:>8.3f} ms p50")
     return measurements
 
 
-def run_benchmark(args: argparse.Namespace) -> list[Measurement]:
+def seconds_of(duration: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([smh]?)", duration).groups()
+    return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise BenchError("--profile needs py-spy: `pip install py-spy` into this virtualenv")
+    return found
+
+
+def profile(server: Server, script: Path, workers: int, args: argparse.Namespace) -> Path:
+    """py-spy samples the server and its workers during one more run at --connections."""
+    output = Path(tempfile.gettempdir()) / (
+        f"gateway-profile-{time.strftime('%Y%m%d-%H%M%S')}-w{workers}.{PROFILE_FORMATS[args.profile]}"
+    )
+    command = [
+        py_spy(), "record", "--pid", str(server.process.pid), "--subprocesses", "--nonblocking",
+        "--duration", str(seconds_of(args.duration)), "--format", args.profile, "--output", str(output),
+    ]
+    print(f"  profiling {server.name} with py-spy ({args.duration})")
+    recorder = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_wrk(server, script, args.duration, connections=args.connections, threads=args.threads)
+    said, _ = recorder.communicate(timeout=60)
+    if recorder.returncode != 0 or not output.exists():
+        raise BenchError(f"py-spy failed ({recorder.returncode}):\n{said.strip()}")
+    return output
+
+
+def compare(workers: int, database: BenchDatabase, token: str, args: argparse.Namespace) -> Comparison:
+    """Both servers at one worker count, started for it and stopped after it."""
+    workdir, run_secrets = database.workdir, database.secrets
+    script = write_wrk_script(workdir, token)
+    config = write_gateway_config(workdir, database.port, args.connections, ITEMS_TABLE)
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
-        run_secrets = RunSecrets.generate()
-        print(f"starting PostgreSQL in {workdir}")
-        pg_port = start_postgres(workdir / "pgdata", run_secrets.superuser_password, stack)
-        asyncio.run(create_objects(pg_port, run_secrets))
-        token = mint_token(run_secrets.jwt_secret)
-        script = write_wrk_script(workdir, token)
-        config = write_gateway_config(workdir, pg_port, args.connections)
-        print(f"starting bare app and gateway, {args.workers} worker(s) each")
+        print(f"starting bare app and gateway, {workers} worker(s) each")
         servers = [
-            start_bare_app(args.workers, pg_port, run_secrets, workdir, stack),
-            start_gateway(args.workers, config, run_secrets, workdir, stack),
+            start_bare_app(workers, database.port, run_secrets, workdir, stack),
+            start_gateway(workers, config, run_secrets, workdir, stack),
         ]
         for server in servers:
             wait_until_ready(server)
             check_query(server, token)
-        return measure(servers, script, args)
+        bare, gateway = measure(servers, script, args)
+        recorded = profile(servers[1], script, workers, args) if args.profile else None
+        return Comparison(workers, bare, gateway, recorded)
+
+
+def run_benchmark(args: argparse.Namespace) -> list[Comparison]:
+    with contextlib.ExitStack() as stack:
+        database = start_database(stack, ITEMS_TABLE, ITEMS_SQL)
+        token = mint_token(database.secrets.jwt_secret)
+        return [compare(workers, database, token, args) for workers in args.workers]
 
 
 # ---------------------------------------------------------------------------- report
 
 
-def print_report(measurements: list[Measurement], args: argparse.Namespace) -> None:
-    bare, gateway = measurements
+def per_round(values: list[float], spec: str) -> str:
+    return ", ".join(format(value, spec) for value in values)
+
+
+def print_comparison(comparison: Comparison, args: argparse.Namespace) -> None:
     print()
     print(
-        f"workers {args.workers}, wrk -c{args.connections} -t{args.threads} -d{args.duration}, "
-        f"{args.rounds} round(s); p50 with -c1 -t1"
+        f"workers {comparison.workers}, wrk -c{args.connections} -t{args.threads} -d{args.duration}, "
+        f"{args.rounds} round(s); p50 with -c1 -t1; per round, then the median"
     )
-    print(f"{'server':<9} {'req/s per round':<24} {'median':>8}   {'p50 @c1 (ms)':<24} {'median':>8}")
-    for measurement in measurements:
-        rates = ", ".join(f"{rate:.0f}" for rate in measurement.rates)
-        p50s = ", ".join(f"{p50:.3f}" for p50 in measurement.p50s_ms)
+    for measurement in (comparison.bare, comparison.gateway):
         print(
-            f"{measurement.name:<9} {rates:<24} {measurement.median_rate:>8.0f}   "
-            f"{p50s:<24} {measurement.median_p50_ms:>5.3f} ms"
+            f"  {measurement.name:<8} req/s {per_round(measurement.rates, '.0f')} -> {median(measurement.rates):.0f}; "
+            f"CPU µs/request {per_round(measurement.cpu_us, '.0f')} -> {median(measurement.cpu_us):.0f}; "
+            f"p50 ms {per_round(measurement.p50s_ms, '.3f')} -> {median(measurement.p50s_ms):.3f}"
         )
-    added = gateway.median_p50_ms - bare.median_p50_ms
-    print(f"added p50 latency at concurrency 1: {added:.3f} ms (bar in SPEC §8: <= {ADDED_P50_BAR_MS} ms)")
-    ratio = gateway.median_rate / bare.median_rate
-    print(f"ratio gateway/bare: {ratio:.2f} (bar in SPEC §8: >= {RATIO_BAR})")
+    holds = comparison.gateway.holds_ms
+    print(f"  gateway connection held per use, ms: {per_round(holds, '.3f')} -> {median(holds):.3f}")
+    print(f"  ratio gateway/bare req/s: {comparison.ratio:.2f} (bar in SPEC §8: >= {RATIO_BAR})")
+    print(f"  ratio gateway/bare CPU per request: {comparison.cpu_ratio:.2f} (bar in SPEC §8: <= {CPU_RATIO_BAR})")
+    print(f"  added p50 at concurrency 1: {comparison.added_p50_ms:.3f} ms (bar in SPEC §8: <= {ADDED_P50_BAR_MS} ms)")
+    if comparison.profile is not None:
+        print(f"  profile: {comparison.profile}")
+
+
+TABLE_HEADER = (
+    f"| workers | bare req/s | gateway req/s | ratio (bar >= {RATIO_BAR}) | bare CPU µs/req | gateway CPU µs/req "
+    f"| CPU ratio (bar <= {CPU_RATIO_BAR}) | bare p50 ms | gateway p50 ms | added p50 ms (bar <= {ADDED_P50_BAR_MS}) "
+    "| connection held ms/req |"
+)
+
+
+def table_row(comparison: Comparison) -> str:
+    bare, gateway = comparison.bare, comparison.gateway
+    cells = [
+        str(comparison.workers),
+        f"{median(bare.rates):.0f}", f"{median(gateway.rates):.0f}", f"{comparison.ratio:.2f}",
+        f"{median(bare.cpu_us):.0f}", f"{median(gateway.cpu_us):.0f}", f"{comparison.cpu_ratio:.2f}",
+        f"{median(bare.p50s_ms):.3f}", f"{median(gateway.p50s_ms):.3f}", f"{comparison.added_p50_ms:.3f}",
+        f"{median(gateway.holds_ms):.3f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_report(comparisons: list[Comparison], args: argparse.Namespace) -> None:
+    for comparison in comparisons:
+        print_comparison(comparison, args)
+    print()
+    print(f"medians of {args.rounds} round(s), wrk -c{args.connections} -d{args.duration}; p50 at -c1")
+    print()
+    print(TABLE_HEADER)
+    print("|" + "---|" * TABLE_HEADER.count(" | ") + "---|")
+    for comparison in comparisons:
+        print(table_row(comparison))
 
 
 def exit_on_sigterm(signum: int, frame: object) -> NoReturn:
@@ -401,22 +606,32 @@ def exit_on_sigterm(signum: int, frame: object) -> NoReturn:
     sys.exit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: install it with `apt-get install -y wrk`", file=sys.stderr)
-        return 2
+def run_and_report(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], Result],
+    report: Callable[[Result, argparse.Namespace], None],
+) -> int:
+    """A benchmark's exit status: 0 when it measured (whether or not a bar is met), 1 when a
+    step failed (the message names it), 130 on Ctrl-C; SIGTERM cleans up as Ctrl-C does."""
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
-        measurements = run_benchmark(args)
+        result = run(args)
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, temporary directory removed", file=sys.stderr)
         return 130
     except (BenchError, EmbeddedPostgresError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print_report(measurements, args)
+    report(result, args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: install it with `apt-get install -y wrk`", file=sys.stderr)
+        return 2
+    return run_and_report(args, run_benchmark, print_report)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,14 @@ class GatewayMetrics:
         self.bytes = Counter(
             "gateway_bytes_streamed", "Result bytes sent, by identity", ["identity"], registry=registry
         )
+        # From acquire to the end of release (the reset included): how long one request keeps a
+        # connection from every other request, the figure that sizes the pool.
+        self.connection_hold = Histogram(
+            "gateway_connection_hold_seconds",
+            "Time a pooled connection is held per use, from acquire to the end of its release",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         pool_mode = {"multiprocess_mode": "livesum"}
         self.pool_in_use = Gauge("gateway_pool_in_use", "Connections lent out", registry=registry, **pool_mode)
         self.pool_idle = Gauge("gateway_pool_idle", "Connections idle in the pool", registry=registry, **pool_mode)

@@ -166,7 +166,7 @@ class Pipeline:
             verifier=TokenVerifier.from_config(config, secrets),
             identities=IdentityResolver.from_config(config),
             policy=PolicyEngine(config.policy, limit_misses=True, workers=workers),
-            database=Database(config.database, secrets),
+            database=Database(config.database, secrets, on_hold=metrics.connection_hold.observe),
             audit=AuditSink(config.audit.sink, chain=config.audit.chain),
             metrics=metrics,
         )

@@ -82,9 +82,15 @@ class HealthWatch:
 
 
 @pytest.fixture(scope="module")
-def bounded_gateway(launch_gateway: Callable[..., GatewayProcess],
-                    gateway_config: Callable[..., str]) -> GatewayProcess:
-    return launch_gateway(config_text=gateway_config(f'\n[policy]\nanalysis_timeout = "{BUDGET * 1000:g}ms"\n'))
+def launch_budgeted(launch_gateway: Callable[..., GatewayProcess],
+                    gateway_config: Callable[..., str]) -> Callable[[], GatewayProcess]:
+    """A gateway with the default budget, which the suite's gateways otherwise raise."""
+    return lambda: launch_gateway(config_text=gateway_config(f'\n[policy]\nanalysis_timeout = "{BUDGET * 1000:g}ms"\n'))
+
+
+@pytest.fixture(scope="module")
+def bounded_gateway(launch_budgeted: Callable[[], GatewayProcess]) -> GatewayProcess:
+    return launch_budgeted()
 
 
 @pytest.fixture
@@ -149,8 +155,8 @@ def test_a_killed_worker_is_replaced_and_analysis_goes_on(reader):
     assert response.status_code == 200, response.text
 
 
-def test_sigterm_during_hostile_analysis_exits_within_the_grace_period(launch_gateway, call_as):
-    gateway = launch_gateway()
+def test_sigterm_during_hostile_analysis_exits_within_the_grace_period(launch_budgeted, call_as):
+    gateway = launch_budgeted()
     api = call_as(gateway, "reader")
     senders = [
         threading.Thread(target=lambda depth=depth: _ignore_errors(lambda: api.query(PATTERNS["array"](depth))))
@@ -195,8 +201,8 @@ def _analysis_workers(gateway: GatewayProcess) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker CPU time from /proc")
-def test_a_worker_the_machine_keeps_from_running_is_a_503_not_a_verdict_on_the_text(launch_gateway, call_as):
-    gateway = launch_gateway()
+def test_a_worker_the_machine_keeps_from_running_is_a_503_not_a_verdict_on_the_text(launch_budgeted, call_as):
+    gateway = launch_budgeted()
     api = call_as(gateway, "reader")
     sql = "select id, status from orders where id = $1 and status = $2"
     workers = eventually(lambda: _analysis_workers(gateway), "the analysis workers")

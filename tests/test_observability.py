@@ -229,6 +229,8 @@ def test_metrics_parse_and_counters_move_with_requests(launch_gateway, mint):
     assert moved("gateway_auth_failures_total", reason="malformed_token") == 1
     assert moved("gateway_rows_streamed_total", identity="writer") >= 1
     assert moved("gateway_request_duration_seconds_count", phase="db") == 3
+    assert moved("gateway_connection_hold_seconds_count") >= 1  # the SELECT's connection, at least
+    assert moved("gateway_connection_hold_seconds_sum") > 0
     assert ("gateway_pool_idle", ()) in after and ("gateway_pool_waiting", ()) in after
 
 

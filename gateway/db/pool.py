@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -77,10 +78,17 @@ class LoginRoleError(RuntimeError):
     """The gateway's database login could run statements with privileges of its own."""
 
 
+def _ignore_hold(seconds: float) -> None:
+    """Where hold times go when nobody counts them (commands that only read the catalog)."""
+
+
 class Database:
-    def __init__(self, config: DatabaseConfig, secrets: SecretStore) -> None:
+    def __init__(
+        self, config: DatabaseConfig, secrets: SecretStore, on_hold: Callable[[float], None] = _ignore_hold
+    ) -> None:
         self.config = config
         self.secrets = secrets
+        self._on_hold = on_hold  # seconds a request held its connection, release included
         self.pool: asyncpg.Pool | None = None
         self._builtin_types: list[TextType] | None = None
         self._key_dir: tempfile.TemporaryDirectory | None = None
@@ -197,10 +205,12 @@ class Database:
         finally:
             self.waiting -= not idle
         connection: GatewayConnection = compat.pooled_connection(proxy)
+        acquired = time.perf_counter()
         try:
             yield connection
         finally:
             await self._release(proxy, connection)
+            self._on_hold(time.perf_counter() - acquired)
 
     async def _release(self, proxy: asyncpg.pool.PoolConnectionProxy, connection: GatewayConnection) -> None:
         try:
