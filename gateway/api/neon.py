@@ -177,11 +177,11 @@ async def _sql(request: Request, scope: RequestScope) -> Response:
     results = ResultEncoder(scope, neon.raw_text)
     array_modes = iter([query.array_mode for query in neon.queries])
 
-    async def encode(item: Judged, run: StatementRun) -> bytes:
+    async def encode(item: Judged, run: StatementRun) -> bytearray:
         return await results.encode(run, next(array_modes))  # called once per query, in order
 
     parts = await until_disconnect(request, run_in_transaction(scope, judged, neon.transaction, encode))
-    body = results_body(parts) if neon.batch else parts[0]
+    body = results_body(parts) if neon.batch else memoryview(parts[0])  # sent as it is, not copied
     scope.record.bytes += len(body)
     return Response(body, media_type=JSON, headers={**_headers(scope), **neon.echo})
 
@@ -208,12 +208,15 @@ class ResultEncoder:
         self.max_bytes = scope.caller.identity.max_response_bytes
         self.size = 0
 
-    async def encode(self, run: StatementRun, array_mode: bool) -> bytes:
+    async def encode(self, run: StatementRun, array_mode: bool) -> bytearray:
+        """One result, grown in place batch by batch: a large result is held once, not once
+        in pieces and again joined."""
         names = [column.name for column in run.columns]
         # Every value is PostgreSQL's text output already: raw text sends it as it is.
         converters = [None if self.raw_text else neon_json_converter(column.type) for column in run.columns]
         fields = [_field(field) for field in row_description(run)]
-        chunks = [self._counted(b'{"fields":' + orjson.dumps(fields) + b',"rows":[')]
+        result = bytearray()
+        self._append(result, b'{"fields":' + orjson.dumps(fields) + b',"rows":[')
         rows = 0
         async for batch in run.batches():
             rows += len(batch)
@@ -222,19 +225,21 @@ class ResultEncoder:
             values = [_converted(record, converters) for record in batch]
             if values:
                 encoded = orjson.dumps(values if array_mode else [dict(zip(names, row, strict=True)) for row in values])
-                chunks.append(self._counted((b"," if rows > len(batch) else b"") + encoded[1:-1]))
+                if rows > len(batch):
+                    self._append(result, b",")
+                self._append(result, memoryview(encoded)[1:-1])
         command, count = parse_command_tag(run.command_tag)
         summary = {"command": command, "rowCount": count, "rowAsArray": array_mode}
-        chunks.append(self._counted(b"]," + orjson.dumps(summary)[1:]))
+        self._append(result, b"]," + orjson.dumps(summary)[1:])
         self.scope.record.rows += rows
-        return b"".join(chunks)
+        return result
 
-    def _counted(self, chunk: bytes) -> bytes:
+    def _append(self, result: bytearray, chunk: bytes | memoryview) -> None:
         """The proxy's limit is on the whole answer, a batch's results together."""
         self.size += len(chunk)
         if self.size > self.max_bytes:
             raise response_too_large(self.max_bytes)
-        return chunk
+        result += chunk
 
 
 def _converted(record: Any, converters: list[Converter | None]) -> list[Any]:
