@@ -42,8 +42,8 @@ FETCH_BATCH_ROWS = 5000
 # After the grace period the process exits within a second. Cut requests get this long to
 # unwind (each is audited as it does), and the whole shutdown from then on this long: past
 # it, the process logs every thread's stack and exits without waiting further.
-UNWIND_SECONDS = 0.5
-STOP_DEADLINE_SECONDS = 0.8
+UNWIND_SECONDS = 0.25
+STOP_DEADLINE_SECONDS = 0.7
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 

@@ -240,7 +240,7 @@ def rows_failing_later(writer, records):
 
 async def slow_close(transaction):
     if "slow-close" in transaction._setup_sql:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.15)
     if "stuck-close" in transaction._setup_sql:
         await never_ending()
     await close_transaction(transaction)
@@ -459,7 +459,7 @@ def test_sigterm_cuts_the_requests_still_open_after_the_grace_rolled_back_and_au
 
 def test_sigterm_waits_for_each_cut_request_to_be_audited(launch_gateway, gateway_config, injected, mint,
                                                          superuser):
-    """A cut request whose cleanup takes a while (injected: half a second) is still audited:
+    """A cut request whose cleanup takes a while (injected: 0.15 s) is still audited:
     the shutdown waits for every cut request's task before closing the audit sink."""
     config = with_settings(gateway_config(lock_timeout="60s"), "server",
                            shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
@@ -483,7 +483,7 @@ def test_sigterm_waits_for_each_cut_request_to_be_audited(launch_gateway, gatewa
 def test_sigterm_exits_in_time_even_when_a_cut_request_never_unwinds(launch_gateway, gateway_config, injected,
                                                                       mint, superuser):
     """A cut request whose cleanup never ends (injected: it ignores cancellation) is given
-    half a second; the rest of the shutdown goes on without it."""
+    a quarter of a second; the rest of the shutdown goes on without it."""
     config = with_settings(gateway_config(lock_timeout="60s"), "server", shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
     gateway = launch_gateway(config_text=config, env=injected)
     token = mint("writer", tenant="acme")
