@@ -5,6 +5,7 @@ outside the checked range or whose internals no longer behave as the gateway rel
 from __future__ import annotations
 
 import asyncpg
+import asyncpg.pool
 import pytest
 
 from conftest import PgServer, run
@@ -42,6 +43,8 @@ def test_a_version_outside_the_checked_range_is_refused(database, monkeypatch):
         # A connection method the gateway calls is gone.
         (asyncpg.Connection, "_drop_global_statement_cache", None, "_drop_global_statement_cache"),
         (asyncpg.Connection, "_cancel_current_command", None, "_cancel_current_command"),
+        (asyncpg.Connection, "_on_release", None, "_on_release"),
+        (asyncpg.pool.PoolConnectionHolder, "release", None, "PoolConnectionHolder.release"),
     ],
 )
 def test_internals_that_changed_are_refused(database, monkeypatch, target, name, replacement, complaint):

@@ -3,8 +3,9 @@
 asyncpg's public API cannot do a few things the gateway needs: open a portal and read it in
 batches with one round trip per batch (its cursor adds a round trip or yields row by row),
 look a prepared statement up in its cache by name resolution, repeat a cancel request that
-did not take, read the RowDescription the server sent and the settings it reported, and
-exchange records and arrays as PostgreSQL's text. Each of those reaches into asyncpg here and
+did not take, read the RowDescription the server sent and the settings it reported, give a
+pooled connection back without a task per call, and exchange records and arrays as
+PostgreSQL's text. Each of those reaches into asyncpg here and
 nowhere else, and `self_test` — run on the first connection, before the gateway serves —
 refuses an asyncpg outside the range these internals were checked on, or one on which any of
 them no longer behaves as expected. pyproject.toml pins the same range.
@@ -113,6 +114,18 @@ def pooled_connection(proxy: Any) -> asyncpg.Connection:
     return proxy._con
 
 
+async def release(proxy: Any, timeout: float | None) -> None:
+    """Give a pooled connection back: `Pool.release` without the task its `asyncio.shield`
+    costs on every call. The holder's release runs in the caller's task instead; cancelled
+    part-way (possible only while a reset query runs) it terminates the connection, which the
+    pool replaces, as it does for any failed reset."""
+    connection = proxy._con
+    if connection is None:  # released already
+        return
+    connection._on_release()
+    await proxy._holder.release(timeout)
+
+
 def reported_settings(connection: asyncpg.Connection) -> dict[str, str]:
     """The settings PostgreSQL has reported on `connection`, kept current by asyncpg as
     ParameterStatus messages arrive: the dict asyncpg's ConnectionSettings holds in a C-level
@@ -198,9 +211,11 @@ async def self_test(connection: asyncpg.Connection) -> None:
         if not isinstance(reported_settings(connection).get("server_version"), str):
             raise UnsupportedAsyncpg("the reported settings read differently")
         await settle_cancellation(connection)  # nothing to settle: must return at once
-        for name in ("_drop_global_statement_cache", "_cancel_current_command", "_introspect_types"):
+        for name in ("_drop_global_statement_cache", "_cancel_current_command", "_introspect_types", "_on_release"):
             if not callable(getattr(connection, name, None)):
                 raise UnsupportedAsyncpg(f"asyncpg.Connection.{name} is gone")
+        if not callable(getattr(asyncpg.pool.PoolConnectionHolder, "release", None)):
+            raise UnsupportedAsyncpg("asyncpg.pool.PoolConnectionHolder.release is gone")
     except UnsupportedAsyncpg:
         raise
     except (AttributeError, TypeError) as error:

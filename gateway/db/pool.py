@@ -214,7 +214,7 @@ class Database:
 
     async def _release(self, proxy: asyncpg.pool.PoolConnectionProxy, connection: GatewayConnection) -> None:
         try:
-            await self.pool.release(proxy, timeout=self.config.acquire_timeout)
+            await compat.release(proxy, self.config.acquire_timeout)
         except Exception:  # a connection that cannot be reset is dropped, never reused
             connection.terminate()
 
