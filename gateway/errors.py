@@ -11,6 +11,139 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class ErrorKind:
+    """One row of the error table: what a caller can be answered, and when."""
+
+    status: int
+    code: str
+    when: str  # Markdown, for the README's table; the first sentence serves the OpenAPI document
+    answered: bool = True  # False: only the audit record carries it (the response had started, or nobody reads it)
+
+    @property
+    def summary(self) -> str:
+        return self.when.split(";")[0].split(" (")[0]
+
+
+# Every code an answer or audit record can carry. The README's "Errors" table and the OpenAPI
+# document are made from it (tests/test_error_table.py keeps them equal).
+ERROR_TABLE: tuple[ErrorKind, ...] = (
+    ErrorKind(
+        400,
+        "bad_request",
+        "malformed JSON or body (a body that is not UTF-8 is told so, with the offending byte), "
+        "a parameter nested deeper than `server.max_param_depth`, wrong parameter count, a "
+        "parameter that does not fit its type (the message names it: `parameter $1: invalid "
+        'input syntax for type integer: "abc"`; `postgresMessage` is PostgreSQL\'s `invalid '
+        'input syntax for type integer: "abc"`)',
+    ),
+    ErrorKind(
+        400,
+        "sql_error",
+        "PostgreSQL rejected the statement; `sqlstate`, `detail`, `hint` and `position` (in "
+        "your text) are passed through",
+    ),
+    ErrorKind(
+        401,
+        "unauthenticated",
+        "missing, malformed, expired or otherwise invalid token; `WWW-Authenticate: Bearer "
+        'error="invalid_token", error_description="<reason>"` with a stable reason '
+        "(`missing_token`, `not_bearer`, `token_too_large`, `malformed_token`, "
+        "`untrusted_key_header`, `unknown_issuer`, `algorithm_not_allowed`, "
+        "`issuer_unavailable`, `unknown_key`, `key_algorithm_mismatch`, `bad_signature`, "
+        "`missing_claim`, `expired`, `not_yet_valid`, `wrong_audience`, `claims_too_deep`, "
+        "`invalid_time_claim`, `lifetime_too_long`; see [docs/identity.md](docs/identity.md))",
+    ),
+    ErrorKind(
+        403,
+        "no_identity",
+        "a valid token that matches no identity (a `role_claim` naming a role outside the "
+        "identity's `roles` does not match)",
+    ),
+    ErrorKind(
+        403,
+        "policy_denied",
+        "the statement is not allowed; `message` says why and what rule would allow it",
+    ),
+    ErrorKind(
+        404,
+        "not_found",
+        "no such path",
+    ),
+    ErrorKind(
+        405,
+        "method_not_allowed",
+        "the path does not take this method (`Allow` names those it takes)",
+    ),
+    ErrorKind(
+        408,
+        "client_too_slow",
+        "a streamed result the client took nothing of for `server.stream_idle_timeout`: the "
+        "stream is aborted and rolled back, and its last line says so (the audit record's "
+        "status)",
+        answered=False,
+    ),
+    ErrorKind(
+        409,
+        "serialization_failure",
+        "sqlstate 40001 or 40P01, or 0A000 when a statement of a batch after the first was "
+        "prepared before a table it reads changed its columns: safe to retry",
+    ),
+    ErrorKind(
+        413,
+        "payload_too_large",
+        "body over `server.max_body_bytes`",
+    ),
+    ErrorKind(
+        429,
+        "rate_limited",
+        "identity over its `rate` or `concurrency`, or holding its `max_connections` for longer "
+        "than `acquire_timeout` (`Retry-After`)",
+    ),
+    ErrorKind(
+        499,
+        "client_closed_request",
+        "the client left while its statement ran; the statement was cancelled on the server "
+        "(the audit record's status)",
+        answered=False,
+    ),
+    ErrorKind(
+        500,
+        "internal_error",
+        "a failure the gateway did not foresee (a bug): logged once with its traceback, audited "
+        "with status 500; the body says nothing more",
+    ),
+    ErrorKind(
+        503,
+        "overloaded",
+        "no connection free within `acquire_timeout`, or no statement analyser free in time (`Retry-After`)",
+    ),
+    ErrorKind(
+        503,
+        "database_unavailable",
+        "the database cannot be reached, lost the connection, or did not answer within the "
+        "statement timeout plus `database.response_margin` (`Retry-After`)",
+    ),
+    ErrorKind(
+        504,
+        "statement_timeout",
+        "the statement ran past the identity's `statement_timeout`; it is cancelled on the server",
+    ),
+    ErrorKind(
+        507,
+        "response_too_large",
+        "the result is over the identity's `max_rows` or `max_response_bytes` where it cannot "
+        "be cut short (`/sql`, `/v1/batch`)",
+    ),
+)
+
+
+def markdown_table() -> str:
+    """The README's table of errors."""
+    rows = [f"| {kind.status} | `{kind.code}` | {kind.when} |" for kind in ERROR_TABLE]
+    return "\n".join(["| status | code | when |", "|---|---|---|", *rows])
+
+
 @dataclass
 class GatewayError(Exception):
     """Base of every error a caller may see. `code` is stable; `message` is for humans."""

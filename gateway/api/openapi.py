@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, served at `GET /openapi.json`.
 
-Written by hand from the wire formats in `gateway.api` (native.py, neon.py) and the error
-table of `gateway.errors`; built once per process.
+Written by hand from the wire formats in `gateway.api` (native.py, neon.py); the error
+statuses and codes come from `gateway.errors.ERROR_TABLE`. Built once per process.
 """
 
 from __future__ import annotations
@@ -12,18 +12,21 @@ from typing import Any
 import orjson
 
 from gateway import __version__
+from gateway.errors import ERROR_TABLE
 
 ISOLATION = ["read uncommitted", "read committed", "repeatable read", "serializable"]
-ERROR_STATUSES = {
-    "400": "bad_request (malformed body, wrong parameters) or sql_error (PostgreSQL rejected the statement)",
-    "401": "unauthenticated: missing, malformed, expired or otherwise invalid token",
-    "403": "no_identity or policy_denied (the reason says why and what rule would allow it)",
-    "409": "serialization_failure: sqlstate 40001 or 40P01, safe to retry",
-    "413": "payload_too_large",
-    "429": "rate_limited (Retry-After)",
-    "503": "overloaded or database_unavailable (Retry-After)",
-    "504": "statement_timeout",
-}
+
+
+def _error_statuses() -> dict[str, str]:
+    """Each status's description: its codes from the error table, with when they are given."""
+    statuses: dict[str, list[str]] = {}
+    for kind in ERROR_TABLE:
+        if kind.answered:
+            statuses.setdefault(str(kind.status), []).append(f"{kind.code}: {kind.summary}")
+    return {status: "; ".join(codes) for status, codes in statuses.items()}
+
+
+ERROR_STATUSES = _error_statuses()
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -89,7 +92,7 @@ SCHEMAS: dict[str, Any] = {
             "error": {
                 "type": "object",
                 "properties": {
-                    "code": {"type": "string"},
+                    "code": {"type": "string", "enum": [kind.code for kind in ERROR_TABLE if kind.answered]},
                     "message": {"type": "string"},
                     "postgresMessage": {"type": ["string", "null"]},
                     "requestId": {"type": "string"},
@@ -103,7 +106,7 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-STATEMENT_ERRORS = ("400", "401", "403", "409", "413", "429", "503", "504")
+STATEMENT_ERRORS = ("400", "401", "403", "409", "413", "429", "500", "503", "504")
 
 
 def _paths() -> dict[str, Any]:
