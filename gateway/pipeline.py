@@ -3,7 +3,10 @@ statements -> commit -> audit. Every endpoint goes through it; wire formats live
 `gateway.api` and only decode requests and encode what comes back.
 
 `Pipeline` holds the long-lived parts built from the configuration; `RequestScope` is one
-request's journey through them, and writes exactly one audit record when it closes.
+request's journey through them, and writes exactly one audit record when it closes. Requests
+that run statements follow one sequence, `RequestScope.execute`, handing each result to the
+wire format's `Results`; `/v1/explain` and `/v1/whoami` stop after judging and after
+authenticating.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway import grants
 from gateway.audit import AuditRecord, AuditSink
@@ -61,6 +64,24 @@ class TransactionOptions:
     isolation: str = "read committed"
     read_only: bool = False
     deferrable: bool = False
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a wire format decoded from a request that runs statements."""
+
+    authorization: str | None
+    statements: list[Statement]
+    options: TransactionOptions = TransactionOptions()
+
+
+class Results(Protocol):
+    """A wire format's encoder, handed each statement's run in turn as the pipeline runs it."""
+
+    async def take(self, judged: Judged, run: StatementRun) -> bool:
+        """Read (and encode) `run`. True when the results keep the run to read later, as a
+        stream: they then commit when it has been read to its end."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -330,6 +351,19 @@ class RequestScope:
         if refusal is not None:
             raise refusal
         return judged
+
+    async def execute(self, call: Call, results: Results) -> None:
+        """The sequence every request that runs statements follows: authenticate, judge each
+        statement (all of them before any runs), admit, open the transaction, run each and
+        hand it to `results`, commit. `close` then ends it: rollback of what was not
+        committed, the connection back, the audit record and the metrics."""
+        await self.authenticate(call.authorization)
+        judged = [await self.judge(statement) for statement in call.statements]
+        await self.open_transaction(call.options)
+        for item in judged:
+            if await results.take(item, await self.run(item)):
+                return  # streamed: the results commit once they are read to the end
+        await self.commit()
 
     def _note_decision(self, judged: Judged) -> None:
         record = self.record

@@ -457,24 +457,30 @@ def test_sigterm_cuts_the_requests_still_open_after_the_grace_rolled_back_and_au
     assert superuser.fetchval("select count(*) from public.ledger where note = $1", note) == 0
 
 
-def test_sigterm_waits_for_each_cut_request_to_be_audited(launch_gateway, gateway_config, injected, mint,
-                                                         superuser):
-    """A cut request whose cleanup takes a while (injected: 0.15 s) is still audited:
-    the shutdown waits for every cut request's task before closing the audit sink."""
-    config = with_settings(gateway_config(lock_timeout="60s"), "server",
-                           shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
+def cut_while_waiting(launch_gateway, gateway_config, injected, mint, superuser,
+                      request_id: str) -> tuple[GatewayProcess, float]:
+    """A gateway with the injected faults, SIGTERM while request `request_id` waits on a
+    lock: the gateway, and the seconds it took to exit."""
+    config = with_settings(gateway_config(lock_timeout="60s"), "server", shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
     gateway = launch_gateway(config_text=config, env=injected)
     token = mint("writer", tenant="acme")
-    waiting_sql = "select count(*) as cleaned_slowly from public.customers"
+    waiting_sql = f"select count(*) as {request_id.replace('-', '_')} from public.customers"
     superuser.execute("begin")
     try:
         superuser.execute("lock table public.customers in access exclusive mode")
         with ThreadPoolExecutor(1) as pool:
-            pool.submit(ask, gateway, token, waiting_sql, request_id="slow-close")
+            pool.submit(ask, gateway, token, waiting_sql, request_id=request_id)
             eventually(lambda: superuser.backends_running(waiting_sql, waiting_on_lock=True), "the select to wait")
-            seconds = terminate_and_time(gateway)
+            return gateway, terminate_and_time(gateway)
     finally:
         superuser.execute("rollback")
+
+
+def test_sigterm_waits_for_each_cut_request_to_be_audited(launch_gateway, gateway_config, injected, mint,
+                                                         superuser):
+    """A cut request whose cleanup takes a while (injected: 0.15 s) is still audited:
+    the shutdown waits for every cut request's task before closing the audit sink."""
+    gateway, seconds = cut_while_waiting(launch_gateway, gateway_config, injected, mint, superuser, "slow-close")
     assert seconds <= SHUTDOWN_GRACE + 1, seconds
     (record,) = audit_records(gateway, "slow-close")
     assert record["status"] == 503
@@ -484,19 +490,7 @@ def test_sigterm_exits_in_time_even_when_a_cut_request_never_unwinds(launch_gate
                                                                       mint, superuser):
     """A cut request whose cleanup never ends (injected: it ignores cancellation) is given
     a quarter of a second; the rest of the shutdown goes on without it."""
-    config = with_settings(gateway_config(lock_timeout="60s"), "server", shutdown_grace=f"{SHUTDOWN_GRACE:g}s")
-    gateway = launch_gateway(config_text=config, env=injected)
-    token = mint("writer", tenant="acme")
-    waiting_sql = "select count(*) as never_unwinds from public.customers"
-    superuser.execute("begin")
-    try:
-        superuser.execute("lock table public.customers in access exclusive mode")
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(ask, gateway, token, waiting_sql, request_id="stuck-close")
-            eventually(lambda: superuser.backends_running(waiting_sql, waiting_on_lock=True), "the select to wait")
-            seconds = terminate_and_time(gateway)
-    finally:
-        superuser.execute("rollback")
+    gateway, seconds = cut_while_waiting(launch_gateway, gateway_config, injected, mint, superuser, "stuck-close")
     assert seconds <= SHUTDOWN_GRACE + 1, seconds
     assert gateway.process.returncode == -signal.SIGTERM  # a clean exit, not the last resort
     assert "Application shutdown complete" in gateway.output()

@@ -18,9 +18,8 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import json_text
 from gateway.api.results import error_body
-from gateway.db.session import StatementRun
 from gateway.errors import GatewayError, bad_request, internal_error, payload_too_large, query_cancelled
-from gateway.pipeline import Judged, Pipeline, RequestScope, Statement, TransactionOptions, trace_id_from
+from gateway.pipeline import Pipeline, RequestScope, Statement, trace_id_from
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -134,20 +133,6 @@ def statement_from(body: Any, max_depth: int, where: str = "body", sql_key: str 
         if json_text.nests_deeper_than(value, max_depth):
             raise bad_request(f"{where}: parameter ${position} is nested more than {max_depth} levels deep")
     return Statement(sql, params)
-
-
-Encoder = Callable[[Judged, StatementRun], Awaitable[bytes]]
-
-
-async def run_in_transaction(
-    scope: RequestScope, judged: list[Judged], options: TransactionOptions, encode: Encoder
-) -> list[bytes]:
-    """Every statement in one transaction, each result read whole and encoded in turn, then
-    COMMIT: the caller answers after the commit, so its status says whether all of it happened."""
-    await scope.open_transaction(options)
-    parts = [await encode(item, await scope.run(item)) for item in judged]
-    await scope.commit()
-    return parts
 
 
 def results_body(parts: list[bytes]) -> bytes:

@@ -26,7 +26,6 @@ from gateway.api.exchange import (
     json_response,
     read_json,
     results_body,
-    run_in_transaction,
     scope_headers,
     statement_from,
     unforeseen,
@@ -36,7 +35,7 @@ from gateway.api.results import NDJSON, ResultWriter
 from gateway.api.streaming import PacedBody, PacedStreamingResponse
 from gateway.db.session import ISOLATION_LEVELS, StatementRun
 from gateway.errors import GatewayError, bad_request
-from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
+from gateway.pipeline import Call, Judged, RequestScope, Statement, TransactionOptions
 
 # ---------------------------------------------------------------------------- body decoding
 
@@ -90,28 +89,39 @@ async def query(request: Request) -> Response:
 
 async def _query(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
-    statement = statement_from(body, _max_depth(scope))
-    array_rows = _row_mode(body)
-    ndjson = _wants_ndjson(request)
-    await scope.authenticate(request.headers.get("authorization"))
-    judged = await scope.judge(statement)
-    run = await until_disconnect(request, _start(scope, judged))
-    writer = _writer(scope, run, array_rows=array_rows, ndjson=ndjson)
-    media_type = NDJSON if ndjson else JSON
-    if run.exhausted:
-        body_bytes = await _whole(scope, run, writer, judged)
-        return Response(body_bytes, media_type=media_type, headers=scope_headers(scope))
-    return PacedStreamingResponse(
-        partial(_stream, scope, run, writer, judged),
-        idle_timeout=scope.pipeline.config.server.stream_idle_timeout,
-        media_type=media_type,
-        headers=scope_headers(scope),
-    )
+    call = Call(request.headers.get("authorization"), [statement_from(body, _max_depth(scope))])
+    result = _QueryResult(scope, array_rows=_row_mode(body), ndjson=_wants_ndjson(request))
+    await until_disconnect(request, scope.execute(call, result))
+    media_type = NDJSON if result.ndjson else JSON
+    if result.chunks is None:  # more than the first batch: streamed, committed at its end
+        return PacedStreamingResponse(
+            partial(_stream, scope, result.run, result.writer, result.judged),
+            idle_timeout=scope.pipeline.config.server.stream_idle_timeout,
+            media_type=media_type,
+            headers=scope_headers(scope),
+        )
+    result.chunks.append(result.writer.tail(result.run.command_tag, result.judged.facts.kind))
+    _account(scope, result.writer, 200)
+    return Response(b"".join(result.chunks), media_type=media_type, headers=scope_headers(scope))
 
 
-async def _start(scope: RequestScope, judged: Judged) -> StatementRun:
-    await scope.open_transaction(TransactionOptions())
-    return await scope.run(judged)
+class _QueryResult:
+    """`/v1/query`'s one result: encoded whole when its first batch ends it (answered after
+    COMMIT, so the status is exact), else kept to be streamed from the open portal."""
+
+    def __init__(self, scope: RequestScope, *, array_rows: bool, ndjson: bool) -> None:
+        self.scope = scope
+        self.array_rows = array_rows
+        self.ndjson = ndjson
+        self.chunks: list[bytes] | None = None
+
+    async def take(self, judged: Judged, run: StatementRun) -> bool:
+        self.judged, self.run = judged, run
+        self.writer = _writer(self.scope, run, array_rows=self.array_rows, ndjson=self.ndjson)
+        if not run.exhausted:
+            return True
+        self.chunks = [self.writer.head(), *[chunk async for chunk in _rows(run, self.writer)]]
+        return False
 
 
 async def _rows(run: StatementRun, writer: ResultWriter) -> AsyncIterator[bytes]:
@@ -121,14 +131,6 @@ async def _rows(run: StatementRun, writer: ResultWriter) -> AsyncIterator[bytes]
         yield chunk
         if stop:
             return
-
-
-async def _whole(scope: RequestScope, run: StatementRun, writer: ResultWriter, judged: Judged) -> bytes:
-    chunks = [writer.head(), *[chunk async for chunk in _rows(run, writer)]]
-    await scope.commit()
-    chunks.append(writer.tail(run.command_tag, judged.facts.kind))
-    _account(scope, writer, 200)
-    return b"".join(chunks)
 
 
 async def _stream(
@@ -177,32 +179,37 @@ async def batch(request: Request) -> Response:
 async def _batch_answer(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
     statements, options = _batch(body, _max_depth(scope))
-    array_rows = _row_mode(body)
-    await scope.authenticate(request.headers.get("authorization"))
-    judged = [await scope.judge(statement) for statement in statements]
-    parts = await until_disconnect(request, _run_batch(scope, judged, options, array_rows))
-    return Response(results_body(parts), media_type=JSON, headers=scope_headers(scope))
+    call = Call(request.headers.get("authorization"), statements, options)
+    results = _BatchResults(scope, array_rows=_row_mode(body))
+    await until_disconnect(request, scope.execute(call, results))
+    return Response(results_body(results.parts), media_type=JSON, headers=scope_headers(scope))
 
 
-async def _run_batch(
-    scope: RequestScope, judged: list[Judged], options: TransactionOptions, array_rows: bool
-) -> list[bytes]:
-    assert scope.caller is not None
-    identity = scope.caller.identity
-    bytes_left = identity.max_response_bytes
+class _BatchResults:
+    """Each statement's result read whole, all of them within the identity's limits together."""
 
-    async def encode(item: Judged, run: StatementRun) -> bytes:
-        nonlocal bytes_left
+    def __init__(self, scope: RequestScope, *, array_rows: bool) -> None:
+        self.scope = scope
+        self.array_rows = array_rows
+        self.parts: list[bytes] = []
+        self.bytes_sent = 0
+
+    async def take(self, judged: Judged, run: StatementRun) -> bool:
+        assert self.scope.caller is not None  # the pipeline runs nothing before authenticating
+        identity = self.scope.caller.identity
         writer = ResultWriter(
-            run.columns, array_rows=array_rows, ndjson=False, max_rows=identity.max_rows, max_bytes=bytes_left
+            run.columns,
+            array_rows=self.array_rows,
+            ndjson=False,
+            max_rows=identity.max_rows,
+            max_bytes=identity.max_response_bytes - self.bytes_sent,
         )
         chunks = [writer.head(), *[chunk async for chunk in _rows(run, writer)]]
-        chunks.append(writer.tail(run.command_tag, item.facts.kind))
-        bytes_left -= writer.bytes_sent
-        _account(scope, writer, 200)
-        return b"".join(chunks)
-
-    return await run_in_transaction(scope, judged, options, encode)
+        chunks.append(writer.tail(run.command_tag, judged.facts.kind))
+        self.bytes_sent += writer.bytes_sent
+        _account(self.scope, writer, 200)
+        self.parts.append(b"".join(chunks))
+        return False
 
 
 async def explain(request: Request) -> Response:

@@ -23,7 +23,6 @@ from gateway.api.exchange import (
     answer,
     read_json,
     results_body,
-    run_in_transaction,
     scope_headers,
     statement_from,
     until_disconnect,
@@ -32,7 +31,7 @@ from gateway.api.results import parse_command_tag
 from gateway.db.session import RowField, StatementRun, row_description
 from gateway.db.types import Converter, json_to_pg_text, neon_json_converter
 from gateway.errors import GatewayError, bad_request, response_too_large
-from gateway.pipeline import Judged, RequestScope, Statement, TransactionOptions
+from gateway.pipeline import Call, Judged, RequestScope, Statement, TransactionOptions
 
 PATH = "/sql"
 ISOLATION_LEVELS = {
@@ -172,15 +171,10 @@ async def sql(request: Request) -> Response:
 
 async def _sql(request: Request, scope: RequestScope) -> Response:
     neon = decode(request.headers, await read_json(request), scope.pipeline.config.server.max_param_depth)
-    await scope.authenticate(request.headers.get("authorization"))
-    judged = [await scope.judge(query.statement) for query in neon.queries]
-    results = ResultEncoder(scope, neon.raw_text)
-    array_modes = iter([query.array_mode for query in neon.queries])
-
-    async def encode(item: Judged, run: StatementRun) -> bytearray:
-        return await results.encode(run, next(array_modes))  # called once per query, in order
-
-    parts = await until_disconnect(request, run_in_transaction(scope, judged, neon.transaction, encode))
+    call = Call(request.headers.get("authorization"), [query.statement for query in neon.queries], neon.transaction)
+    results = ResultEncoder(scope, neon.raw_text, [query.array_mode for query in neon.queries])
+    await until_disconnect(request, scope.execute(call, results))
+    parts = results.parts
     body = results_body(parts) if neon.batch else memoryview(parts[0])  # sent as it is, not copied
     scope.record.bytes += len(body)
     return Response(body, media_type=JSON, headers={**_headers(scope), **neon.echo})
@@ -200,15 +194,21 @@ class ResultEncoder:
     more rows in one result than the identity's `max_rows`, or more bytes in the whole answer
     than its `max_response_bytes`, is a 507."""
 
-    def __init__(self, scope: RequestScope, raw_text: bool) -> None:
-        assert scope.caller is not None
+    def __init__(self, scope: RequestScope, raw_text: bool, array_modes: list[bool]) -> None:
         self.scope = scope
         self.raw_text = raw_text
-        self.max_rows = scope.caller.identity.max_rows
-        self.max_bytes = scope.caller.identity.max_response_bytes
+        self.array_modes = array_modes  # one per query, in order
+        self.parts: list[bytearray] = []
         self.size = 0
 
-    async def encode(self, run: StatementRun, array_mode: bool) -> bytearray:
+    async def take(self, judged: Judged, run: StatementRun) -> bool:
+        assert self.scope.caller is not None  # the pipeline runs nothing before authenticating
+        identity = self.scope.caller.identity
+        array_mode = self.array_modes[len(self.parts)]
+        self.parts.append(await self.encode(run, array_mode, identity.max_rows, identity.max_response_bytes))
+        return False
+
+    async def encode(self, run: StatementRun, array_mode: bool, max_rows: int, max_bytes: int) -> bytearray:
         """One result, grown in place batch by batch: a large result is held once, not once
         in pieces and again joined."""
         names = [column.name for column in run.columns]
@@ -216,29 +216,29 @@ class ResultEncoder:
         converters = [None if self.raw_text else neon_json_converter(column.type) for column in run.columns]
         fields = [_field(field) for field in row_description(run)]
         result = bytearray()
-        self._append(result, b'{"fields":' + orjson.dumps(fields) + b',"rows":[')
+        self._append(result, max_bytes, b'{"fields":' + orjson.dumps(fields) + b',"rows":[')
         rows = 0
         async for batch in run.batches():
             rows += len(batch)
-            if rows > self.max_rows:
-                raise response_too_large(self.max_rows, "rows")
+            if rows > max_rows:
+                raise response_too_large(max_rows, "rows")
             values = [_converted(record, converters) for record in batch]
             if values:
                 encoded = orjson.dumps(values if array_mode else [dict(zip(names, row, strict=True)) for row in values])
                 if rows > len(batch):
-                    self._append(result, b",")
-                self._append(result, memoryview(encoded)[1:-1])
+                    self._append(result, max_bytes, b",")
+                self._append(result, max_bytes, memoryview(encoded)[1:-1])
         command, count = parse_command_tag(run.command_tag)
         summary = {"command": command, "rowCount": count, "rowAsArray": array_mode}
-        self._append(result, b"]," + orjson.dumps(summary)[1:])
+        self._append(result, max_bytes, b"]," + orjson.dumps(summary)[1:])
         self.scope.record.rows += rows
         return result
 
-    def _append(self, result: bytearray, chunk: bytes | memoryview) -> None:
+    def _append(self, result: bytearray, max_bytes: int, chunk: bytes | memoryview) -> None:
         """The proxy's limit is on the whole answer, a batch's results together."""
         self.size += len(chunk)
-        if self.size > self.max_bytes:
-            raise response_too_large(self.max_bytes)
+        if self.size > max_bytes:
+            raise response_too_large(max_bytes)
         result += chunk
 
 
