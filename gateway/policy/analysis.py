@@ -14,6 +14,7 @@ allowlists below, is a denial.
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -25,7 +26,7 @@ from sqlglot.errors import SqlglotError
 from gateway.policy.columns import column_facts
 from gateway.policy.facts import ColumnFacts, Denial, StatementFacts, TableAccess, TableName
 from gateway.policy.functions import check_set_config_call
-from gateway.policy.lexical import scan
+from gateway.policy.lexical import check_text, scan
 from gateway.policy.naming import sql_value_function_name
 from gateway.policy.pgtree import entries, names
 
@@ -314,18 +315,18 @@ def analyze(sql: str, max_bytes: int) -> StatementFacts:
 
 
 def _analyze(sql: str, max_bytes: int) -> StatementFacts:
-    scanned = scan(sql, max_bytes)
+    check_text(sql, max_bytes)
     postgres = _postgres_view(sql)
-    tree = _sqlglot_tree(scanned.analysis_text)
-    root_kind = _root_kind(tree)
+    scanned = scan(sql, postgres.param_locations)
+    sqlglot_view = _SqlglotView(_sqlglot_tree(scanned.analysis_text))
+    root_kind = _root_kind(sqlglot_view.tree)
     if root_kind != postgres.kind:
         raise Denial(
             "parser_disagreement",
             f"the two parsers disagree on the statement kind ({root_kind} vs {postgres.kind})",
         )
-    walker = _TableWalker()
-    accesses = walker.accesses(tree)
-    _cross_check(postgres, walker.names, _write_statements(tree))
+    accesses = sqlglot_view.accesses
+    _cross_check(postgres, sqlglot_view.names, sqlglot_view.writes)
     if root_kind != "select" and not any(access.kind == root_kind for access in accesses):
         # Every write and every DDL changes a table the rules must be asked about.
         raise Denial("syntax", f"cannot tell which table this {root_kind.upper()} statement changes")
@@ -388,6 +389,7 @@ class _PostgresView:
     columns: ColumnFacts = field(default_factory=ColumnFacts)
     cascade: bool = False  # some part of the statement acts ... CASCADE
     positions: dict[TableName, int] = field(default_factory=dict)  # first mention of each relation, 1-based
+    param_locations: list[int] = field(default_factory=list)  # byte offset of each parameter
 
 
 def _postgres_view(sql: str) -> _PostgresView:
@@ -470,9 +472,16 @@ def _qualified(items: list[dict]) -> str:
     return ".".join(names(items))
 
 
+# The fields `_collect_names` acts on; FOR UPDATE OF names (`lockedRels`) refer to FROM
+# items, not to relations.
+NAME_FIELDS = frozenset(
+    {"relname", "FuncCall", "SQLValueFunction", "behavior", "TypeCast", "A_Expr", "ParamRef", *PG_WRITE_STATEMENTS}
+)
+NAME_STOP = frozenset({"lockedRels"})
+
+
 def _collect_names(node: object, view: _PostgresView) -> None:
-    # FOR UPDATE OF names refer to FROM items, not to relations.
-    for current, key, value in entries(node, stop=frozenset({"lockedRels"})):
+    for current, key, value in entries(node, NAME_FIELDS, NAME_STOP):
         if key == "relname":  # a RangeVar, wrapped or not: a relation name as written
             table = TableName.from_range_var(current)
             view.tables.add(table)
@@ -494,6 +503,8 @@ def _collect_names(node: object, view: _PostgresView) -> None:
             raise Denial("operator", f"explicit operator {_qualified(value['name'])} is not allowed")
         elif key in PG_WRITE_STATEMENTS:
             view.writes.append(_postgres_write(key, value))
+        elif key == "ParamRef":
+            view.param_locations.append(value.get("location", -1))
 
 
 def _postgres_write(node_name: str, node: dict) -> str:
@@ -520,11 +531,24 @@ def _sqlglot_tree(text: str) -> exp.Expression:
     trees = [tree for tree in trees if tree is not None]
     if len(trees) != 1:
         raise Denial("multiple_statements", f"exactly one statement is allowed, found {len(trees)}")
-    tree = trees[0]
-    for node in tree.walk():
-        if type(node) not in ALLOWED_NODES and not _is_function(node):
-            raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
-    return tree
+    return trees[0]
+
+
+def _check_allowed(node: exp.Expression) -> None:
+    if type(node) not in ALLOWED_NODES and not _is_function(node):
+        raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
+
+
+def _children(node: exp.Expression) -> Iterator[tuple[str, exp.Expression]]:
+    """(argument name, node) for every node directly below `node`: those `Expression.walk`
+    finds (`exp.Expr` is the base of every node class)."""
+    for key, value in node.args.items():
+        if isinstance(value, list):
+            for child in value:
+                if isinstance(child, exp.Expr):
+                    yield key, child
+        elif isinstance(value, exp.Expr):
+            yield key, value
 
 
 def _is_function(node: exp.Expression) -> bool:
@@ -542,20 +566,18 @@ def _root_kind(tree: exp.Expression) -> str:
     return kind
 
 
-def _write_statements(tree: exp.Expression) -> list[str]:
-    """Every data-modifying statement in sqlglot's tree, described as `_write_signature` does."""
-    writes = []
-    for node in tree.walk():
-        if isinstance(node.parent, exp.When):
-            continue  # a MERGE action, counted with its MERGE
-        if isinstance(node, exp.Insert):
-            upsert = _is_upsert(node.args.get("conflict"))
-            writes.append(_write_signature("insert", _write_target(node), upsert=upsert))
-        elif isinstance(node, exp.Update | exp.Delete):
-            writes.append(_write_signature(node.key, _write_target(node)))
-        elif isinstance(node, exp.Merge):
-            writes.append(_write_signature("merge", _write_target(node), merge_actions=_merge_actions(node)))
-    return writes
+def _write_statement(node: exp.Expression) -> str | None:
+    """A data-modifying statement described as `_write_signature` does; None for any other
+    node, and for a MERGE action (counted with its MERGE)."""
+    if isinstance(node.parent, exp.When):
+        return None
+    if isinstance(node, exp.Insert):
+        return _write_signature("insert", _write_target(node), upsert=_is_upsert(node.args.get("conflict")))
+    if isinstance(node, exp.Update | exp.Delete):
+        return _write_signature(node.key, _write_target(node))
+    if isinstance(node, exp.Merge):
+        return _write_signature("merge", _write_target(node), merge_actions=_merge_actions(node))
+    return None
 
 
 def _write_target(node: exp.Expression) -> TableName | None:
@@ -605,20 +627,40 @@ def table_name(table: exp.Table) -> TableName:
     return TableName(identifier_name(table.args.get("db")), identifier_name(table.this) or "")
 
 
-class _TableWalker:
-    """Every table a statement reads or writes, with the kind of access, resolving CTE names
-    by lexical scope: a CTE shadows a table only inside the WITH that defines it. Also every
-    relation name as written (`names`), for the cross-check with PostgreSQL's parser."""
+# The node classes whose statement marks tables as targets of a write, DDL or lock, for
+# `_SqlglotView._mark_statement_targets`; one isinstance test keeps the others cheap.
+STATEMENT_NODES = (
+    exp.Insert,
+    exp.Update,
+    exp.Delete,
+    exp.Merge,
+    exp.Create,
+    exp.Drop,
+    exp.TruncateTable,
+    exp.Comment,
+    exp.Alter,
+    exp.Grant,
+    exp.Revoke,
+    exp.Select,
+)
+WRITE_NODES = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 
-    def __init__(self) -> None:
+
+class _SqlglotView:
+    """What sqlglot reads in the text, in one walk of its tree: every node checked against
+    the allowlist; every table the statement reads or writes, with the kind of access,
+    resolving CTE names by lexical scope (a CTE shadows a table only inside the WITH that
+    defines it); every relation name as written (`names`) and every data-modifying statement
+    (`writes`), for the cross-check with PostgreSQL's parser."""
+
+    def __init__(self, tree: exp.Expression) -> None:
+        self.tree = tree
         self._targets: dict[int, set[str]] = {}
         self._locked: set[int] = set()
-        self._found: set[TableAccess] = set()
+        self.accesses: set[TableAccess] = set()
         self.names: set[TableName] = set()
-
-    def accesses(self, tree: exp.Expression) -> set[TableAccess]:
-        self._visit(tree, frozenset())
-        return self._found
+        self.writes: list[str] = []
+        self._visit(tree, frozenset(), record=True)
 
     def _mark(self, node: exp.Expression | None, *kinds: str) -> None:
         if isinstance(node, exp.Schema):
@@ -662,7 +704,7 @@ class _TableWalker:
             raise Denial("syntax", f"four-part name {column.sql('postgres')} is not allowed")
         name = TableName(identifier_name(column.args.get("db")), identifier_name(column.args.get("table")) or "")
         self.names.add(name)
-        self._found.add(TableAccess("ddl", name))
+        self.accesses.add(TableAccess("ddl", name))
 
     def _mark_locked_tables(self, select: exp.Select) -> None:
         """FOR UPDATE / FOR SHARE lock the rows of every table in FROM, including those inside
@@ -677,26 +719,38 @@ class _TableWalker:
             for table in source.this.find_all(exp.Table):
                 self._locked.add(id(table))
 
-    def _visit(self, node: exp.Expression, ctes: frozenset[str]) -> None:
-        self._mark_statement_targets(node)
-        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+    def _visit(self, node: exp.Expression, ctes: frozenset[str], *, record: bool) -> None:
+        """`record`: whether the tables below are accessed (not so the names FOR UPDATE OF
+        lists, which refer to FROM items); every node is checked all the same."""
+        _check_allowed(node)
+        if isinstance(node, STATEMENT_NODES):
+            self._mark_statement_targets(node)
+            if isinstance(node, WRITE_NODES) and (write := _write_statement(node)) is not None:
+                self.writes.append(write)
+        if record and isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
             self._record_table(node, ctes)
         with_ = node.args.get("with_")
         if isinstance(with_, exp.With):
-            ctes = self._visit_with(with_, ctes)
-        for key, value in node.args.items():
-            if key == "with_" or (isinstance(node, exp.Lock) and key == "expressions"):
-                continue  # CTEs are visited above; FOR UPDATE OF names refer to FROM items
-            for child in value if isinstance(value, list) else [value]:
-                if isinstance(child, exp.Expression):
-                    self._visit(child, ctes)
+            ctes = self._visit_with(with_, ctes, record=record)
+        lock_list = isinstance(node, exp.Lock)
+        for key, child in _children(node):
+            if key == "with_" and child is with_:
+                continue  # visited above, with its own scoping
+            self._visit(child, ctes, record=record and not (lock_list and key == "expressions"))
 
-    def _visit_with(self, with_: exp.With, outer: frozenset[str]) -> frozenset[str]:
+    def _visit_with(self, with_: exp.With, outer: frozenset[str], *, record: bool) -> frozenset[str]:
+        _check_allowed(with_)
         names = [identifier_name(cte.args["alias"].this) or "" for cte in with_.expressions]
         recursive = bool(with_.args.get("recursive"))
         for index, cte in enumerate(with_.expressions):
-            visible = names if recursive else names[:index]
-            self._visit(cte.this, outer | frozenset(visible))
+            _check_allowed(cte)
+            visible = outer | frozenset(names if recursive else names[:index])
+            for key, child in _children(cte):
+                # The body sees the CTEs before it (all of them when RECURSIVE).
+                self._visit(child, visible if key == "this" else outer, record=record)
+        for key, child in _children(with_):
+            if key != "expressions":
+                self._visit(child, outer, record=record)
         return outer | frozenset(names)
 
     def _record_table(self, node: exp.Table, ctes: frozenset[str]) -> None:
@@ -709,4 +763,4 @@ class _TableWalker:
                 return
             kinds = {"select", "update"} if id(node) in self._locked else {"select"}
         for kind in kinds:
-            self._found.add(TableAccess(kind, name))
+            self.accesses.add(TableAccess(kind, name))
