@@ -539,6 +539,10 @@ def _check_allowed(node: exp.Expression) -> None:
         raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
 
 
+def _cte_names(with_: exp.With) -> list[str]:
+    return [identifier_name(cte.args["alias"].this) or "" for cte in with_.expressions]
+
+
 def _children(node: exp.Expression) -> Iterator[tuple[str, exp.Expression]]:
     """(argument name, node) for every node directly below `node`: those `Expression.walk`
     finds (`exp.Expr` is the base of every node class)."""
@@ -720,8 +724,9 @@ class _SqlglotView:
                 self._locked.add(id(table))
 
     def _visit(self, node: exp.Expression, ctes: frozenset[str], *, record: bool) -> None:
-        """`record`: whether the tables below are accessed (not so the names FOR UPDATE OF
-        lists, which refer to FROM items); every node is checked all the same."""
+        """`ctes`: the CTE names in scope. `record`: whether the tables below are accessed
+        (not so the names FOR UPDATE OF lists, which refer to FROM items); every node is
+        checked all the same."""
         _check_allowed(node)
         if isinstance(node, STATEMENT_NODES):
             self._mark_statement_targets(node)
@@ -730,28 +735,23 @@ class _SqlglotView:
         if record and isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
             self._record_table(node, ctes)
         with_ = node.args.get("with_")
-        if isinstance(with_, exp.With):
-            ctes = self._visit_with(with_, ctes, record=record)
-        lock_list = isinstance(node, exp.Lock)
+        # A WITH's names are in scope for the rest of its query, not for the WITH itself.
+        inner = ctes | frozenset(_cte_names(with_)) if isinstance(with_, exp.With) else ctes
+        is_with, is_lock = isinstance(node, exp.With), isinstance(node, exp.Lock)
         for key, child in _children(node):
-            if key == "with_" and child is with_:
-                continue  # visited above, with its own scoping
-            self._visit(child, ctes, record=record and not (lock_list and key == "expressions"))
+            if is_with and key == "expressions":
+                continue  # each CTE sees its own part of the WITH's names: `_visit_ctes`
+            in_lock_list = is_lock and key == "expressions"
+            self._visit(child, ctes if child is with_ else inner, record=record and not in_lock_list)
+        if is_with:
+            self._visit_ctes(node, ctes, record=record)
 
-    def _visit_with(self, with_: exp.With, outer: frozenset[str], *, record: bool) -> frozenset[str]:
-        _check_allowed(with_)
-        names = [identifier_name(cte.args["alias"].this) or "" for cte in with_.expressions]
+    def _visit_ctes(self, with_: exp.With, outer: frozenset[str], *, record: bool) -> None:
+        """A CTE body sees the CTEs before it; all of them when RECURSIVE."""
+        names = _cte_names(with_)
         recursive = bool(with_.args.get("recursive"))
         for index, cte in enumerate(with_.expressions):
-            _check_allowed(cte)
-            visible = outer | frozenset(names if recursive else names[:index])
-            for key, child in _children(cte):
-                # The body sees the CTEs before it (all of them when RECURSIVE).
-                self._visit(child, visible if key == "this" else outer, record=record)
-        for key, child in _children(with_):
-            if key != "expressions":
-                self._visit(child, outer, record=record)
-        return outer | frozenset(names)
+            self._visit(cte, outer | frozenset(names if recursive else names[:index]), record=record)
 
     def _record_table(self, node: exp.Table, ctes: frozenset[str]) -> None:
         name = table_name(node)

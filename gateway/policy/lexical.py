@@ -1,4 +1,5 @@
-"""Lexical guards and parameters, read as PostgreSQL's own scanner reads the text.
+"""Lexical guards, run before any parser, and parameters, read as PostgreSQL's own scanner
+reads the text.
 
 Owns the size cap, the characters and tokens refused outright (NUL, non-ASCII whitespace,
 `U&` identifiers and strings), the parameter numbers used, and the text handed to sqlglot,
@@ -36,7 +37,8 @@ class ScannedText:
 
 
 def check_text(sql: str, max_bytes: int) -> None:
-    """The guards no parser is needed for; raise `Denial` for text that must not be parsed."""
+    """Apply the guards; raise `Denial` for text that must not reach a parser. PostgreSQL's
+    scanner is asked only about a text that may hold a `U&` escape."""
     encoded = sql.encode("utf-8")
     if len(encoded) > max_bytes:
         raise Denial("too_large", f"the statement is {len(encoded)} bytes; the limit is {max_bytes}")
@@ -46,22 +48,24 @@ def check_text(sql: str, max_bytes: int) -> None:
         raise Denial("lexical", "the statement contains non-ASCII whitespace")
     if not sql.strip():
         raise Denial("parse", "the statement is empty")
+    if UNICODE_ESCAPE_START.search(sql):
+        _scanned(sql)
 
 
 def scan(sql: str, param_locations: Collection[int]) -> ScannedText:
-    """The parameters and the text for sqlglot, for a text PostgreSQL's parser has read;
-    raise `Denial` for a `U&` escape or a parameter numbered below 1.
+    """The parameters and the text for sqlglot, for a text `check_text` passed and
+    PostgreSQL's parser read; raise `Denial` for a parameter numbered below 1.
 
     `param_locations` are where the parser found parameters (its ParamRefs' byte offsets).
-    PostgreSQL's scanner is asked only when the text alone cannot settle it: a text that is
-    not ASCII (the offsets are bytes, Python's are characters), that may hold a `U&` escape,
-    or that has a `$n` outside the parser's parameters (in a string, an identifier or a
-    comment). Otherwise every `$n` is a parameter token: each starts at a ParamRef, and a
-    token that starts there and is the longest `param` is the one the scanner makes."""
-    if sql.isascii() and not UNICODE_ESCAPE_START.search(sql):
-        params = list(PARAM_TEXT.finditer(sql))
-        if {param.start() for param in params} == set(param_locations):
-            return _spaced(sql, [(param.start(), param.end()) for param in params])
+    PostgreSQL's scanner is asked only when the `$n` in the text do not start exactly where
+    the parameters do. Every parameter token starts with a `$n`, so when their starts are
+    the same set, each `$n` is a parameter (one in a string, an identifier or a comment is
+    not at a ParamRef), and the longest `param` there is the token the scanner makes. Past a
+    character beyond ASCII, byte offsets run ahead of character offsets, so the sets differ
+    then too."""
+    params = list(PARAM_TEXT.finditer(sql))
+    if {param.start() for param in params} == set(param_locations):
+        return _spaced(sql, [(param.start(), param.end()) for param in params])
     return _scanned(sql)
 
 
