@@ -14,13 +14,12 @@ allowlists below, is a denial.
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
-import sqlglot
 from pglast import parser as pg_parser
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import SqlglotError
 
 from gateway.policy.columns import column_facts
@@ -90,6 +89,10 @@ PG_STATEMENT_TITLES = {
     "VacuumStmt": "VACUUM and ANALYZE",
     "SecLabelStmt": "SECURITY LABEL",
 }
+
+# sqlglot's reading of PostgreSQL, made once: a dialect holds only its settings, and making
+# one per text is a measurable part of a parse.
+POSTGRES = Postgres()
 
 # sqlglot's root class -> statement kind.
 ROOT_KINDS: dict[type[exp.Expression], str] = {
@@ -524,7 +527,7 @@ def _postgres_write(node_name: str, node: dict) -> str:
 
 def _sqlglot_tree(text: str) -> exp.Expression:
     try:
-        trees = sqlglot.parse(text, read="postgres")
+        trees = POSTGRES.parse(text)
     except SqlglotError as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise Denial("parse", f"the statement could not be parsed: {first_line}") from None
@@ -541,18 +544,6 @@ def _check_allowed(node: exp.Expression) -> None:
 
 def _cte_names(with_: exp.With) -> list[str]:
     return [identifier_name(cte.args["alias"].this) or "" for cte in with_.expressions]
-
-
-def _children(node: exp.Expression) -> Iterator[tuple[str, exp.Expression]]:
-    """(argument name, node) for every node directly below `node`: those `Expression.walk`
-    finds (`exp.Expr` is the base of every node class)."""
-    for key, value in node.args.items():
-        if isinstance(value, list):
-            for child in value:
-                if isinstance(child, exp.Expr):
-                    yield key, child
-        elif isinstance(value, exp.Expr):
-            yield key, value
 
 
 def _is_function(node: exp.Expression) -> bool:
@@ -738,11 +729,16 @@ class _SqlglotView:
         # A WITH's names are in scope for the rest of its query, not for the WITH itself.
         inner = ctes | frozenset(_cte_names(with_)) if isinstance(with_, exp.With) else ctes
         is_with, is_lock = isinstance(node, exp.With), isinstance(node, exp.Lock)
-        for key, child in _children(node):
+        # Every node below, as `Expression.walk` finds them (`exp.Expr` is the base of every
+        # node class).
+        for key, value in node.args.items():
             if is_with and key == "expressions":
                 continue  # each CTE sees its own part of the WITH's names: `_visit_ctes`
-            in_lock_list = is_lock and key == "expressions"
-            self._visit(child, ctes if child is with_ else inner, record=record and not in_lock_list)
+            child_ctes = ctes if key == "with_" else inner
+            child_record = record and not (is_lock and key == "expressions")
+            for child in value if isinstance(value, list) else (value,):
+                if isinstance(child, exp.Expr):
+                    self._visit(child, child_ctes, record=child_record)
         if is_with:
             self._visit_ctes(node, ctes, record=record)
 

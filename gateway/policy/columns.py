@@ -49,7 +49,7 @@ def column_facts(root_name: str, root: dict) -> ColumnFacts:
 
 
 def _fields(column_ref: dict) -> tuple[str, ...]:
-    return tuple("*" if "A_Star" in field else field["String"]["sval"] for field in column_ref.get("fields", []))
+    return tuple(["*" if "A_Star" in field else field["String"]["sval"] for field in column_ref.get("fields", [])])
 
 
 def _is_star(node: dict | None) -> bool:
