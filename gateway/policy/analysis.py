@@ -13,6 +13,7 @@ allowlists below, is a denial.
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass, field
 
@@ -537,17 +538,8 @@ def _sqlglot_tree(text: str) -> exp.Expression:
     return trees[0]
 
 
-def _check_allowed(node: exp.Expression) -> None:
-    if type(node) not in ALLOWED_NODES and not _is_function(node):
-        raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
-
-
 def _cte_names(with_: exp.With) -> list[str]:
     return [identifier_name(cte.args["alias"].this) or "" for cte in with_.expressions]
-
-
-def _is_function(node: exp.Expression) -> bool:
-    return isinstance(node, exp.Func) and not isinstance(node, exp.Command)
 
 
 def _root_kind(tree: exp.Expression) -> str:
@@ -623,7 +615,7 @@ def table_name(table: exp.Table) -> TableName:
 
 
 # The node classes whose statement marks tables as targets of a write, DDL or lock, for
-# `_SqlglotView._mark_statement_targets`; one isinstance test keeps the others cheap.
+# `_SqlglotView._mark_statement_targets`.
 STATEMENT_NODES = (
     exp.Insert,
     exp.Update,
@@ -641,6 +633,33 @@ STATEMENT_NODES = (
 WRITE_NODES = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 
 
+@dataclass(frozen=True, slots=True)
+class _NodeRole:
+    """What a node class is to `_SqlglotView`, worked out once per class: the walk meets
+    hundreds of nodes per statement, of a few dozen classes."""
+
+    allowed: bool
+    statement: bool
+    write: bool
+    table: bool
+    with_: bool
+    lock: bool
+    scoping: bool  # its arguments are walked each in its own way (CTE names, FOR UPDATE OF)
+
+
+@functools.cache
+def _node_role(cls: type[exp.Expression]) -> _NodeRole:
+    return _NodeRole(
+        allowed=cls in ALLOWED_NODES or (issubclass(cls, exp.Func) and not issubclass(cls, exp.Command)),
+        statement=issubclass(cls, STATEMENT_NODES),
+        write=issubclass(cls, WRITE_NODES),
+        table=issubclass(cls, exp.Table),
+        with_=issubclass(cls, exp.With),
+        lock=issubclass(cls, exp.Lock),
+        scoping=issubclass(cls, exp.With | exp.Lock),
+    )
+
+
 class _SqlglotView:
     """What sqlglot reads in the text, in one walk of its tree: every node checked against
     the allowlist; every table the statement reads or writes, with the kind of access,
@@ -655,7 +674,7 @@ class _SqlglotView:
         self.accesses: set[TableAccess] = set()
         self.names: set[TableName] = set()
         self.writes: list[str] = []
-        self._visit(tree, frozenset(), record=True)
+        self._visit(tree, frozenset(), True)
 
     def _mark(self, node: exp.Expression | None, *kinds: str) -> None:
         if isinstance(node, exp.Schema):
@@ -714,40 +733,44 @@ class _SqlglotView:
             for table in source.this.find_all(exp.Table):
                 self._locked.add(id(table))
 
-    def _visit(self, node: exp.Expression, ctes: frozenset[str], *, record: bool) -> None:
+    def _visit(self, node: exp.Expression, ctes: frozenset[str], record: bool) -> None:
         """`ctes`: the CTE names in scope. `record`: whether the tables below are accessed
         (not so the names FOR UPDATE OF lists, which refer to FROM items); every node is
         checked all the same."""
-        _check_allowed(node)
-        if isinstance(node, STATEMENT_NODES):
+        role = _node_role(type(node))
+        if not role.allowed:
+            raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
+        if role.statement:
             self._mark_statement_targets(node)
-            if isinstance(node, WRITE_NODES) and (write := _write_statement(node)) is not None:
+            if role.write and (write := _write_statement(node)) is not None:
                 self.writes.append(write)
-        if record and isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+        if role.table and record and isinstance(node.this, exp.Identifier):
             self._record_table(node, ctes)
         with_ = node.args.get("with_")
+        if with_ is None and not role.scoping:
+            # Every node below, as `Expression.walk` finds them.
+            for child in node.iter_expressions():
+                self._visit(child, ctes, record)
+            return
         # A WITH's names are in scope for the rest of its query, not for the WITH itself.
         inner = ctes | frozenset(_cte_names(with_)) if isinstance(with_, exp.With) else ctes
-        is_with, is_lock = isinstance(node, exp.With), isinstance(node, exp.Lock)
-        # Every node below, as `Expression.walk` finds them (`exp.Expr` is the base of every
-        # node class).
         for key, value in node.args.items():
-            if is_with and key == "expressions":
+            if role.with_ and key == "expressions":
                 continue  # each CTE sees its own part of the WITH's names: `_visit_ctes`
             child_ctes = ctes if key == "with_" else inner
-            child_record = record and not (is_lock and key == "expressions")
+            child_record = record and not (role.lock and key == "expressions")
             for child in value if isinstance(value, list) else (value,):
-                if isinstance(child, exp.Expr):
-                    self._visit(child, child_ctes, record=child_record)
-        if is_with:
-            self._visit_ctes(node, ctes, record=record)
+                if isinstance(child, exp.Expr):  # the base of every node class
+                    self._visit(child, child_ctes, child_record)
+        if role.with_:
+            self._visit_ctes(node, ctes, record)
 
-    def _visit_ctes(self, with_: exp.With, outer: frozenset[str], *, record: bool) -> None:
+    def _visit_ctes(self, with_: exp.With, outer: frozenset[str], record: bool) -> None:
         """A CTE body sees the CTEs before it; all of them when RECURSIVE."""
         names = _cte_names(with_)
         recursive = bool(with_.args.get("recursive"))
         for index, cte in enumerate(with_.expressions):
-            self._visit(cte, outer | frozenset(names if recursive else names[:index]), record=record)
+            self._visit(cte, outer | frozenset(names if recursive else names[:index]), record)
 
     def _record_table(self, node: exp.Table, ctes: frozenset[str]) -> None:
         name = table_name(node)
