@@ -534,6 +534,15 @@ LOCKING = [
 ]
 
 CTE_SCOPES = [
+    # SEARCH and CYCLE are sqlglot nodes of the WITH itself, outside the allowlist.
+    case(
+        "recursive-cte-search-clause",
+        "with recursive t(n) as (select 1 union all select n + 1 from t where n < 3) search depth first by n set o "
+        "select n from t",
+        "clerk",
+        False,
+        "syntax",
+    ),
     case("cte-named-like-table-reads-no-table", "with orders as (select 1) select * from orders", "clerk", True),
     case(
         "inner-cte-does-not-shadow-outer-reference",
@@ -765,6 +774,8 @@ DDL = [
     case("create-table-elsewhere", "create table other (id int)", "migrator", False, "table"),
     case("create-table-as", "create table scratch as select * from orders", "migrator", True),
     case("create-index", "create index on orders (id)", "migrator", True),
+    # A temporary table outlives the statement in the session's pg_temp: outside sqlglot's allowlist.
+    case("create-temp-table", "create temp table scratch (id int)", "migrator", False, "syntax"),
     case("create-index-on-unlisted-table", "create index on customers (id)", "migrator", False, "table"),
     case("create-view-not-listed", "create view v as select * from orders", "migrator", False, "table"),
     case("drop-table", "drop table orders", "migrator", True),

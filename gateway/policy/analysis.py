@@ -13,19 +13,20 @@ allowlists below, is a denial.
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass, field
 
 import orjson
-import sqlglot
 from pglast import parser as pg_parser
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import SqlglotError
 
 from gateway.policy.columns import column_facts
 from gateway.policy.facts import ColumnFacts, Denial, StatementFacts, TableAccess, TableName
 from gateway.policy.functions import check_set_config_call
-from gateway.policy.lexical import scan
+from gateway.policy.lexical import check_text, scan
 from gateway.policy.naming import sql_value_function_name
 from gateway.policy.pgtree import entries, names
 
@@ -89,6 +90,10 @@ PG_STATEMENT_TITLES = {
     "VacuumStmt": "VACUUM and ANALYZE",
     "SecLabelStmt": "SECURITY LABEL",
 }
+
+# sqlglot's reading of PostgreSQL, made once: a dialect holds only its settings, and making
+# one per text is a measurable part of a parse.
+POSTGRES = Postgres()
 
 # sqlglot's root class -> statement kind.
 ROOT_KINDS: dict[type[exp.Expression], str] = {
@@ -314,18 +319,18 @@ def analyze(sql: str, max_bytes: int) -> StatementFacts:
 
 
 def _analyze(sql: str, max_bytes: int) -> StatementFacts:
-    scanned = scan(sql, max_bytes)
+    check_text(sql, max_bytes)
     postgres = _postgres_view(sql)
-    tree = _sqlglot_tree(scanned.analysis_text)
-    root_kind = _root_kind(tree)
+    scanned = scan(sql, postgres.param_locations)
+    sqlglot_view = _SqlglotView(_sqlglot_tree(scanned.analysis_text))
+    root_kind = _root_kind(sqlglot_view.tree)
     if root_kind != postgres.kind:
         raise Denial(
             "parser_disagreement",
             f"the two parsers disagree on the statement kind ({root_kind} vs {postgres.kind})",
         )
-    walker = _TableWalker()
-    accesses = walker.accesses(tree)
-    _cross_check(postgres, walker.names, _write_statements(tree))
+    accesses = sqlglot_view.accesses
+    _cross_check(postgres, sqlglot_view.names, sqlglot_view.writes)
     if root_kind != "select" and not any(access.kind == root_kind for access in accesses):
         # Every write and every DDL changes a table the rules must be asked about.
         raise Denial("syntax", f"cannot tell which table this {root_kind.upper()} statement changes")
@@ -388,6 +393,7 @@ class _PostgresView:
     columns: ColumnFacts = field(default_factory=ColumnFacts)
     cascade: bool = False  # some part of the statement acts ... CASCADE
     positions: dict[TableName, int] = field(default_factory=dict)  # first mention of each relation, 1-based
+    param_locations: list[int] = field(default_factory=list)  # byte offset of each parameter
 
 
 def _postgres_view(sql: str) -> _PostgresView:
@@ -470,9 +476,16 @@ def _qualified(items: list[dict]) -> str:
     return ".".join(names(items))
 
 
+# The fields `_collect_names` acts on; FOR UPDATE OF names (`lockedRels`) refer to FROM
+# items, not to relations.
+NAME_FIELDS = frozenset(
+    {"relname", "FuncCall", "SQLValueFunction", "behavior", "TypeCast", "A_Expr", "ParamRef", *PG_WRITE_STATEMENTS}
+)
+NAME_STOP = frozenset({"lockedRels"})
+
+
 def _collect_names(node: object, view: _PostgresView) -> None:
-    # FOR UPDATE OF names refer to FROM items, not to relations.
-    for current, key, value in entries(node, stop=frozenset({"lockedRels"})):
+    for current, key, value in entries(node, NAME_FIELDS, NAME_STOP):
         if key == "relname":  # a RangeVar, wrapped or not: a relation name as written
             table = TableName.from_range_var(current)
             view.tables.add(table)
@@ -494,6 +507,8 @@ def _collect_names(node: object, view: _PostgresView) -> None:
             raise Denial("operator", f"explicit operator {_qualified(value['name'])} is not allowed")
         elif key in PG_WRITE_STATEMENTS:
             view.writes.append(_postgres_write(key, value))
+        elif key == "ParamRef":
+            view.param_locations.append(value.get("location", -1))
 
 
 def _postgres_write(node_name: str, node: dict) -> str:
@@ -513,22 +528,18 @@ def _postgres_write(node_name: str, node: dict) -> str:
 
 def _sqlglot_tree(text: str) -> exp.Expression:
     try:
-        trees = sqlglot.parse(text, read="postgres")
+        trees = POSTGRES.parse(text)
     except SqlglotError as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise Denial("parse", f"the statement could not be parsed: {first_line}") from None
     trees = [tree for tree in trees if tree is not None]
     if len(trees) != 1:
         raise Denial("multiple_statements", f"exactly one statement is allowed, found {len(trees)}")
-    tree = trees[0]
-    for node in tree.walk():
-        if type(node) not in ALLOWED_NODES and not _is_function(node):
-            raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
-    return tree
+    return trees[0]
 
 
-def _is_function(node: exp.Expression) -> bool:
-    return isinstance(node, exp.Func) and not isinstance(node, exp.Command)
+def _cte_names(with_: exp.With) -> list[str]:
+    return [identifier_name(cte.args["alias"].this) or "" for cte in with_.expressions]
 
 
 def _root_kind(tree: exp.Expression) -> str:
@@ -542,20 +553,18 @@ def _root_kind(tree: exp.Expression) -> str:
     return kind
 
 
-def _write_statements(tree: exp.Expression) -> list[str]:
-    """Every data-modifying statement in sqlglot's tree, described as `_write_signature` does."""
-    writes = []
-    for node in tree.walk():
-        if isinstance(node.parent, exp.When):
-            continue  # a MERGE action, counted with its MERGE
-        if isinstance(node, exp.Insert):
-            upsert = _is_upsert(node.args.get("conflict"))
-            writes.append(_write_signature("insert", _write_target(node), upsert=upsert))
-        elif isinstance(node, exp.Update | exp.Delete):
-            writes.append(_write_signature(node.key, _write_target(node)))
-        elif isinstance(node, exp.Merge):
-            writes.append(_write_signature("merge", _write_target(node), merge_actions=_merge_actions(node)))
-    return writes
+def _write_statement(node: exp.Expression) -> str | None:
+    """A data-modifying statement described as `_write_signature` does; None for any other
+    node, and for a MERGE action (counted with its MERGE)."""
+    if isinstance(node.parent, exp.When):
+        return None
+    if isinstance(node, exp.Insert):
+        return _write_signature("insert", _write_target(node), upsert=_is_upsert(node.args.get("conflict")))
+    if isinstance(node, exp.Update | exp.Delete):
+        return _write_signature(node.key, _write_target(node))
+    if isinstance(node, exp.Merge):
+        return _write_signature("merge", _write_target(node), merge_actions=_merge_actions(node))
+    return None
 
 
 def _write_target(node: exp.Expression) -> TableName | None:
@@ -605,20 +614,67 @@ def table_name(table: exp.Table) -> TableName:
     return TableName(identifier_name(table.args.get("db")), identifier_name(table.this) or "")
 
 
-class _TableWalker:
-    """Every table a statement reads or writes, with the kind of access, resolving CTE names
-    by lexical scope: a CTE shadows a table only inside the WITH that defines it. Also every
-    relation name as written (`names`), for the cross-check with PostgreSQL's parser."""
+# The node classes whose statement marks tables as targets of a write, DDL or lock, for
+# `_SqlglotView._mark_statement_targets`.
+STATEMENT_NODES = (
+    exp.Insert,
+    exp.Update,
+    exp.Delete,
+    exp.Merge,
+    exp.Create,
+    exp.Drop,
+    exp.TruncateTable,
+    exp.Comment,
+    exp.Alter,
+    exp.Grant,
+    exp.Revoke,
+    exp.Select,
+)
+WRITE_NODES = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True, slots=True)
+class _NodeRole:
+    """What a node class is to `_SqlglotView`, worked out once per class: the walk meets
+    hundreds of nodes per statement, of a few dozen classes."""
+
+    allowed: bool
+    statement: bool
+    write: bool
+    table: bool
+    with_: bool
+    lock: bool
+    scoping: bool  # its arguments are walked each in its own way (CTE names, FOR UPDATE OF)
+
+
+@functools.cache
+def _node_role(cls: type[exp.Expression]) -> _NodeRole:
+    return _NodeRole(
+        allowed=cls in ALLOWED_NODES or (issubclass(cls, exp.Func) and not issubclass(cls, exp.Command)),
+        statement=issubclass(cls, STATEMENT_NODES),
+        write=issubclass(cls, WRITE_NODES),
+        table=issubclass(cls, exp.Table),
+        with_=issubclass(cls, exp.With),
+        lock=issubclass(cls, exp.Lock),
+        scoping=issubclass(cls, exp.With | exp.Lock),
+    )
+
+
+class _SqlglotView:
+    """What sqlglot reads in the text, in one walk of its tree: every node checked against
+    the allowlist; every table the statement reads or writes, with the kind of access,
+    resolving CTE names by lexical scope (a CTE shadows a table only inside the WITH that
+    defines it); every relation name as written (`names`) and every data-modifying statement
+    (`writes`), for the cross-check with PostgreSQL's parser."""
+
+    def __init__(self, tree: exp.Expression) -> None:
+        self.tree = tree
         self._targets: dict[int, set[str]] = {}
         self._locked: set[int] = set()
-        self._found: set[TableAccess] = set()
+        self.accesses: set[TableAccess] = set()
         self.names: set[TableName] = set()
-
-    def accesses(self, tree: exp.Expression) -> set[TableAccess]:
-        self._visit(tree, frozenset())
-        return self._found
+        self.writes: list[str] = []
+        self._visit(tree, frozenset(), True)
 
     def _mark(self, node: exp.Expression | None, *kinds: str) -> None:
         if isinstance(node, exp.Schema):
@@ -662,7 +718,7 @@ class _TableWalker:
             raise Denial("syntax", f"four-part name {column.sql('postgres')} is not allowed")
         name = TableName(identifier_name(column.args.get("db")), identifier_name(column.args.get("table")) or "")
         self.names.add(name)
-        self._found.add(TableAccess("ddl", name))
+        self.accesses.add(TableAccess("ddl", name))
 
     def _mark_locked_tables(self, select: exp.Select) -> None:
         """FOR UPDATE / FOR SHARE lock the rows of every table in FROM, including those inside
@@ -677,27 +733,44 @@ class _TableWalker:
             for table in source.this.find_all(exp.Table):
                 self._locked.add(id(table))
 
-    def _visit(self, node: exp.Expression, ctes: frozenset[str]) -> None:
-        self._mark_statement_targets(node)
-        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+    def _visit(self, node: exp.Expression, ctes: frozenset[str], record: bool) -> None:
+        """`ctes`: the CTE names in scope. `record`: whether the tables below are accessed
+        (not so the names FOR UPDATE OF lists, which refer to FROM items); every node is
+        checked all the same."""
+        role = _node_role(type(node))
+        if not role.allowed:
+            raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
+        if role.statement:
+            self._mark_statement_targets(node)
+            if role.write and (write := _write_statement(node)) is not None:
+                self.writes.append(write)
+        if role.table and record and isinstance(node.this, exp.Identifier):
             self._record_table(node, ctes)
         with_ = node.args.get("with_")
-        if isinstance(with_, exp.With):
-            ctes = self._visit_with(with_, ctes)
+        if with_ is None and not role.scoping:
+            # Every node below, as `Expression.walk` finds them.
+            for child in node.iter_expressions():
+                self._visit(child, ctes, record)
+            return
+        # A WITH's names are in scope for the rest of its query, not for the WITH itself.
+        inner = ctes | frozenset(_cte_names(with_)) if isinstance(with_, exp.With) else ctes
         for key, value in node.args.items():
-            if key == "with_" or (isinstance(node, exp.Lock) and key == "expressions"):
-                continue  # CTEs are visited above; FOR UPDATE OF names refer to FROM items
-            for child in value if isinstance(value, list) else [value]:
-                if isinstance(child, exp.Expression):
-                    self._visit(child, ctes)
+            if role.with_ and key == "expressions":
+                continue  # each CTE sees its own part of the WITH's names: `_visit_ctes`
+            child_ctes = ctes if key == "with_" else inner
+            child_record = record and not (role.lock and key == "expressions")
+            for child in value if isinstance(value, list) else (value,):
+                if isinstance(child, exp.Expr):  # the base of every node class
+                    self._visit(child, child_ctes, child_record)
+        if role.with_:
+            self._visit_ctes(node, ctes, record)
 
-    def _visit_with(self, with_: exp.With, outer: frozenset[str]) -> frozenset[str]:
-        names = [identifier_name(cte.args["alias"].this) or "" for cte in with_.expressions]
+    def _visit_ctes(self, with_: exp.With, outer: frozenset[str], record: bool) -> None:
+        """A CTE body sees the CTEs before it; all of them when RECURSIVE."""
+        names = _cte_names(with_)
         recursive = bool(with_.args.get("recursive"))
         for index, cte in enumerate(with_.expressions):
-            visible = names if recursive else names[:index]
-            self._visit(cte.this, outer | frozenset(visible))
-        return outer | frozenset(names)
+            self._visit(cte, outer | frozenset(names if recursive else names[:index]), record)
 
     def _record_table(self, node: exp.Table, ctes: frozenset[str]) -> None:
         name = table_name(node)
@@ -709,4 +782,4 @@ class _TableWalker:
                 return
             kinds = {"select", "update"} if id(node) in self._locked else {"select"}
         for kind in kinds:
-            self._found.add(TableAccess(kind, name))
+            self.accesses.add(TableAccess(kind, name))

@@ -33,6 +33,9 @@ Ctes = dict[str, Output]
 QUERY_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 FROM_NODES = frozenset({"RangeVar", "RangeSubselect", "RangeFunction", "JoinExpr", "RangeTableSample"})
 RETURNING_ALIASES = ("old", "new")  # PostgreSQL 18: RETURNING old.x, new.x
+# The fields `_ColumnWalker.expression` acts on, and those it leaves to the query walk.
+EXPRESSION_STOP = frozenset({"ColumnRef", "SubLink"})
+EXPRESSION_FIELDS = EXPRESSION_STOP | QUERY_NODES | FROM_NODES
 
 
 def column_facts(root_name: str, root: dict) -> ColumnFacts:
@@ -46,7 +49,7 @@ def column_facts(root_name: str, root: dict) -> ColumnFacts:
 
 
 def _fields(column_ref: dict) -> tuple[str, ...]:
-    return tuple("*" if "A_Star" in field else field["String"]["sval"] for field in column_ref.get("fields", []))
+    return tuple(["*" if "A_Star" in field else field["String"]["sval"] for field in column_ref.get("fields", [])])
 
 
 def _is_star(node: dict | None) -> bool:
@@ -349,7 +352,7 @@ class _ColumnWalker:
     def expression(self, node: object, scope: int, ctes: Ctes, output_names: frozenset[str] = frozenset()) -> None:
         """Every column reference in an expression tree, at `scope`; sub-queries are levels
         of their own below it."""
-        for _, key, value in entries(node, stop=frozenset({"ColumnRef", "SubLink"})):
+        for _, key, value in entries(node, EXPRESSION_FIELDS, EXPRESSION_STOP):
             if key == "ColumnRef":
                 self.references.append(ColumnRef(scope, _fields(value), output_names))
             elif key == "SubLink":

@@ -1,16 +1,18 @@
-"""Lexical guards, run before any parser: PostgreSQL's own scanner reads the text.
+"""Lexical guards, run before any parser, and parameters, read as PostgreSQL's own scanner
+reads the text.
 
 Owns the size cap, the characters and tokens refused outright (NUL, non-ASCII whitespace,
 `U&` identifiers and strings), the parameter numbers used, and the text handed to sqlglot,
 which differs from the caller's only in a space after each `$n` parameter: sqlglot 27.21+
-reads `$1,$2` as the start of a dollar-quoted string. The parameter positions come from
-PostgreSQL's scanner, so nothing inside a string, identifier or comment is touched.
-The caller's text is what runs; this copy is only ever analysed.
+reads `$1,$2` as the start of a dollar-quoted string. The parameter positions are PostgreSQL's,
+so nothing inside a string, identifier or comment is touched. The caller's text is what runs;
+this copy is only ever analysed.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from pglast import parser as pg_parser
@@ -21,6 +23,11 @@ from gateway.policy.facts import Denial
 # other tools as spaces, which is how one text can mean two things.
 NON_ASCII_SPACE = re.compile(r"[\u0085\u00a0\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]")
 UNICODE_ESCAPE_TOKENS = frozenset({"UIDENT", "USCONST"})
+# What starts those tokens in PostgreSQL's scanner (`xuistart`, `xusstart`): a text without it
+# has none of them.
+UNICODE_ESCAPE_START = re.compile(r"[uU]&['\"]")
+# PostgreSQL's `param`: `$` and a decimal integer, digits optionally grouped by underscores.
+PARAM_TEXT = re.compile(r"\$[0-9]+(?:_[0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -29,8 +36,9 @@ class ScannedText:
     params_used: frozenset[int]
 
 
-def scan(sql: str, max_bytes: int) -> ScannedText:
-    """Apply the guards; raise `Denial` for text that must not reach a parser."""
+def check_text(sql: str, max_bytes: int) -> None:
+    """Apply the guards; raise `Denial` for text that must not reach a parser. PostgreSQL's
+    scanner is asked only about a text that may hold a `U&` escape."""
     encoded = sql.encode("utf-8")
     if len(encoded) > max_bytes:
         raise Denial("too_large", f"the statement is {len(encoded)} bytes; the limit is {max_bytes}")
@@ -40,28 +48,56 @@ def scan(sql: str, max_bytes: int) -> ScannedText:
         raise Denial("lexical", "the statement contains non-ASCII whitespace")
     if not sql.strip():
         raise Denial("parse", "the statement is empty")
+    if UNICODE_ESCAPE_START.search(sql):
+        _scanned(sql)
+
+
+def scan(sql: str, param_locations: Collection[int]) -> ScannedText:
+    """The parameters and the text for sqlglot, for a text `check_text` passed and
+    PostgreSQL's parser read; raise `Denial` for a parameter numbered below 1.
+
+    `param_locations` are where the parser found parameters (its ParamRefs' byte offsets).
+    PostgreSQL's scanner is asked only when the `$n` in the text do not start exactly where
+    the parameters do. Every parameter token starts with a `$n`, so when their starts are
+    the same set, each `$n` is a parameter (one in a string, an identifier or a comment is
+    not at a ParamRef), and the longest `param` there is the token the scanner makes. Past a
+    character beyond ASCII, byte offsets run ahead of character offsets, so the sets differ
+    then too."""
+    params = list(PARAM_TEXT.finditer(sql))
+    if {param.start() for param in params} == set(param_locations):
+        return _spaced(sql, [(param.start(), param.end()) for param in params])
+    return _scanned(sql)
+
+
+def _scanned(sql: str) -> ScannedText:
     try:
         tokens = pg_parser.scan(sql)
     except pg_parser.ParseError as error:
         raise Denial.syntax_error(error, sql) from None
-
-    params: set[int] = set()
-    cut_points: list[int] = []
+    params: list[tuple[int, int]] = []
     for token in tokens:
         if token.name in UNICODE_ESCAPE_TOKENS:
             raise Denial("lexical", "U&\"...\" and U&'...' escapes are not accepted")
         if token.name == "PARAM":
-            # pglast gives character offsets into the text (libpg_query's byte offsets, converted).
-            number = int(sql[token.start + 1 : token.end + 1])
-            if number < 1:
-                raise Denial("lexical", f"parameter ${number}: parameters are numbered from $1")
-            params.add(number)
-            cut_points.append(token.end + 1)
-    if not cut_points:
+            # pglast gives character offsets into the text (libpg_query's byte offsets,
+            # converted), the last one inclusive.
+            params.append((token.start, token.end + 1))
+    return _spaced(sql, params)
+
+
+def _spaced(sql: str, params: list[tuple[int, int]]) -> ScannedText:
+    """`params`: (start, end) of each parameter token, in order."""
+    numbers: set[int] = set()
+    for start, end in params:
+        number = int(sql[start + 1 : end])
+        if number < 1:
+            raise Denial("lexical", f"parameter ${number}: parameters are numbered from $1")
+        numbers.add(number)
+    if not params:
         return ScannedText(sql, frozenset())
     pieces, previous = [], 0
-    for cut in cut_points:
+    for _, cut in params:
         pieces.append(sql[previous:cut])
         previous = cut
     pieces.append(sql[previous:])
-    return ScannedText(" ".join(pieces), frozenset(params))
+    return ScannedText(" ".join(pieces), frozenset(numbers))
