@@ -29,7 +29,7 @@ from gateway.api.exchange import (
 )
 from gateway.api.results import parse_command_tag
 from gateway.db.session import RowField, StatementRun, row_description
-from gateway.db.types import Converter, json_to_pg_text, neon_json_converter
+from gateway.db.types import json_to_pg_text, neon_json_converter, row_converter
 from gateway.errors import GatewayError, bad_request, response_too_large
 from gateway.pipeline import Call, Judged, RequestScope, Statement, TransactionOptions
 
@@ -213,7 +213,9 @@ class ResultEncoder:
         in pieces and again joined."""
         names = [column.name for column in run.columns]
         # Every value is PostgreSQL's text output already: raw text sends it as it is.
-        converters = [None if self.raw_text else neon_json_converter(column.type) for column in run.columns]
+        values_of = row_converter(
+            [None if self.raw_text else neon_json_converter(column.type) for column in run.columns]
+        )
         fields = [_field(field) for field in row_description(run)]
         result = bytearray()
         self._append(result, max_bytes, b'{"fields":' + orjson.dumps(fields) + b',"rows":[')
@@ -222,7 +224,7 @@ class ResultEncoder:
             rows += len(batch)
             if rows > max_rows:
                 raise response_too_large(max_rows, "rows")
-            values = [_converted(record, converters) for record in batch]
+            values = [values_of(record) for record in batch]
             if values:
                 encoded = orjson.dumps(values if array_mode else [dict(zip(names, row, strict=True)) for row in values])
                 if rows > len(batch):
@@ -240,13 +242,6 @@ class ResultEncoder:
         if self.size > max_bytes:
             raise response_too_large(max_bytes)
         result += chunk
-
-
-def _converted(record: Any, converters: list[Converter | None]) -> list[Any]:
-    return [
-        value if value is None or convert is None else convert(value)
-        for value, convert in zip(record, converters, strict=True)
-    ]
 
 
 def _field(field: RowField) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.db.session import Column
-from gateway.db.types import json_converter
+from gateway.db.types import json_converter, row_converter
 from gateway.errors import GatewayError
 
 NDJSON = "application/x-ndjson"
@@ -59,7 +59,7 @@ class ResultWriter:
         self, columns: Sequence[Column], *, array_rows: bool, ndjson: bool, max_rows: int, max_bytes: int
     ) -> None:
         self.names = [column.name for column in columns]
-        self.converters = [json_converter(column.type) for column in columns]
+        self._values = row_converter([json_converter(column.type) for column in columns])
         self.columns_json = [{"name": column.name, "type": column.type.name} for column in columns]
         self.array_rows = array_rows
         self.ndjson = ndjson
@@ -71,10 +71,7 @@ class ResultWriter:
         self._first_row = True
 
     def _row(self, record: Any) -> Any:
-        values = [
-            value if value is None or convert is None else convert(value)
-            for value, convert in zip(record, self.converters, strict=False)
-        ]
+        values = self._values(record)
         return values if self.array_rows else dict(zip(self.names, values, strict=False))
 
     def head(self) -> bytes:

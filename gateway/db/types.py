@@ -224,6 +224,24 @@ def json_converter(type_: Any) -> Converter | None:
     return SCALAR_CONVERTERS.get(type_.name)
 
 
+def row_converter(converters: list[Converter | None]) -> Callable[[Any], list[Any]]:
+    """A function turning a record into its values made JSON-ready, touching only the columns
+    whose converter is not None (most values stay PostgreSQL's text as they are)."""
+    conversions = [(index, convert) for index, convert in enumerate(converters) if convert is not None]
+    if not conversions:
+        return list
+
+    def convert_row(record: Any) -> list[Any]:
+        values = list(record)
+        for index, convert in conversions:
+            value = values[index]
+            if value is not None:
+                values[index] = convert(value)
+        return values
+
+    return convert_row
+
+
 # The Neon protocol without raw text output (curl users; the driver always asks for raw
 # text): Neon's proxy makes JSON values of these types, arrays of them included, and leaves
 # every other value PostgreSQL's text (proxy json.rs, pg_text_to_json).
