@@ -59,7 +59,7 @@ class Front:
             await self.app(scope, receive, send)
             return
         request_id = request_id_from(_header(scope, b"x-request-id"))
-        scope["state"] = {"request_id": request_id}
+        scope.setdefault("state", {})["request_id"] = request_id
         endpoint = self.hot.get((scope["method"], scope["path"]))
         if endpoint is not None:
             scope["app"] = self.app
