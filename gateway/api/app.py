@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.api import native, neon
-from gateway.api.exchange import JSON
+from gateway.api.exchange import JSON, declares_more_than
 from gateway.api.openapi import openapi_document
 from gateway.api.results import error_body
 from gateway.auth import READY_STATES
@@ -82,9 +82,7 @@ class Front:
                     headers.append("Server-Timing", f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
             await send(message)
 
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            # Any path, known or not: the body is refused before a byte of it is read.
+        if declares_more_than(_header(scope, b"content-length"), self.max_body_bytes):  # any path, known or not
             error = payload_too_large(self.max_body_bytes)
             body = neon.error_json(error) if scope["path"] == neon.PATH else _error_json(error, request_id)
             await Response(body, status_code=413, media_type=JSON)(scope, receive, send_with_id)
@@ -93,6 +91,7 @@ class Front:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
+    """One header of the raw scope, without building Starlette's `Headers` on the hot path."""
     for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1")

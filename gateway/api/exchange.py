@@ -86,12 +86,16 @@ def open_scope(request: Request, endpoint: str) -> RequestScope:
     )
 
 
+def declares_more_than(content_length: str | None, limit: int) -> bool:
+    """A `Content-Length` over `limit`: the body is refused before a byte of it is read."""
+    return content_length is not None and content_length.isdigit() and int(content_length) > limit
+
+
 async def read_body(request: Request) -> bytes:
     """The body, refused (413) as soon as it is declared or found to be over
     `server.max_body_bytes`, before the rest of it is read."""
     limit = request.app.state.pipeline.config.server.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declares_more_than(request.headers.get("content-length"), limit):
         raise payload_too_large(limit)
     chunks = []
     size = 0

@@ -5,10 +5,10 @@ batches with one round trip per batch (its cursor adds a round trip or yields ro
 look a prepared statement up in its cache by name resolution, repeat a cancel request that
 did not take, read the RowDescription the server sent and the settings it reported, give a
 pooled connection back without a task per call, and exchange records and arrays as
-PostgreSQL's text. Each of those reaches into asyncpg here and
-nowhere else, and `self_test` — run on the first connection, before the gateway serves —
-refuses an asyncpg outside the range these internals were checked on, or one on which any of
-them no longer behaves as expected. pyproject.toml pins the same range.
+PostgreSQL's text. Each of those reaches into asyncpg here and nowhere else, and `self_test`
+— run on the first connection, before the gateway serves — refuses an asyncpg outside the
+range these internals were checked on, or one on which any of them no longer behaves as
+expected. pyproject.toml pins the same range.
 """
 
 from __future__ import annotations
