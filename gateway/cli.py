@@ -238,7 +238,9 @@ def _grants_database(config: GatewayConfig, args: argparse.Namespace) -> Databas
     secret = args.password_secret
     if secret is None and _is_set(store, DEFAULT_PASSWORD_SECRET):
         secret = DEFAULT_PASSWORD_SECRET
-    settings = dataclasses.replace(config.database, url=url, password_secret=secret, sslcert=None, sslkey_secret=None)
+    settings = dataclasses.replace(
+        config.database, url=url, password_secret=secret, login_secret=None, sslcert=None, sslkey_secret=None
+    )
     return Database(settings, store)
 
 
