@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -223,6 +222,7 @@ DEFAULT_PASSWORD_SECRET = "PGPASSWORD"
 def _grants_database(config: GatewayConfig, args: argparse.Namespace) -> Database:
     """`--database URL` as an admin login, else (plan only) the configured database as the
     gateway's login."""
+    from gateway.db.admin import admin_login
     from gateway.db.pool import Database
 
     if args.database is None:
@@ -238,10 +238,7 @@ def _grants_database(config: GatewayConfig, args: argparse.Namespace) -> Databas
     secret = args.password_secret
     if secret is None and _is_set(store, DEFAULT_PASSWORD_SECRET):
         secret = DEFAULT_PASSWORD_SECRET
-    settings = dataclasses.replace(
-        config.database, url=url, password_secret=secret, login_secret=None, sslcert=None, sslkey_secret=None
-    )
-    return Database(settings, store)
+    return Database(admin_login(config.database, url, secret), store)
 
 
 def _is_set(store: SecretStore, name: str) -> bool:

@@ -205,6 +205,32 @@ class MetricsConfig:
         return None if self.listen is None else listen_address(self.listen)
 
 
+# What becomes of the objects a temporary login created when its role is dropped: handed to
+# the identity's role (what a migration tool made stays), or dropped with it.
+OwnedObjects = Literal["reassign", "drop"]
+
+
+@dataclass(frozen=True)
+class CredentialsConfig:
+    """The broker (`POST /v1/credentials`): the admin login that creates and drops temporary
+    login roles, and what the connection strings it issues name."""
+
+    # A login of its own, never the query login: CREATEROLE, never a superuser. TLS settings
+    # come from [database] (the same server); the password from a secret.
+    admin_url: str
+    # Where clients connect: a name the server's certificate holds (sslmode verify-full).
+    public_host: str
+    admin_password_secret: str | None = None
+    public_port: int = 5432
+    sslmode: SslMode = "verify-full"
+    # How often expired logins are dropped and their sessions ended (also once at start).
+    reap_interval: Seconds = 60.0
+    # How long any one exchange of the admin login with the database may last (connecting
+    # is database.connect_timeout).
+    admin_timeout: Seconds = 5.0
+    owned_objects: OwnedObjects = "reassign"
+
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -225,6 +251,7 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     issuers: tuple[IssuerConfig, ...] = ()
     identities: tuple[IdentityConfig, ...] = ()
+    credentials: CredentialsConfig | None = None
     # Where the file was read from; not a TOML key.
     source: str = field(default="<memory>", metadata={"internal": True})
 
@@ -422,14 +449,9 @@ def _validate(config: GatewayConfig, source: str) -> None:
     def fail(path: str, message: str) -> typing.NoReturn:
         raise ConfigError(f"{source}: {path}: {message}")
 
-    if not config.database.url.startswith(("postgresql://", "postgres://")):
-        fail("database.url", "expected a postgresql:// URL")
-    try:
-        has_password = url_has_password(config.database.url)
-    except ValueError:  # urlsplit refuses, e.g., an unclosed [IPv6 host
-        fail("database.url", "expected a valid postgresql:// URL")
-    if has_password:
-        fail("database.url", "must not contain a password; name it with password_secret")
+    _validate_database_url(config.database.url, "database.url", "password_secret", fail)
+    if config.credentials is not None:
+        _validate_credentials(config.credentials, config.database, fail)
     if config.database.login_secret is not None and config.database.password_secret is not None:
         fail("database.login_secret", "expected either login_secret or password_secret, not both")
     if config.database.max_connection_age <= 0:
@@ -516,6 +538,33 @@ def _validate(config: GatewayConfig, source: str) -> None:
 
 
 Fail = typing.Callable[[str, str], typing.NoReturn]
+
+
+def _validate_database_url(url: str, path: str, secret_key: str, fail: Fail) -> None:
+    if not url.startswith(("postgresql://", "postgres://")):
+        fail(path, "expected a postgresql:// URL")
+    try:
+        has_password = url_has_password(url)
+    except ValueError:  # urlsplit refuses, e.g., an unclosed [IPv6 host
+        fail(path, "expected a valid postgresql:// URL")
+    if has_password:
+        fail(path, f"must not contain a password; name it with {secret_key}")
+
+
+def _validate_credentials(credentials: CredentialsConfig, database: DatabaseConfig, fail: Fail) -> None:
+    _validate_database_url(credentials.admin_url, "credentials.admin_url", "admin_password_secret", fail)
+    # The query login must never be able to create roles (SPEC §5): one login cannot be both.
+    if urlsplit(credentials.admin_url).username == urlsplit(database.url).username:
+        fail("credentials.admin_url", "expected a login of its own, not database.url's")
+    if not credentials.public_host:
+        fail("credentials.public_host", "expected the host name clients connect to")
+    if not 0 < credentials.public_port < 65536:
+        fail("credentials.public_port", "expected a TCP port between 1 and 65535")
+    for key in ("reap_interval", "admin_timeout"):
+        if getattr(credentials, key) <= 0:
+            fail(f"credentials.{key}", "expected a duration above zero")
+
+
 # Settings that only an OIDC issuer uses: on a shared-secret issuer they would do nothing.
 OIDC_ONLY_KEYS = ("jwks_uri", "jwks_ca")
 
@@ -614,6 +663,8 @@ def _secret_names(config: GatewayConfig) -> list[tuple[str, str]]:
         ("database.login_secret", config.database.login_secret),
         ("database.sslkey_secret", config.database.sslkey_secret),
     ]
+    if config.credentials is not None:
+        named.append(("credentials.admin_password_secret", config.credentials.admin_password_secret))
     named += [(f"issuers[{i}].hs256_secret", issuer.hs256_secret) for i, issuer in enumerate(config.issuers)]
     return [(path, name) for path, name in named if name is not None]
 

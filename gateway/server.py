@@ -15,7 +15,8 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from gateway.api import Front, create_app
-from gateway.config import GatewayConfig, MetricsConfig, load_config
+from gateway.config import CredentialsConfig, GatewayConfig, MetricsConfig, load_config
+from gateway.db.admin import AdminRoleError, check_admin_role, connect_admin
 from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
@@ -35,6 +36,22 @@ async def preflight(config: GatewayConfig) -> str | None:
         return f"cannot reach the database: {error}"
     finally:
         await database.close()
+    if config.credentials is not None:
+        return await _admin_preflight(config, config.credentials)
+    return None
+
+
+async def _admin_preflight(config: GatewayConfig, credentials: CredentialsConfig) -> str | None:
+    try:
+        connection = await connect_admin(config, credentials)
+    except CONNECTION_ERRORS as error:
+        return f"cannot reach the database as the credentials admin login: {error}"
+    try:
+        await check_admin_role(connection, credentials.admin_timeout)
+    except AdminRoleError as error:
+        return f"refusing to start: {error}"
+    finally:
+        await connection.close()
     return None
 
 

@@ -41,6 +41,9 @@ TEST_SQL = Path(__file__).resolve().parent / "schema.sql"
 TEST_DATABASE = "gw_test"
 LOGIN_ROLE = "gateway_login"
 MTLS_ROLE = "gateway_mtls"
+# The credentials admin login: CREATEROLE, no superuser, and (PostgreSQL 16+) ADMIN OPTION on
+# the identity roles it makes temporary logins members of, without their privileges.
+ADMIN_ROLE = "gateway_admin"
 DEV_ISSUER = IssuerConfig(name="dev", issuer="edge-sql-gateway-test", audience="edge-sql-gateway",
                           hs256_secret="TEST_JWT_SECRET")
 
@@ -98,6 +101,7 @@ class PgServer:
     superuser_password: str
     local: LocalPostgres | None  # None when TEST_DATABASE_URL points elsewhere
     login_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
     def url(self, user: str, database: str = TEST_DATABASE, host: str | None = None) -> str:
         return f"postgresql://{user}@{host or self.host}:{self.port}/{database}"
@@ -162,7 +166,7 @@ async def create_test_database(server: PgServer) -> None:
     admin = await server.connect("postgres")
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
-        for role in (LOGIN_ROLE, MTLS_ROLE, "inheriting_login", "demo_reader", "demo_writer"):
+        for role in (LOGIN_ROLE, MTLS_ROLE, ADMIN_ROLE, "inheriting_login", "demo_reader", "demo_writer"):
             await admin.execute(f"DROP ROLE IF EXISTS {role}")
         await admin.execute(f"CREATE DATABASE {TEST_DATABASE}")
     finally:
@@ -175,6 +179,8 @@ async def create_test_database(server: PgServer) -> None:
             f"CREATE ROLE {LOGIN_ROLE} LOGIN NOINHERIT PASSWORD '{server.login_password}';"
             f"CREATE ROLE {MTLS_ROLE} LOGIN NOINHERIT;"
             f"GRANT demo_reader, demo_writer TO {LOGIN_ROLE}, {MTLS_ROLE};"
+            f"CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE PASSWORD '{server.admin_password}';"
+            f"GRANT demo_reader, demo_writer TO {ADMIN_ROLE} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE;"
         )
     finally:
         await database.close()

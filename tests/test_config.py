@@ -919,3 +919,75 @@ def test_every_example_toml_is_a_valid_configuration(path):
     load_config(path)
     for environment in sorted(set(environments)):
         load_config(path, env=environment)
+
+
+# ---------------------------------------------------------------------------- [credentials]
+
+CREDENTIALS = """
+[credentials]
+admin_url = "postgresql://gateway_admin@db.internal:5432/app"
+admin_password_secret = "ADMIN_PASSWORD"
+public_host = "db.example.com"
+"""
+
+
+def test_credentials_are_off_unless_configured(write):
+    assert load_config(write(WITH_IDENTITY)).credentials is None
+
+
+def test_credentials_defaults(write):
+    credentials = load_config(write(WITH_IDENTITY + CREDENTIALS)).credentials
+    assert credentials.admin_url == "postgresql://gateway_admin@db.internal:5432/app"
+    assert (credentials.public_host, credentials.public_port, credentials.sslmode) == ("db.example.com", 5432,
+                                                                                       "verify-full")
+    assert (credentials.reap_interval, credentials.admin_timeout) == (60.0, 5.0)
+    assert credentials.owned_objects == "reassign"
+
+
+def test_password_in_admin_url_is_an_error(write):
+    text = CREDENTIALS.replace("gateway_admin@", "gateway_admin:hunter2@")
+    message = load_error(write(WITH_IDENTITY + text))
+    assert "credentials.admin_url: must not contain a password; name it with admin_password_secret" in message
+
+
+def test_admin_url_must_be_postgresql(write):
+    text = CREDENTIALS.replace("postgresql://gateway_admin", "mysql://gateway_admin")
+    assert "credentials.admin_url: expected a postgresql:// URL" in load_error(write(WITH_IDENTITY + text))
+
+
+def test_admin_login_must_not_be_the_query_login(write):
+    text = CREDENTIALS.replace("gateway_admin@", "gateway@")
+    assert "credentials.admin_url: expected a login of its own" in load_error(write(WITH_IDENTITY + text))
+
+
+def test_public_host_is_required(write):
+    text = CREDENTIALS.replace('public_host = "db.example.com"\n', "")
+    assert "credentials.public_host: required key is missing" in load_error(write(WITH_IDENTITY + text))
+
+
+def test_reap_interval_of_zero_is_an_error(write):
+    message = load_error(write(WITH_IDENTITY + CREDENTIALS + "reap_interval = 0\n"))
+    assert "credentials.reap_interval: expected a duration above zero" in message
+
+
+def test_unknown_owned_objects_setting_is_an_error(write):
+    message = load_error(write(WITH_IDENTITY + CREDENTIALS + 'owned_objects = "keep"\n'))
+    assert "credentials.owned_objects: expected one of 'reassign', 'drop'" in message
+
+
+def test_a_missing_admin_password_is_reported_by_its_key(write, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "pw")
+    monkeypatch.setenv("GATEWAY_DEV_SECRET", "s" * 32)
+    monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
+    path = write(WITH_IDENTITY + CREDENTIALS)
+    config = load_config(path)
+    problems = missing_secrets(config, config.secret_store())
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: credentials.admin_password_secret:")
+
+
+def test_the_admin_password_is_redacted(write, monkeypatch):
+    monkeypatch.setenv("ADMIN_PASSWORD", "admin-password-value-9012")
+    config = load_config(write(WITH_IDENTITY + CREDENTIALS))
+    shown = redacted(config, config.secret_store())
+    assert "admin-password-value-9012" not in json.dumps(shown)
+    assert shown["credentials"]["admin_password_secret"] == config.secret_store().describe("ADMIN_PASSWORD")
