@@ -1,23 +1,36 @@
 """The gateway's own login rotating without a restart: the login secret (user and password)
 read at every new connection, connections replaced at `max_connection_age` whether in use or
-idle, a refused login read again once, and client certificate files re-read per connection.
+idle, a refused login read again once, client certificate files re-read per connection, and
+`gateway rotate-login` moving a serving gateway to a new login role with every request answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
+import re
 import secrets
+import subprocess
+import sys
+import threading
+import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import httpx
+import orjson
 import pytest
 import trustme
 from cryptography import x509
+from test_admin_login import ADMIN_SECRET, credentials_section
 
-from conftest import MTLS_ROLE, PgServer, Superuser, TlsFiles, eventually, run
-from gateway.config import ConfigError, DatabaseConfig, load_config
+from conftest import ADMIN_ROLE, MTLS_ROLE, PgServer, Superuser, TlsFiles, eventually, gateway_config_text, run
+from gateway.config import ConfigError, DatabaseConfig, load_config, parse_config
 from gateway.db.login import Login, current_login, parse_login
 from gateway.db.pool import Database
+from gateway.db.rotation import Rotation, RotationFailed, next_login_name, rotate_login, scram_verifier
 from gateway.secrets import MissingSecret, SecretStore
 
 LOGIN_SECRET = "GATEWAY_LOGIN"
@@ -264,3 +277,133 @@ def test_new_connections_present_a_rotated_client_certificate(
 
     before, after, second = run(scenario())
     assert (before, after) == (first, second)
+
+
+# ---------------------------------------------------------------------------- gateway rotate-login
+
+
+def test_next_login_names_replace_the_rotation_suffix_and_fit_postgresql():
+    now = datetime(2026, 12, 2, 17, 15, 0, tzinfo=UTC)
+    assert next_login_name("gateway_login", now) == "gateway_login_20261202171500"
+    assert next_login_name("gateway_login_20250101000000", now) == "gateway_login_20261202171500"
+    assert len(next_login_name("x" * 63, now)) == 63
+
+
+def test_the_scram_verifier_has_postgresqls_shape():
+    verifier = scram_verifier("secret")
+    assert re.fullmatch(r"SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}", verifier)
+    assert "secret" not in verifier and verifier != scram_verifier("secret")  # salted
+
+
+def _rotation_config(database: PgServer, tls: TlsFiles, folder: Path, max_age: str = "1s") -> str:
+    """The suite's gateway configuration with its login from a login secret in `folder` and
+    the admin login that rotates it."""
+    text = gateway_config_text(database, tls).replace(
+        'password_secret = "TEST_DB_PASSWORD"', f'login_secret = "{LOGIN_SECRET}"\nmax_connection_age = "{max_age}"'
+    )
+    return f'secrets_dir = "{folder}"\n{text}{credentials_section(database)}'
+
+
+@pytest.fixture
+def admin_env(database: PgServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv(ADMIN_SECRET, database.admin_password)
+    return {ADMIN_SECRET: database.admin_password}
+
+
+def _administered(logins: Logins, superuser: Superuser) -> tuple[str, str]:
+    """A login the admin login may drop (PostgreSQL 16+: it needs ADMIN OPTION on it)."""
+    name, password = logins.make()
+    superuser.execute(f"GRANT {name} TO {ADMIN_ROLE} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE")
+    return name, password
+
+
+def _role_exists(superuser: Superuser, name: str) -> bool:
+    return bool(superuser.fetchval("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = $1", name))
+
+
+def test_rotation_under_load_answers_every_request_and_drops_the_previous_login(
+        database: PgServer, tls_files: TlsFiles, logins: Logins, superuser: Superuser, tmp_path: Path,
+        launch_gateway, mint, admin_env):
+    first = _administered(logins, superuser)
+    logins.use(*first)
+    gateway = launch_gateway(config_text=_rotation_config(database, tls_files, tmp_path), env=admin_env)
+    token = mint("writer")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            while not stop.is_set():
+                statuses.append(http.post("/v1/query", json={"sql": "select count(*) from orders"}).status_code)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        eventually(lambda: len(statuses) > 20, "requests before the rotation")
+        rotation = subprocess.run(
+            [sys.executable, "-m", "gateway", "rotate-login", "--config", str(gateway.log_path.parent / "gateway.toml"),
+             "--wait", "30s"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **admin_env})
+        eventually(lambda: len(statuses) > 20 + 40, "requests after the rotation")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert rotation.returncode == 0, rotation.stdout + rotation.stderr
+    new_user = (tmp_path / LOGIN_SECRET).read_text().split(":")[0]
+    logins.made.append(new_user)
+    assert new_user.startswith(f"{first[0]}_") and f"dropped {first[0]}" in rotation.stdout
+    assert not _role_exists(superuser, first[0])
+    # A dropped role's sessions would show with no user name: there are none, and the gateway's are the new login's.
+    in_database = "datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    assert superuser.activity(f"{in_database} AND usename IS NULL") == []
+    assert superuser.activity(f"{in_database} AND usename = $1", new_user)
+    assert len(statuses) > 60 and set(statuses) == {200}, collections.Counter(statuses)
+    assert first[1] not in rotation.stdout + rotation.stderr + gateway.output()
+
+
+def test_a_previous_login_still_in_use_is_left_in_place(
+        database: PgServer, tls_files: TlsFiles, logins: Logins, superuser: Superuser, tmp_path: Path, admin_env):
+    first = _administered(logins, superuser)
+    (tmp_path / LOGIN_SECRET).write_text(orjson.dumps({"user": first[0], "password": first[1]}).decode())
+    config = parse_config(tomllib.loads(_rotation_config(database, tls_files, tmp_path)))
+    said: list[str] = []
+
+    async def scenario() -> Rotation:
+        held = await asyncpg.connect(database.url(first[0]), password=first[1])  # a session that never ends
+        try:
+            return await rotate_login(config, wait=1.0, say=said.append)
+        finally:
+            await held.close()
+
+    rotation = run(scenario())
+    logins.made.append(rotation.next)
+    written = orjson.loads((tmp_path / LOGIN_SECRET).read_text())  # the format it had
+    assert not rotation.dropped and written["user"] == rotation.next
+    assert _role_exists(superuser, first[0]) and "left in place" in said[-1]
+
+
+def test_a_new_login_that_fails_the_gateways_checks_is_dropped_and_the_secret_kept(
+        database: PgServer, tls_files: TlsFiles, logins: Logins, superuser: Superuser, tmp_path: Path, admin_env):
+    first = _administered(logins, superuser)
+    superuser.execute(f"REVOKE demo_writer FROM {first[0]}")  # the copy will lack an identity role
+    logins.use(*first)
+    before = (tmp_path / LOGIN_SECRET).read_text()
+    config = parse_config(tomllib.loads(_rotation_config(database, tls_files, tmp_path)))
+    with pytest.raises(RotationFailed, match='is not a member of identity role "demo_writer"') as raised:
+        run(rotate_login(config, wait=1.0, say=lambda line: None))
+    created = re.search(r"new login (\S+) ", str(raised.value)).group(1)
+    assert not _role_exists(superuser, created)
+    assert (tmp_path / LOGIN_SECRET).read_text() == before
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda text: text.split("[credentials]")[0], r"needs the admin login: \[credentials\] admin_url"),
+    (lambda text: text.replace("login_secret", "password_secret"), r"\[database\] login_secret"),
+    (lambda text: text.split("\n", 1)[1], "the login secret must be a file: set secrets_dir"),
+])
+def test_rotation_needs_an_admin_login_and_a_login_secret_file(database, tls_files, tmp_path, edit, message):
+    config = parse_config(tomllib.loads(edit(_rotation_config(database, tls_files, tmp_path))))
+    with pytest.raises(ConfigError, match=message):
+        run(rotate_login(config, wait=1.0, say=lambda line: None))

@@ -145,14 +145,15 @@ class Database:
         role it named before) between the read and the login."""
         login = current_login(self.config, self.secrets)
         try:
-            return await self._connect_as(login, **options)
+            return await self.connect_as(login, **options)
         except LOGIN_REFUSED:
             again = current_login(self.config, self.secrets)
             if again == login:
                 raise
-            return await self._connect_as(again, **options)
+            return await self.connect_as(again, **options)
 
-    async def _connect_as(self, login: Login, **options: Any) -> asyncpg.Connection:
+    async def connect_as(self, login: Login, **options: Any) -> asyncpg.Connection:
+        """A connection outside the pool as `login`, with the pool's TLS settings."""
         return await asyncpg.connect(
             self.dsn(), user=login.user, password=login.password, timeout=self.config.connect_timeout, **options
         )
@@ -283,26 +284,36 @@ class Database:
     async def check_login_role(self, identity_roles: list[str]) -> None:
         """Refuse a login that could act with privileges of its own (SPEC §5)."""
         async with self.connection() as connection:
-            row = await connection.fetchrow(
-                "SELECT rolname, rolsuper, rolinherit, rolbypassrls, rolcreaterole "
-                "FROM pg_catalog.pg_roles WHERE rolname = current_user"
-            )
-            problems = []
-            if row["rolsuper"] == "t":
-                problems.append("is a superuser")
-            if row["rolbypassrls"] == "t":
-                problems.append("has BYPASSRLS")
-            if row["rolinherit"] == "t":
-                problems.append("INHERITs the privileges of its roles (use NOINHERIT)")
-            if row["rolcreaterole"] == "t":
-                problems.append("has CREATEROLE")
-            for role in sorted(set(identity_roles)):
-                member = await connection.fetchval(
-                    "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') "
-                    "FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
-                    role,
-                )
-                if member != "t":
-                    problems.append(f'is not a member of identity role "{role}"')
-        if problems:
-            raise LoginRoleError(f'database login "{row["rolname"]}" ' + "; ".join(problems))
+            await check_login_role(connection, identity_roles)
+
+
+def _true(value: object) -> bool:
+    return value is True or value == "t"  # a pooled connection reads booleans as PostgreSQL's text
+
+
+async def check_login_role(connection: asyncpg.Connection, identity_roles: list[str]) -> None:
+    """Raise LoginRoleError when the login `connection` is logged in as could act with
+    privileges of its own, or is not a member of every identity role."""
+    row = await connection.fetchrow(
+        "SELECT rolname, rolsuper, rolinherit, rolbypassrls, rolcreaterole "
+        "FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    )
+    problems = []
+    if _true(row["rolsuper"]):
+        problems.append("is a superuser")
+    if _true(row["rolbypassrls"]):
+        problems.append("has BYPASSRLS")
+    if _true(row["rolinherit"]):
+        problems.append("INHERITs the privileges of its roles (use NOINHERIT)")
+    if _true(row["rolcreaterole"]):
+        problems.append("has CREATEROLE")
+    for role in sorted(set(identity_roles)):
+        member = await connection.fetchval(
+            "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') "
+            "FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+            role,
+        )
+        if not _true(member):
+            problems.append(f'is not a member of identity role "{role}"')
+    if problems:
+        raise LoginRoleError(f'database login "{row["rolname"]}" ' + "; ".join(problems))
