@@ -2,7 +2,8 @@
 which schema, in which schemas each identity role can create objects, and which functions
 PostgreSQL calls on its own when a relation is read or written — what the policy needs to
 resolve names exactly as PostgreSQL will, to know where a name could change, and to know
-which statements may run code it never sees.
+which statements may run code it never sees. Also the shape of each user relation (column
+types, keys), which describes the database to a caller (`gateway.policy.readable`).
 
 Owns the immutable `CatalogSnapshot`, its lookups and its JSON file form (`gateway catalog
 dump`, `gateway check --snapshot`). Reading one from a live database is `gateway.db.catalog`;
@@ -20,13 +21,87 @@ from typing import Any
 import orjson
 
 # 2: pg_catalog functions and the schemas roles can create in; the implicit calls of
-# relations are optional (a snapshot without them knows of none)
+# relations and their shapes are optional (a snapshot without them knows of none)
 SNAPSHOT_FORMAT = 2
 CATALOG_SCHEMA = "pg_catalog"
 
 
 class CatalogError(ValueError):
     """A snapshot file that cannot be read; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ColumnShape:
+    name: str
+    type: str  # as PostgreSQL's format_type writes it: "numeric(12,2)", "public.mood"
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    references: tuple[str, str]  # (schema, relation)
+    referenced_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RelationShape:
+    """A relation outside pg_catalog and information_schema as a caller would describe it."""
+
+    kind: str  # "table", "partitioned table", "view", "materialized view", "foreign table"
+    columns: tuple[ColumnShape, ...]  # in column order, without system columns
+    primary_key: tuple[str, ...]
+    foreign_keys: tuple[ForeignKey, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "columns": [[column.name, column.type, column.nullable] for column in self.columns],
+            "primaryKey": list(self.primary_key),
+            "foreignKeys": [
+                [list(key.columns), list(key.references), list(key.referenced_columns)] for key in self.foreign_keys
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, key: str) -> RelationShape:
+        """Raises ValueError naming `key` when `data` is not a shape's JSON form."""
+        try:
+            return cls(
+                kind=_string(data["kind"]),
+                columns=tuple(ColumnShape(_string(n), _string(t), _boolean(null)) for n, t, null in data["columns"]),
+                primary_key=_strings(data["primaryKey"]),
+                foreign_keys=tuple(
+                    ForeignKey(_strings(columns), _pair(references), _strings(referenced))
+                    for columns, references, referenced in data["foreignKeys"]
+                ),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f'{key}: expected {{"kind", "columns": [[name, type, nullable]...], "primaryKey": [...], '
+                '"foreignKeys": [[columns, [schema, relation], columns]...]}'
+            ) from None
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(value)
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(map(_string, value))
+
+
+def _pair(value: Any) -> tuple[str, str]:
+    schema, relation = _strings(value)
+    return schema, relation
 
 
 @dataclass(frozen=True)
@@ -51,6 +126,8 @@ class CatalogSnapshot:
     # constraints, index expressions, and those of the relations its rules, cascading foreign
     # keys and partitions write
     implicit_writes: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=lambda: MappingProxyType({}))
+    # schema -> relation -> its shape; relations outside pg_catalog and information_schema
+    shapes: Mapping[str, Mapping[str, RelationShape]] = field(default_factory=lambda: MappingProxyType({}))
     taken_at: str = field(default="", compare=False)
     database: str = field(default="", compare=False)
 
@@ -82,6 +159,9 @@ class CatalogSnapshot:
         calls = self.implicit_writes if write else self.implicit_reads
         return calls.get(schema, {}).get(relation, frozenset())
 
+    def shape(self, schema: str, relation: str) -> RelationShape | None:
+        return self.shapes.get(schema, {}).get(relation)
+
     # ------------------------------------------------------------------ JSON form
 
     def to_json(self) -> dict[str, Any]:
@@ -97,6 +177,10 @@ class CatalogSnapshot:
             "creatable": {role: sorted(schemas) for role, schemas in sorted(self.creatable.items())},
             "implicit_reads": _sorted_lists(self.implicit_reads),
             "implicit_writes": _sorted_lists(self.implicit_writes),
+            "shapes": {
+                schema: {name: shape.to_json() for name, shape in sorted(shapes.items())}
+                for schema, shapes in sorted(self.shapes.items())
+            },
         }
 
     @classmethod
@@ -113,6 +197,7 @@ class CatalogSnapshot:
             creatable=_frozen_sets(_string_lists(data.get("creatable", {}), "creatable")),
             implicit_reads=_frozen(_nested_lists(data.get("implicit_reads", {}), "implicit_reads"), frozenset),
             implicit_writes=_frozen(_nested_lists(data.get("implicit_writes", {}), "implicit_writes"), frozenset),
+            shapes=_shapes(data.get("shapes", {})),
             taken_at=str(data.get("taken_at", "")),
             database=str(data.get("database", "")),
         )
@@ -144,6 +229,20 @@ def _string_lists(value: Any, key: str) -> dict[str, list[str]]:
     return value
 
 
+def _shapes(value: Any) -> Mapping[str, Mapping[str, RelationShape]]:
+    """`{schema: {relation: <a shape's JSON form>}}`, checked."""
+    if not isinstance(value, dict) or not all(isinstance(shapes, dict) for shapes in value.values()):
+        raise ValueError("shapes: expected an object of schemas, each an object of relations")
+    return MappingProxyType(
+        {
+            schema: MappingProxyType(
+                {name: RelationShape.from_json(shape, f"shapes.{schema}.{name}") for name, shape in shapes.items()}
+            )
+            for schema, shapes in value.items()
+        }
+    )
+
+
 def _frozen_sets(value: dict[str, list[str]]) -> Mapping[str, frozenset[str]]:
     return MappingProxyType({name: frozenset(items) for name, items in value.items()})
 
@@ -164,15 +263,18 @@ def snapshot_from_rows(
     *,
     implicit_reads: dict[str, dict[str, list[str]]] | None = None,
     implicit_writes: dict[str, dict[str, list[str]]] | None = None,
+    shapes: dict[str, dict[str, Any]] | None = None,
     taken_at: str = "",
     database: str = "",
 ) -> CatalogSnapshot:
+    """A snapshot from the JSON forms of its parts (shapes as `RelationShape.to_json` writes them)."""
     return CatalogSnapshot(
         _frozen(relations, frozenset),
         _frozen(functions, tuple),
         _frozen_sets(creatable or {}),
         _frozen(implicit_reads or {}, frozenset),
         _frozen(implicit_writes or {}, frozenset),
+        _shapes(shapes or {}),
         taken_at,
         database,
     )

@@ -524,6 +524,23 @@ def test_the_functions_postgresql_calls_on_its_own_survive_the_json_form(tmp_pat
     assert "public.audit" in loaded.implicit_calls("public", "orders", write=True)
 
 
+def test_the_shapes_of_relations_survive_the_json_form(tmp_path: Path):
+    shaped = snapshot_from_rows(RELATIONS, BUILTINS, shapes={"public": {"orders": {
+        "kind": "table",
+        "columns": [["id", "bigint", False], ["customer_id", "bigint", True]],
+        "primaryKey": ["id"],
+        "foreignKeys": [[["customer_id"], ["public", "customers"], ["id"]]],
+    }}})
+    path = tmp_path / "snapshot.json"
+    path.write_bytes(dump_snapshot(shaped))
+    loaded = load_snapshot(path)
+    assert loaded == shaped
+    orders = loaded.shape("public", "orders")
+    assert orders is not None and orders.columns[1].nullable
+    assert orders.foreign_keys[0].references == ("public", "customers")
+    assert loaded != snapshot_from_rows(RELATIONS, BUILTINS)  # a change of shape alone is a new snapshot
+
+
 def test_snapshots_are_equal_whenever_they_were_taken():
     again = snapshot_from_rows(
         RELATIONS, {**BUILTINS, "other": {"lower": ["text"]}}, taken_at="2027-01-01T00:00:00+00:00"
@@ -542,6 +559,8 @@ def test_snapshots_are_equal_whenever_they_were_taken():
         (b'{"format": 2, "relations": {}, "functions": {}, "implicit_reads": {"public": {"v": "f"}}}',
          "implicit_reads.public.v"),
         (b'{"format": 2, "relations": {}, "functions": {}, "implicit_writes": []}', "implicit_writes"),
+        (b'{"format": 2, "relations": {}, "functions": {}, "shapes": {"public": {"t": {"kind": "table"}}}}',
+         "shapes.public.t"),
         (b'{"format": 1, "relations": {}, "functions": {}}', "dump it again"),
     ],
 )

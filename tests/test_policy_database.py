@@ -130,6 +130,24 @@ def test_the_snapshot_holds_relations_with_their_columns_and_functions_by_schema
     assert snapshot.database == "gw_test"
 
 
+def test_the_snapshot_describes_user_relations_with_column_types_and_keys(database):
+    snapshot = run(_read_as(database, LOGIN_ROLE, database.login_password))
+    orders = snapshot.shape("public", "orders")
+    assert orders is not None and orders.kind == "table"
+    assert [column.name for column in orders.columns] == [
+        "id", "tenant", "customer_id", "status", "total", "note", "created_at"
+    ]
+    total = next(column for column in orders.columns if column.name == "total")
+    assert (total.type, total.nullable) == ("numeric(12,2)", False)
+    assert next(column for column in orders.columns if column.name == "note").nullable
+    assert orders.primary_key == ("id",)
+    (key,) = orders.foreign_keys
+    assert (key.columns, key.references, key.referenced_columns) == (("customer_id",), ("public", "customers"), ("id",))
+    moods = snapshot.shape("public", "moods")
+    assert moods is not None and moods.columns[1].type == "public.mood"
+    assert snapshot.shape("pg_catalog", "pg_class") is None
+
+
 def test_the_snapshot_knows_where_identity_roles_can_create(database, superuser):
     superuser.execute("CREATE SCHEMA creatable_probe; GRANT CREATE ON SCHEMA creatable_probe TO demo_writer")
     try:

@@ -26,8 +26,9 @@ logger = logging.getLogger("gateway")
 # partitioned tables, sequences) with their columns, system columns included; every function
 # by name, with its argument types outside pg_catalog (a built-in is judged by its name); the
 # schemas each identity role ($1) can create objects in; and, for each relation outside the
-# system schemas, the functions PostgreSQL calls on its own when it is read or written. Other
-# sessions' temporary schemas and TOAST schemas are nobody's search path.
+# system schemas, the functions PostgreSQL calls on its own when it is read or written, and
+# its shape (column types, primary and foreign keys). Other sessions' temporary schemas and
+# TOAST schemas are nobody's search path.
 #
 # Those implicit calls are found in the stored expression trees (pg_node_tree text) of what
 # runs with a relation: function, operator, aggregate and window-function ids (`:funcid 2078`)
@@ -65,8 +66,43 @@ creatable AS (
     GROUP BY r.rolname
 ),
 user_relations AS (
-    SELECT c.oid, s.nspname, c.relname FROM pg_catalog.pg_class c JOIN schemas s ON s.oid = c.relnamespace
+    SELECT c.oid, s.nspname, c.relname, c.relkind FROM pg_catalog.pg_class c JOIN schemas s ON s.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND s.nspname NOT IN ('pg_catalog', 'information_schema')
+),
+-- What describes a user relation to a caller: its columns with their types, its keys.
+key_columns (conoid, relid, side, names) AS (
+    SELECT c.oid, k.relid, k.side,
+           (SELECT pg_catalog.json_agg(a.attname ORDER BY n.ord)
+              FROM pg_catalog.unnest(k.attnums) WITH ORDINALITY n (attnum, ord)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = k.relid AND a.attnum = n.attnum)
+      FROM pg_catalog.pg_constraint c JOIN user_relations r ON r.oid = c.conrelid,
+           LATERAL (VALUES (c.conrelid, 'own', c.conkey), (c.confrelid, 'referenced', c.confkey))
+               k (relid, side, attnums)
+     WHERE c.contype IN ('p', 'f') AND k.attnums IS NOT NULL
+),
+shapes AS (
+    SELECT r.nspname, r.relname, pg_catalog.json_build_object(
+        'kind', CASE r.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table' WHEN 'v' THEN 'view'
+                               WHEN 'm' THEN 'materialized view' ELSE 'foreign table' END,
+        'columns', COALESCE((
+            SELECT pg_catalog.json_agg(pg_catalog.json_build_array(
+                       a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), NOT a.attnotnull) ORDER BY a.attnum)
+              FROM pg_catalog.pg_attribute a WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
+        'primaryKey', COALESCE((
+            SELECT k.names FROM pg_catalog.pg_constraint c JOIN key_columns k ON k.conoid = c.oid AND k.side = 'own'
+             WHERE c.conrelid = r.oid AND c.contype = 'p'), '[]'),
+        'foreignKeys', COALESCE((
+            SELECT pg_catalog.json_agg(pg_catalog.json_build_array(
+                       own.names, pg_catalog.json_build_array(fs.nspname, fc.relname), referenced.names)
+                       ORDER BY c.conname)
+              FROM pg_catalog.pg_constraint c
+              JOIN key_columns own ON own.conoid = c.oid AND own.side = 'own'
+              JOIN key_columns referenced ON referenced.conoid = c.oid AND referenced.side = 'referenced'
+              JOIN pg_catalog.pg_class fc ON fc.oid = c.confrelid
+              JOIN pg_catalog.pg_namespace fs ON fs.oid = fc.relnamespace
+             WHERE c.conrelid = r.oid AND c.contype = 'f'), '[]')
+    ) AS shape
+    FROM user_relations r
 ),
 -- The types of every column, through domains and array elements (whose checks run on writes).
 column_types (relid, typid) AS (
@@ -147,7 +183,10 @@ SELECT pg_catalog.json_build_object(
         SELECT access, pg_catalog.json_object_agg(nspname, relations) AS schemas FROM (
             SELECT access, nspname, pg_catalog.json_object_agg(relname, functions) AS relations
             FROM implicit GROUP BY access, nspname) per_schema
-        GROUP BY access) per_access)
+        GROUP BY access) per_access),
+    'shapes', (SELECT pg_catalog.json_object_agg(nspname, relations) FROM (
+        SELECT nspname, pg_catalog.json_object_agg(relname, shape) AS relations
+        FROM shapes GROUP BY nspname) s)
 )::text
 """
 
@@ -167,6 +206,7 @@ async def read_catalog(connection: asyncpg.Connection, roles: list[str]) -> Cata
         data.get("creatable") or {},
         implicit_reads=implicit.get("read") or {},
         implicit_writes=implicit.get("write") or {},
+        shapes=data.get("shapes") or {},
         taken_at=datetime.now(UTC).isoformat(timespec="seconds"),
         database=data.get("database") or "",
     )
