@@ -29,6 +29,10 @@ class AuditRecord:
     requestId: str
     traceId: str
     endpoint: str
+    channel: str = "http"  # "http" (/v1, /sql) or "mcp" (/mcp)
+    mcpClient: str | None = None  # the name the MCP client gave in its clientInfo
+    mcpMethod: str | None = None  # the JSON-RPC method of an MCP request
+    mcpTool: str | None = None  # the tool an MCP tools/call called
     clientIp: str | None = None
     userAgent: str | None = None
     issuer: str | None = None

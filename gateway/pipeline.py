@@ -115,6 +115,14 @@ class Judged:
             return bad_request(f"the statement uses {expected} parameters but {len(self.statement.params)} were sent")
         return None
 
+    def verdict(self) -> dict[str, Any]:
+        """What an explanation answers (`/v1/explain`, MCP's explain tool): what the decision
+        covers (kind, tables, columns, functions), and the verdict a run would give before the
+        database is reached: `allowed`, and the `reason` its error would carry."""
+        refusal = self.refusal()
+        reason = None if refusal is None else refusal.message
+        return {**self.decision.as_json(), "allowed": refusal is None, "reason": reason}
+
 
 # Request and trace ids need to be unique, not secret: a seeded PRNG instead of a system
 # call per id.

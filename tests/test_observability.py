@@ -61,6 +61,8 @@ def test_every_request_writes_exactly_one_audit_record(gateway, http, mint, subj
     assert record["status"] == status
     assert record["decision"] == decision
     assert record["endpoint"] == "/v1/query"
+    assert record["channel"] == "http"
+    assert (record["mcpClient"], record["mcpMethod"], record["mcpTool"]) == (None, None, None)
     for key in ("ts", "traceId", "issuer", "sub", "identity", "role", "kind", "tables", "fingerprint", "reason",
                 "sqlstate", "rows", "bytes", "durationMs", "clientIp", "userAgent"):
         assert key in record

@@ -17,7 +17,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import json_text
-from gateway.api.results import error_body
+from gateway.api.results import ResultWriter, error_body
+from gateway.db.session import StatementRun
 from gateway.errors import GatewayError, bad_request, internal_error, payload_too_large, query_cancelled
 from gateway.pipeline import Pipeline, RequestScope, Statement, trace_id_from
 
@@ -142,6 +143,26 @@ def statement_from(body: Any, max_depth: int, where: str = "body", sql_key: str 
 def results_body(parts: list[bytes]) -> bytes:
     """A batch's answer in both wire formats: `{"results": [<one result per statement>]}`."""
     return b'{"results":[' + b",".join(parts) + b"]}"
+
+
+def result_writer(scope: RequestScope, run: StatementRun, *, array_rows: bool, ndjson: bool) -> ResultWriter:
+    """A writer for one result within the caller's `max_rows` and `max_response_bytes`."""
+    assert scope.caller is not None  # the pipeline runs nothing before authenticating
+    identity = scope.caller.identity
+    return ResultWriter(
+        run.columns,
+        array_rows=array_rows,
+        ndjson=ndjson,
+        max_rows=identity.max_rows,
+        max_bytes=identity.max_response_bytes,
+    )
+
+
+def account(scope: RequestScope, writer: ResultWriter, status: int) -> None:
+    """The rows and bytes a result sent, and the status it ended with, on the audit record."""
+    scope.record.rows += writer.rows_sent
+    scope.record.bytes += writer.bytes_sent
+    scope.record.status = status
 
 
 def scope_headers(scope: RequestScope) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
@@ -21,17 +20,19 @@ from gateway.api.exchange import (
     CLIENT_CLOSED_REQUEST,
     CUT_BY_SERVER,
     JSON,
+    account,
     answer,
     close_shielded,
     json_response,
     read_json,
+    result_writer,
     results_body,
     scope_headers,
     statement_from,
     unforeseen,
     until_disconnect,
 )
-from gateway.api.results import NDJSON, ResultWriter
+from gateway.api.results import NDJSON, ResultWriter, encoded_rows, whole_result
 from gateway.api.streaming import PacedBody, PacedStreamingResponse
 from gateway.db.session import ISOLATION_LEVELS, StatementRun
 from gateway.errors import GatewayError, bad_request
@@ -68,18 +69,6 @@ def _wants_ndjson(request: Request) -> bool:
     return NDJSON in request.headers.get("accept", "")
 
 
-def _writer(scope: RequestScope, run: StatementRun, *, array_rows: bool, ndjson: bool) -> ResultWriter:
-    assert scope.caller is not None
-    identity = scope.caller.identity
-    return ResultWriter(
-        run.columns,
-        array_rows=array_rows,
-        ndjson=ndjson,
-        max_rows=identity.max_rows,
-        max_bytes=identity.max_response_bytes,
-    )
-
-
 # ---------------------------------------------------------------------------- endpoints
 
 
@@ -101,7 +90,7 @@ async def _query(request: Request, scope: RequestScope) -> Response:
             headers=scope_headers(scope),
         )
     result.chunks.append(result.writer.tail(result.run.command_tag, result.judged.facts.kind))
-    _account(scope, result.writer, 200)
+    account(scope, result.writer, 200)
     return Response(b"".join(result.chunks), media_type=media_type, headers=scope_headers(scope))
 
 
@@ -117,20 +106,11 @@ class _QueryResult:
 
     async def take(self, judged: Judged, run: StatementRun) -> bool:
         self.judged, self.run = judged, run
-        self.writer = _writer(self.scope, run, array_rows=self.array_rows, ndjson=self.ndjson)
+        self.writer = result_writer(self.scope, run, array_rows=self.array_rows, ndjson=self.ndjson)
         if not run.exhausted:
             return True
-        self.chunks = [self.writer.head(), *[chunk async for chunk in _rows(run, self.writer)]]
+        self.chunks = [self.writer.head(), *[chunk async for chunk in encoded_rows(run, self.writer)]]
         return False
-
-
-async def _rows(run: StatementRun, writer: ResultWriter) -> AsyncIterator[bytes]:
-    """Encoded batches until the result ends or reaches a limit."""
-    async for batch in run.batches():
-        chunk, stop = writer.rows(batch)
-        yield chunk
-        if stop:
-            return
 
 
 async def _stream(
@@ -143,7 +123,7 @@ async def _stream(
     last = b""
     try:
         await body.write(writer.head())
-        async for chunk in _rows(run, writer):
+        async for chunk in encoded_rows(run, writer):
             await body.write(chunk)
         await scope.commit()
         last = writer.tail(run.command_tag, judged.facts.kind)
@@ -158,16 +138,10 @@ async def _stream(
             scope.record.reason = failure.message
         last = writer.error_tail(failure, scope.request_id)
     finally:
-        _account(scope, writer, status)
+        account(scope, writer, status)
         await close_shielded(scope, status)
     with contextlib.suppress(GatewayError):  # a stall now holds nothing of the database
         await body.write(last)
-
-
-def _account(scope: RequestScope, writer: ResultWriter, status: int) -> None:
-    scope.record.rows += writer.rows_sent
-    scope.record.bytes += writer.bytes_sent
-    scope.record.status = status
 
 
 async def batch(request: Request) -> Response:
@@ -204,11 +178,9 @@ class _BatchResults:
             max_rows=identity.max_rows,
             max_bytes=identity.max_response_bytes - self.bytes_sent,
         )
-        chunks = [writer.head(), *[chunk async for chunk in _rows(run, writer)]]
-        chunks.append(writer.tail(run.command_tag, judged.facts.kind))
+        self.parts.append(await whole_result(run, writer, judged.facts.kind))
         self.bytes_sent += writer.bytes_sent
-        _account(self.scope, writer, 200)
-        self.parts.append(b"".join(chunks))
+        account(self.scope, writer, 200)
         return False
 
 
@@ -217,14 +189,10 @@ async def explain(request: Request) -> Response:
 
 
 async def _explain(request: Request, scope: RequestScope) -> Response:
-    """What the decision covers (kind, tables, columns, functions), and the verdict
-    `/v1/query` would give before running: `allowed` and the `reason` its error would carry."""
     statement = statement_from(await read_json(request), _max_depth(scope))
     await scope.authenticate(request.headers.get("authorization"))
     judged = await scope.explain(statement)
-    refusal = judged.refusal()
-    verdict = {"allowed": refusal is None, "reason": None if refusal is None else refusal.message}
-    return json_response(scope, {**judged.decision.as_json(), **verdict})
+    return json_response(scope, judged.verdict())
 
 
 async def whoami(request: Request) -> Response:

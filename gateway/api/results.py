@@ -3,17 +3,18 @@
 Owns the per-column JSON mapping applied to each row, row and byte budgets (a result that
 would pass `max_rows` or `max_response_bytes` stops at a row boundary and says
 `truncated`), and the head and tail of both body formats. Batches are encoded with one
-orjson call each; nothing here holds more than one batch.
+orjson call each; only `whole_result`, for answers sent after COMMIT, holds more than one
+batch, and no more than the limits allow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 
-from gateway.db.session import Column
+from gateway.db.session import Column, StatementRun
 from gateway.db.types import json_converter, row_converter
 from gateway.errors import GatewayError
 
@@ -140,3 +141,20 @@ class ResultWriter:
         if self.ndjson:
             return orjson.dumps(payload, option=orjson.OPT_APPEND_NEWLINE)
         return b"]," + orjson.dumps({**payload, "truncated": self.truncated})[1:]
+
+
+async def encoded_rows(run: StatementRun, writer: ResultWriter) -> AsyncIterator[bytes]:
+    """Encoded batches until the result ends or reaches a limit."""
+    async for batch in run.batches():
+        chunk, stop = writer.rows(batch)
+        yield chunk
+        if stop:
+            return
+
+
+async def whole_result(run: StatementRun, writer: ResultWriter, kind: str | None) -> bytes:
+    """One result read to its end or to a limit, as one JSON body (`writer` not NDJSON): a
+    statement of `/v1/batch`, MCP's query tool."""
+    chunks = [writer.head(), *[chunk async for chunk in encoded_rows(run, writer)]]
+    chunks.append(writer.tail(run.command_tag, kind))
+    return b"".join(chunks)
