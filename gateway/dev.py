@@ -142,6 +142,9 @@ From a Cloudflare Worker:
   }});
   const {{ rows }} = await res.json();
 
+From an AI agent (MCP over Streamable HTTP): the URL {base}/mcp, the header
+Authorization: Bearer <the token above>.
+
 Press Ctrl-C to stop the gateway and the database.
 """
 

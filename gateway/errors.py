@@ -68,7 +68,8 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
     ErrorKind(
         404,
         "not_found",
-        "no such path",
+        "no such path; on `/mcp`, an `Mcp-Session-Id` the caller did not open (initialize a new "
+        "session), or a table `describe_table` does not find among those the identity may read",
     ),
     ErrorKind(
         405,
@@ -197,6 +198,10 @@ def no_identity(issuer: str) -> GatewayError:
     return GatewayError(
         f'the token from issuer "{issuer}" matches no configured identity', status=403, code="no_identity"
     )
+
+
+def not_found(message: str) -> GatewayError:
+    return GatewayError(message, status=404, code="not_found")
 
 
 def policy_denied(reason: str) -> GatewayError:

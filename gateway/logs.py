@@ -35,3 +35,5 @@ def configure_logging(level: str) -> None:
     root.setLevel(LEVELS[level])
     # sqlglot explains each statement it cannot parse; the policy's denial already says why.
     logging.getLogger("sqlglot").setLevel(logging.ERROR)
+    # The MCP SDK logs the end of every stateless request at info; the audit record says more.
+    logging.getLogger("mcp").setLevel(max(LEVELS[level], logging.WARNING))

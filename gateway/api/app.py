@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.api import native, neon
+from gateway.api import mcp, native, neon
 from gateway.api.exchange import JSON, declares_more_than
 from gateway.api.openapi import openapi_document
 from gateway.api.results import error_body
@@ -165,17 +165,21 @@ async def unhandled_error(request: Request, exc: Exception) -> Response:
 
 def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front:
     pipeline = pipeline or Pipeline.from_config(config)
+    mcp_endpoint = mcp.McpEndpoint(config.server.max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await pipeline.start()
-        try:
-            async with pipeline.metrics.following_pool(
-                pipeline.database.pool_state, config.metrics.pool_sample_interval
-            ):
-                yield
-        finally:
-            await pipeline.stop()
+        # The MCP SDK's tasks outlive the pipeline's shutdown: that first cuts the database
+        # off, so a tool call still running ends (and is audited) before its task is cancelled.
+        async with mcp_endpoint.running():
+            await pipeline.start()
+            try:
+                async with pipeline.metrics.following_pool(
+                    pipeline.database.pool_state, config.metrics.pool_sample_interval
+                ):
+                    yield
+            finally:
+                await pipeline.stop()
 
     routes = [
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -185,6 +189,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front
         Route("/v1/whoami", native.whoami, methods=["GET"]),
         Route(neon.PATH, neon.sql, methods=["POST"]),
         Route(neon.PATH, neon.preflight, methods=["OPTIONS"]),
+        Route(mcp.ENDPOINT, mcp_endpoint, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", Readiness(pipeline, config.server.readyz_cache).endpoint, methods=["GET"]),
     ]
@@ -197,8 +202,15 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front
                 CORSMiddleware,
                 allow_origins=list(config.server.cors_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Traceparent", "X-Request-Id", *neon.REQUEST_HEADERS],
-                expose_headers=["X-Request-Id", "Server-Timing", *neon.RESPONSE_HEADERS],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "Traceparent",
+                    "X-Request-Id",
+                    *neon.REQUEST_HEADERS,
+                    *mcp.REQUEST_HEADERS,
+                ],
+                expose_headers=["X-Request-Id", "Server-Timing", *neon.RESPONSE_HEADERS, *mcp.RESPONSE_HEADERS],
                 max_age=600,
             ),
         )

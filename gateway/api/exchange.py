@@ -44,28 +44,36 @@ async def answer(request: Request, endpoint: str, handler: Handler, on_error: Er
     the wire format's shape: `on_error`, the native one by default), and the scope is closed
     (connection returned, audit written) when the handler is done — or, for a streaming
     response, when the stream ends."""
-    on_error = on_error or error_response
     scope = open_scope(request, endpoint)
     response: Response | None = None
     try:
-        response = await handler(request, scope)
+        response = await respond(scope, handler(request, scope), on_error or error_response)
         return response
+    finally:
+        if not isinstance(response, StreamingResponse):
+            if response is not None and not scope.record.status:
+                scope.record.status = response.status_code
+            await scope.close()
+
+
+async def respond(scope: RequestScope, work: Awaitable[T], on_error: ErrorResponder) -> T | Response:
+    """What `work` returns, or how it failed as the wire format's error response (`on_error`):
+    a GatewayError as itself, a client that left as 499, anything unforeseen as a 500. Cut
+    short by the server (the shutdown's grace period ran out), the request is closed and the
+    cancellation goes on."""
+    try:
+        return await work
     except GatewayError as error:
         return on_error(scope, error)
     except ClientGone:
         gone = on_error(scope, query_cancelled())  # nobody reads it; the audit says 499
         scope.record.status = CLIENT_CLOSED_REQUEST
         return gone
-    except asyncio.CancelledError:  # cut short by the server: the shutdown's grace period ran out
+    except asyncio.CancelledError:
         await close_shielded(scope, CUT_BY_SERVER)
         raise
     except Exception:
         return on_error(scope, unforeseen(scope))
-    finally:
-        if not isinstance(response, StreamingResponse):
-            if response is not None and not scope.record.status:
-                scope.record.status = response.status_code
-            await scope.close()
 
 
 def unforeseen(scope: RequestScope) -> GatewayError:

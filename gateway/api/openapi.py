@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the HTTP API, served at `GET /openapi.json`.
 
-Written by hand from the wire formats in `gateway.api` (native.py, neon.py); the error
+Written by hand from the wire formats in `gateway.api` (native.py, neon.py, mcp.py); the error
 statuses and codes come from `gateway.errors.ERROR_TABLE`. Built once per process.
 """
 
@@ -174,6 +174,19 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "fields, rows, command, rowCount", **_json({"type": "object"})},
                     "400": {"description": "a PostgreSQL-shaped error", **_json({"type": "object"})},
+                },
+            }
+        },
+        "/mcp": {
+            "post": {
+                "summary": "Model Context Protocol over Streamable HTTP: JSON-RPC, tools query, explain, "
+                "list_tables, describe_table (see README)",
+                "security": secured,
+                "requestBody": {"required": True, **_json({"type": "object"})},
+                "responses": {
+                    "200": {"description": "the JSON-RPC answer", **_json({"type": "object"})},
+                    "202": {"description": "a notification, accepted"},
+                    **_errors("401", "403", "404", "413"),
                 },
             }
         },
