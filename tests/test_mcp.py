@@ -23,8 +23,9 @@ from mcp.shared.exceptions import MCPError
 
 from conftest import GatewayProcess, eventually, run
 
-# One identity whose rules narrow a table's columns, beside the suite's writer and reader.
-CLERK = """
+# Beside the suite's identities: one whose rules narrow a table's columns, one that may run a
+# statement a minute.
+IDENTITIES = """
 [[identities]]
 name = "clerk"
 issuer = "dev"
@@ -35,13 +36,24 @@ role = "demo_reader"
   allow = ["select"]
   tables = ["public.orders", "public.customers"]
   columns = { "public.customers" = ["id", "name"] }
+
+[[identities]]
+name = "hasty"
+issuer = "dev"
+match = { sub = "hasty" }
+role = "demo_reader"
+rate = "1/m"
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.orders"]
 """
 SESSION = "mcp-session-id"
 
 
 @pytest.fixture(scope="module")
 def gateway(launch_gateway: Callable[..., GatewayProcess], gateway_config: Callable[..., str]) -> GatewayProcess:
-    return launch_gateway(config_text=gateway_config(CLERK))
+    return launch_gateway(config_text=gateway_config(IDENTITIES))
 
 
 @asynccontextmanager
@@ -218,6 +230,18 @@ def test_a_database_error_is_a_tool_error_carrying_sqlstate_and_message(gateway,
     result = call(gateway, mint("writer", tenant="acme"), "query", {"sql": "select 1 / (id - id) from orders"})
     error = error_of(result)
     assert (error["code"], error["sqlstate"], error["postgresMessage"]) == ("sql_error", "22012", "division by zero")
+
+
+def test_a_rate_limit_is_a_tool_error_saying_when_to_retry(gateway, mint):
+    async def twice() -> list[types.CallToolResult]:
+        async with mcp_session(gateway, mint("hasty", tenant="acme")) as (session, _):
+            return [await session.call_tool("query", {"sql": "select id from orders"}) for _ in range(2)]
+
+    first, second = run(twice())
+    assert not first.is_error
+    error = error_of(second)
+    assert error["code"] == "rate_limited"
+    assert 1 <= error["retryAfter"] <= 60
 
 
 def test_explain_gives_the_verdict_of_v1_explain(gateway, mint, http):
