@@ -233,7 +233,7 @@ def failing_statement_columns(state):
 
 
 def rows_failing_later(writer, records):
-    if "unforeseen_later" in writer.names and writer.rows_sent:
+    if {"name": "unforeseen_later", "type": "int4"} in writer.columns_json and writer.rows_sent:
         raise RuntimeError("a failure nobody foresaw, mid-stream")
     return write_rows(writer, records)
 
