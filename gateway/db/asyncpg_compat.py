@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import select
 from collections.abc import Callable
 from typing import Any
 
@@ -54,19 +53,6 @@ def cached_statement(connection: asyncpg.Connection, sql: str, record_class: typ
     then come after: `BEGIN ISOLATION LEVEL SERIALIZABLE` fails there, so a prelude goes only
     with a statement that was prepared before."""
     return connection._stmt_cache.get((sql, record_class, False))
-
-
-def unread_input(connection: asyncpg.Connection) -> bool:
-    """Whether the server has sent something asyncpg has not read yet. Nothing comes unasked to
-    an idle pooled connection except the end of its backend (a FATAL error, then the end of the
-    stream), which asyncpg reads only at the event loop's next turn: a statement sent with its
-    transaction's setup before then would fail in a way that cannot tell whether it ran. One
-    poll of the socket, no read."""
-    sock = connection._transport.get_extra_info("socket")
-    if sock is None:
-        return True  # cannot tell: take the path that can
-    readable, _, _ = select.select([sock.fileno()], [], [], 0)
-    return bool(readable)
 
 
 def round_trips(connection: asyncpg.Connection) -> int:

@@ -253,11 +253,9 @@ class Transaction:
         first = self._statements == 1
         key = self.settings.statement_key
         connection = self.connection
-        if not self.open and (compat.cached_statement(connection, sql, key) is None or compat.unread_input(connection)):
+        if not self.open and compat.cached_statement(connection, sql, key) is None:
             # A statement new to this connection is prepared inside the transaction, which
-            # then begins in a round trip of its own (`asyncpg_compat.cached_statement`); so
-            # does one on a connection whose backend may have ended (`unread_input`), where
-            # a failure is then known to come before anything of the caller's ran.
+            # then begins in a round trip of its own (`asyncpg_compat.cached_statement`).
             await self.wait(
                 connection.execute(self._setup_sql, timeout=self.max_wait),
                 replaceable=(Exception,) if first else (),
