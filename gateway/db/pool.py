@@ -153,14 +153,21 @@ class Database:
             max_inactive_connection_lifetime=300.0,
         )
 
-    async def dedicated_connection(self, application_name: str) -> asyncpg.Connection:
+    async def dedicated_connection(self, application_name: str, deadline: float | None = None) -> asyncpg.Connection:
         """A connection outside the pool, for work that holds one for a long time (listening
-        for notifications), with the pool's TLS settings and login."""
+        for notifications) or that is not the pool's (the admin login), with the pool's TLS
+        settings. With a `deadline`, no statement or lock wait may last longer, on the server
+        (statement_timeout, lock_timeout) or in the client (a frozen server)."""
+        settings = {"application_name": application_name}
+        if deadline is not None:
+            milliseconds = str(round(deadline * 1000))
+            settings.update(statement_timeout=milliseconds, lock_timeout=milliseconds)
         return await asyncpg.connect(
             self.dsn(),
             password=self._password(),
             timeout=self.config.connect_timeout,
-            server_settings={"application_name": application_name},
+            command_timeout=deadline,
+            server_settings=settings,
         )
 
     async def renew(self) -> None:
