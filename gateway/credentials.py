@@ -52,8 +52,9 @@ ISSUE_LOCK = 0x67770001
 RETIRE_LOCK = 0x67770002
 # PostgreSQL's own choice (scram_iterations' default).
 SCRAM_ITERATIONS = 4096
-# How long a terminated session may take to end before its role is dropped regardless.
-TERMINATE_WAIT_MS = 2000
+# Waits on the admin login that ran out (statement_timeout, lock_timeout): the database is
+# too busy to answer in time, like one that cannot be reached.
+TIMED_OUT = (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def scram_verifier(password: str) -> str:
     )
 
 
-Retired = Callable[[Login], None]
+AuditExpiry = Callable[[Login], None]
 
 
 class CredentialBroker:
@@ -156,7 +157,7 @@ class CredentialBroker:
     (every `reap_interval`, and once at start) — on a connection of the admin login each
     time, so a rotated admin password takes effect at the next operation."""
 
-    def __init__(self, config: GatewayConfig, settings: CredentialsConfig, on_expired: Retired) -> None:
+    def __init__(self, config: GatewayConfig, settings: CredentialsConfig, on_expired: AuditExpiry) -> None:
         self.config = config
         self.settings = settings
         self.database_name = url_database(config.database.url)
@@ -219,7 +220,7 @@ class CredentialBroker:
             logins = await self._logins(connection, identity.name)
         return sorted((login for login in logins if login.expires_at > now), key=lambda login: login.expires_at)
 
-    async def revoke(self, identity: Identity, user: str) -> Login:
+    async def revoke(self, identity: Identity, user: str) -> None:
         """End `user` now: no new session from this moment, its sessions terminated and its
         role dropped. Only the identity it was issued to may revoke it."""
         if not TEMPORARY_ROLE.match(user):
@@ -235,7 +236,6 @@ class CredentialBroker:
             except asyncpg.UndefinedObjectError:  # dropped since (revoked or reaped elsewhere)
                 raise credential_not_found(user) from None
             await self._retire(connection, login)
-        return login
 
     # -------------------------------------------------------------- the reaper
 
@@ -264,17 +264,20 @@ class CredentialBroker:
         except Exception as error:
             logger.warning("expired database logins not reaped (%s: %s)", type(error).__name__, error)
 
-    async def reap(self) -> list[Login]:
-        """Retire this gateway's expired logins; the ones this replica dropped are returned
-        (and audited)."""
-        dropped = []
+    async def reap(self) -> None:
+        """Retire this gateway's expired logins, auditing each this replica dropped."""
         async with self._admin() as connection:
             now = await connection.fetchval("SELECT pg_catalog.clock_timestamp()")
             for login in await self._logins(connection):
-                if login.expires_at <= now and await self._retire(connection, login):
+                if login.expires_at > now:
+                    continue
+                try:
+                    dropped = await self._retire(connection, login)
+                except asyncpg.PostgresError as error:  # this login only: it owns objects in another database, say
+                    logger.warning("expired database login %s not dropped (%s)", login.user, error)
+                    continue
+                if dropped:
                     self._on_expired(login)
-                    dropped.append(login)
-        return dropped
 
     # -------------------------------------------------------------- on the database
 
@@ -288,7 +291,7 @@ class CredentialBroker:
             raise database_unavailable() from None
         try:
             yield connection
-        except CONNECTION_ERRORS:
+        except (*CONNECTION_ERRORS, *TIMED_OUT):
             connection.terminate()
             raise database_unavailable() from None
         except BaseException:  # cancelled (stopping) or refused: nothing to wait for
@@ -299,8 +302,11 @@ class CredentialBroker:
     async def _logins(self, connection: asyncpg.Connection, identity: str | None = None) -> list[Login]:
         """This gateway's temporary logins (of one identity), expired or not: roles with the
         name's shape AND this gateway's marker, never any other."""
+        # A login of ours without a finite VALID UNTIL (revoked: -infinity; or altered since)
+        # counts as long expired: none may live for ever.
         rows = await connection.fetch(
-            "SELECT r.rolname, r.rolvaliduntil, pg_catalog.shobj_description(r.oid, 'pg_authid') AS comment "
+            "SELECT r.rolname, pg_catalog.shobj_description(r.oid, 'pg_authid') AS comment, "
+            "CASE WHEN pg_catalog.isfinite(r.rolvaliduntil) THEN r.rolvaliduntil ELSE 'epoch' END AS expires_at "
             "FROM pg_catalog.pg_roles r WHERE r.rolname LIKE $1",
             ROLE_PREFIX.replace("_", "\\_") + "%",
         )
@@ -310,8 +316,7 @@ class CredentialBroker:
             if not TEMPORARY_ROLE.match(row["rolname"]) or marker is None or marker.gateway != self.config.name:
                 continue
             if identity is None or marker.identity == identity:
-                expires_at = row["rolvaliduntil"] or datetime.min.replace(tzinfo=UTC)
-                logins.append(Login(row["rolname"], expires_at, marker))
+                logins.append(Login(row["rolname"], row["expires_at"], marker))
         return logins
 
     async def _retire(self, connection: asyncpg.Connection, login: Login) -> bool:
@@ -331,10 +336,11 @@ class CredentialBroker:
             # its sessions and touching what it owns need them (the role goes, and with it
             # the membership). PostgreSQL 16+: the admin holds ADMIN OPTION on roles it made.
             await connection.execute(f"GRANT {user} TO CURRENT_USER")
+            # Signalled, not waited for: a session still ending holds its locks, which the
+            # statements below wait for (lock_timeout).
             await connection.execute(
-                "SELECT pg_catalog.pg_terminate_backend(pid, $2) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1",
                 login.user,
-                TERMINATE_WAIT_MS,
             )
             if self.settings.owned_objects == "reassign":
                 await connection.execute(f"REASSIGN OWNED BY {user} TO {quoted(login.marker.role)}")

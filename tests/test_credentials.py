@@ -454,6 +454,38 @@ def test_the_reaper_touches_only_roles_this_gateway_issued(broker, as_identity, 
         superuser.execute("; ".join(f"DROP ROLE IF EXISTS {name}" for name in lookalikes))
 
 
+def test_a_login_that_cannot_be_dropped_does_not_hold_up_the_others(broker, as_identity, database, superuser):
+    """A login owning a table in another database of the cluster (DROP OWNED reaches only the
+    admin's database): it stays, expired, and the reaper drops the others all the same."""
+    analyst = as_identity("analyst")
+    stuck, other = issue(analyst, {"ttl": "1s"}), issue(analyst, {"ttl": "1s"})
+
+    async def give_a_table_elsewhere() -> None:
+        elsewhere = await database.connect("postgres")
+        try:
+            await elsewhere.execute(f"CREATE TABLE broker_elsewhere (id int); "
+                                    f"ALTER TABLE broker_elsewhere OWNER TO {stuck['user']}")
+        finally:
+            await elsewhere.close()
+
+    async def drop_the_table() -> None:
+        elsewhere = await database.connect("postgres")
+        try:
+            await elsewhere.execute("DROP TABLE broker_elsewhere")
+        finally:
+            await elsewhere.close()
+
+    run(give_a_table_elsewhere())
+    try:
+        eventually(lambda: not role_exists(superuser, other["user"]), "the other expired login to be dropped")
+        eventually(lambda: f"expired database login {stuck['user']} not dropped" in broker.output(),
+                   "the reaper to log the login it could not drop")
+        assert role_exists(superuser, stuck["user"])
+    finally:
+        run(drop_the_table())
+    eventually(lambda: not role_exists(superuser, stuck["user"]), "the login to be dropped once it owns nothing")
+
+
 def test_logins_left_by_a_killed_gateway_are_reaped_at_the_next_start(launch_gateway, broker_config, admin_env,
                                                                     call_as, tls_files, scratch_schema, superuser):
     """A gateway killed outright reaps nothing; its expired login opens no new session (VALID
