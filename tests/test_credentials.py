@@ -420,8 +420,8 @@ def test_the_password_never_reaches_the_database_log_in_clear(as_identity, super
 
 def test_the_reaper_touches_only_roles_this_gateway_issued(broker, as_identity, database, superuser):
     """Expired roles that look like temporary logins but lack the name's shape, this
-    gateway's marker or any marker outlive a reap that drops a real one. They are made by
-    the admin login itself, which could drop them."""
+    gateway's marker or any marker outlive a reap that drops a real one. They are made like
+    real ones, by the admin login itself, which could drop them."""
     marker = {"issuedBy": "edge-sql-gateway", "gateway": "test-gateway", "identity": "analyst", "role": "demo_reader"}
     ours, others = json.dumps(marker), json.dumps({**marker, "gateway": "another-gateway"})
     lookalikes = {
@@ -441,7 +441,7 @@ def test_the_reaper_touches_only_roles_this_gateway_issued(broker, as_identity, 
 
     made = []
     for name, comment in lookalikes.items():
-        made.append(f"CREATE ROLE {name} LOGIN VALID UNTIL '2000-01-01'")
+        made.append(f"CREATE ROLE {name} LOGIN VALID UNTIL '2000-01-01' IN ROLE demo_reader")
         if comment is not None:
             made.append(f"COMMENT ON ROLE {name} IS '{comment}'")
     run(as_admin(made))
