@@ -104,7 +104,10 @@ def test_a_gateway_with_a_superuser_admin_refuses_to_start(
 def test_a_gateway_with_a_createrole_admin_starts(database, tls_files, launch_gateway, http):
     text = gateway_config_text(database, tls_files) + credentials_section(database)
     gateway = launch_gateway(config_text=text, env={ADMIN_SECRET: database.admin_password})
-    assert http.get(f"{gateway.url}/readyz").status_code == 200
+    try:
+        assert http.get(f"{gateway.url}/readyz").status_code == 200
+    finally:
+        gateway.stop()
 
 
 @pytest.fixture

@@ -87,9 +87,12 @@ def admin_env(database: PgServer) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def broker(launch_gateway, broker_config, admin_env) -> GatewayProcess:
-    """A gateway whose reaper runs every 300 ms, so that expiry tests take seconds."""
-    return launch_gateway(config_text=broker_config(reap_interval="300ms"), env=admin_env)
+def broker(launch_gateway, broker_config, admin_env) -> Iterator[GatewayProcess]:
+    """A gateway whose reaper runs every 300 ms, so that expiry tests take seconds; stopped
+    with the module, its reaper with it."""
+    gateway = launch_gateway(config_text=broker_config(reap_interval="300ms"), env=admin_env)
+    yield gateway
+    gateway.stop()
 
 
 @pytest.fixture
@@ -506,7 +509,8 @@ def test_logins_left_by_a_killed_gateway_are_reaped_at_the_next_start(launch_gat
         time.sleep(max(0.0, (datetime.fromisoformat(issued["expiresAt"]) - datetime.now(UTC)).total_seconds()) + 0.5)
         login_refused(issued["url"], tls_files)
         assert role_exists(superuser, issued["user"]) and not session_is_gone(session)
-        launch_gateway(config_text=config, env=admin_env)  # answers once its first reap is done
+        restarted = launch_gateway(config_text=config, env=admin_env)  # answers once its first reap is done
+        restarted.stop()
         assert not role_exists(superuser, issued["user"])
         assert session_is_gone(session)
     finally:
