@@ -1,5 +1,5 @@
 """The `gateway` command: serve, dev, check, token, config validate, catalog dump, grants
-plan and apply, audit verify (SPEC §7).
+plan and apply, rotate-login, audit verify (SPEC §7).
 
 Owns argument parsing and exit codes; each command calls into the package and prints.
 Exit codes: 0 success (or "allowed"), 1 denied or failed (`check --database`: also when an
@@ -221,6 +221,9 @@ def cmd_catalog_dump(args: argparse.Namespace) -> int:
 # configuration's [database] (the same server the gateway uses), the password from a secret.
 TLS_URL_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
 DEFAULT_PASSWORD_SECRET = "PGPASSWORD"
+# How long past max_connection_age rotate-login waits for the previous login's sessions by
+# default: an idle connection is swept within a quarter of the age (at most 30 s) after it.
+ROTATION_SETTLE = 60.0
 
 
 def _grants_database(config: GatewayConfig, args: argparse.Namespace) -> Database:
@@ -280,6 +283,20 @@ def cmd_grants_apply(args: argparse.Namespace) -> int:
     count = len(plan.statements)
     print(f"-- applied {count} statements in one transaction" if count else "-- nothing to change")
     return 0
+
+
+def cmd_rotate_login(args: argparse.Namespace) -> int:
+    from gateway.db.pool import CONNECTION_ERRORS
+    from gateway.db.rotation import RotationFailed, rotate_login
+
+    config = _load(args)
+    wait = config.database.max_connection_age + ROTATION_SETTLE if args.wait is None else parse_duration(args.wait)
+    try:
+        rotation = asyncio.run(rotate_login(config, wait, say=lambda line: print(f"gateway rotate-login: {line}")))
+    except (RotationFailed, MissingSecret, *CONNECTION_ERRORS) as error:
+        print(f"gateway: rotate-login failed: {error}", file=sys.stderr)
+        return FAILED
+    return 0 if rotation.dropped else FAILED
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -417,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default: {DEFAULT_PASSWORD_SECRET}, when set)",
         )
         command.set_defaults(handler=handler)
+    rotate = commands.add_parser(
+        "rotate-login", help="move the gateway's database login to a new role, then drop the previous one"
+    )
+    _configuration_arguments(rotate)
+    rotate.add_argument(
+        "--wait",
+        metavar="DURATION",
+        help="how long to wait for the previous login's sessions to end (default: database.max_connection_age + 60s)",
+    )
+    rotate.set_defaults(handler=cmd_rotate_login)
+
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="check an audit file's hash chain")

@@ -75,6 +75,10 @@ class ServerConfig:
 class DatabaseConfig:
     url: str
     password_secret: str | None = None
+    # A secret holding the login's user as well as its password (`user:password`, or JSON
+    # {"user": ..., "password": ...}), read at every new connection: rotating the login to a
+    # new role needs no restart. Instead of password_secret; the URL's user is then unused.
+    login_secret: str | None = None
     sslmode: SslMode = "verify-full"
     sslrootcert: ConfigPath | None = None
     sslcert: ConfigPath | None = None
@@ -90,6 +94,10 @@ class DatabaseConfig:
     # is frozen or cut off; its connection is dropped and the request answered 503.
     response_margin: Seconds = 1.0
     statement_cache_size: int = 1024
+    # A connection older than this is closed when it is next released, or found idle, and
+    # replaced by one opened with the login as the secret names it then: after a rotation no
+    # session of the previous login outlives this by more than the sweep that finds it.
+    max_connection_age: Seconds = 3600.0
     # Refuse to start when the login role could run statements with privileges of its own.
     check_login_role: bool = True
 
@@ -461,6 +469,10 @@ def _validate(config: GatewayConfig, source: str) -> None:
     _validate_database_url(config.database.url, "database.url", "password_secret", fail)
     if config.credentials is not None:
         _validate_credentials(config.credentials, config.database, fail)
+    if config.database.login_secret is not None and config.database.password_secret is not None:
+        fail("database.login_secret", "expected either login_secret or password_secret, not both")
+    if config.database.max_connection_age <= 0:
+        fail("database.max_connection_age", "expected a duration above zero")
     if not 0 < config.server.port < 65536:
         fail("server.port", "expected a TCP port between 1 and 65535")
     if not 1 <= config.server.max_param_depth <= MAX_WRITABLE_DEPTH:
@@ -689,6 +701,7 @@ def _secret_names(config: GatewayConfig) -> list[tuple[str, str]]:
     """(key path, secret name) for every secret the configuration names."""
     named = [
         ("database.password_secret", config.database.password_secret),
+        ("database.login_secret", config.database.login_secret),
         ("database.sslkey_secret", config.database.sslkey_secret),
     ]
     if config.credentials is not None:

@@ -66,9 +66,15 @@ class TlsFiles:
 
 
 @pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+def suite_ca() -> trustme.CA:
+    """The CA the suite's PostgreSQL trusts for client certificates (tests issue new ones)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory, suite_ca: trustme.CA) -> TlsFiles:
     folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
+    ca = suite_ca
     server = ca.issue_cert("localhost")  # a name, not 127.0.0.1: verify-full by IP must fail
     client = ca.issue_cert("gateway-client", common_name=MTLS_ROLE)
     files = TlsFiles(*(folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem",

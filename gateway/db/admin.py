@@ -25,7 +25,9 @@ class AdminRoleError(RuntimeError):
 def admin_login(database: DatabaseConfig, url: str, password_secret: str | None) -> DatabaseConfig:
     """Settings for an admin login at `url` on the server of `database`: the same TLS settings
     (sslmode, CA), but no client certificate, which is the query login's."""
-    return dataclasses.replace(database, url=url, password_secret=password_secret, sslcert=None, sslkey_secret=None)
+    return dataclasses.replace(
+        database, url=url, password_secret=password_secret, login_secret=None, sslcert=None, sslkey_secret=None
+    )
 
 
 def admin_database(config: GatewayConfig, credentials: CredentialsConfig) -> Database:

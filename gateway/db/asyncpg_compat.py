@@ -4,17 +4,19 @@ asyncpg's public API cannot do a few things the gateway needs: open a portal and
 batches with one round trip per batch (its cursor adds a round trip or yields row by row),
 look a prepared statement up in its cache by name resolution, repeat a cancel request that
 did not take, read the RowDescription the server sent and the settings it reported, give a
-pooled connection back without a task per call, and exchange records and arrays as
-PostgreSQL's text. Each of those reaches into asyncpg here and nowhere else, and `self_test`
-— run on the first connection, before the gateway serves — refuses an asyncpg outside the
-range these internals were checked on, or one on which any of them no longer behaves as
-expected. pyproject.toml pins the same range.
+pooled connection back without a task per call, close idle connections past their age, and
+exchange records and arrays as PostgreSQL's text. Each of those reaches into asyncpg here and
+nowhere else, and `self_test` — run on the first connection, before the gateway serves —
+refuses an asyncpg outside the range these internals were checked on, or one on which any of
+them no longer behaves as expected (`check_pool` does the same for the pool's holders).
+pyproject.toml pins the same range.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -124,6 +126,31 @@ async def release(proxy: Any, timeout: float | None) -> None:
         return
     connection._on_release()
     await proxy._holder.release(timeout)
+
+
+def close_idle(pool: asyncpg.Pool, should_close: Callable[[asyncpg.Connection], bool]) -> int:
+    """Terminate each idle pooled connection `should_close` picks, as asyncpg does with one idle
+    too long (terminate is synchronous: no acquire can take the connection half-closed); the
+    holder opens a new one when next acquired, and asyncpg 0.32 refills its floor at once.
+    Returns how many were closed."""
+    closed = 0
+    for holder in pool._holders:
+        connection = holder._con
+        idle = holder._in_use is None and connection is not None and not connection.is_closed()
+        if idle and should_close(connection):
+            connection.terminate()
+            closed += 1
+    return closed
+
+
+def check_pool(pool: asyncpg.Pool) -> None:
+    """Refuse a pool whose holders are not where `close_idle` looks for them."""
+    holders = getattr(pool, "_holders", None)
+    if not isinstance(holders, list) or not holders:
+        raise UnsupportedAsyncpg("asyncpg.Pool keeps its connection holders elsewhere")
+    for holder in holders:
+        if not (hasattr(holder, "_in_use") and hasattr(holder, "_con")):
+            raise UnsupportedAsyncpg("asyncpg's pool connection holders read differently")
 
 
 def reported_settings(connection: asyncpg.Connection) -> dict[str, str]:

@@ -296,30 +296,38 @@ class CatalogKeeper:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            renewing = False
             try:
-                await self._listen_on(connection)
+                renewing = await self._listen_on(connection)
             except Exception as error:
                 logger.warning("catalog notifications: listening failed (%s); reconnecting", error)
             finally:
                 self.listening = False
                 connection.terminate()
-            await asyncio.sleep(RECONNECT_SECONDS[0])
+            if not renewing:
+                await asyncio.sleep(RECONNECT_SECONDS[0])
 
-    async def _listen_on(self, connection: asyncpg.Connection) -> None:
-        """Until the connection is lost or stops answering; first a refresh, for the
-        notifications sent while nobody listened."""
+    async def _listen_on(self, connection: asyncpg.Connection) -> bool:
+        """Until the connection is lost or stops answering (False), or reaches the database's
+        `max_connection_age` (True: renew it, as the pool does, so that a rotated-out login keeps
+        no session); first a refresh, for the notifications sent while nobody listened."""
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _connection: lost.set())
         await connection.add_listener(CATALOG_CHANNEL, lambda *_notification: self.want_refresh())
         self._listener = connection
+        renew_at = asyncio.get_running_loop().time() + self.database.config.max_connection_age
         try:
             self.listening = True
             self.want_refresh()
             while not lost.is_set():
+                left = renew_at - asyncio.get_running_loop().time()
+                if left <= 0:
+                    return True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), HEARTBEAT_SECONDS)
+                    await asyncio.wait_for(lost.wait(), min(HEARTBEAT_SECONDS, left))
                 if not lost.is_set():
                     async with self._lock:
                         await connection.fetchval("SELECT 1", timeout=HEARTBEAT_SECONDS)
+            return False
         finally:
             self._listener = None

@@ -1,6 +1,8 @@
-"""The warm asyncpg pool: TLS per `sslmode`, the login password read at every connect (so a
-rotated secret takes effect without a restart), every value exchanged as text on every
-connection (`gateway.db.types`), and the check that the login role cannot act on its own.
+"""The warm asyncpg pool: TLS per `sslmode`, the login (user and password, and the client
+certificate's files) read at every connect so that a rotated secret takes effect without a
+restart, connections replaced once they reach `max_connection_age`, every value exchanged as
+text on every connection (`gateway.db.types`), and the check that the login role cannot act
+on its own.
 
 Owns connecting and acquiring, and the mapping of connection failures to 503s. What runs on
 a connection per request lives in `gateway.db.session`.
@@ -22,9 +24,10 @@ import asyncpg
 
 from gateway.config import DatabaseConfig
 from gateway.db import asyncpg_compat as compat
+from gateway.db.login import Login, current_login
 from gateway.db.types import TextExchangeConnection, TextType, builtin_text_types, check_text_exchange
 from gateway.errors import database_unavailable, overloaded
-from gateway.secrets import SecretStore
+from gateway.secrets import MissingSecret, SecretStore
 
 # What a connection may carry from one request to the next is nothing: every setting is
 # transaction-local, the policy refuses statements that change session state, and every
@@ -49,7 +52,11 @@ CONNECTION_ERRORS = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     asyncpg.exceptions.InvalidPasswordError,
+    MissingSecret,
 )
+
+# What PostgreSQL answers a login it does not accept (wrong password, unknown or expired role).
+LOGIN_REFUSED = (asyncpg.exceptions.InvalidPasswordError, asyncpg.exceptions.InvalidAuthorizationSpecificationError)
 
 
 class GatewayConnection(TextExchangeConnection):
@@ -60,6 +67,7 @@ class GatewayConnection(TextExchangeConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.opened_at = time.monotonic()
         self._reported = compat.reported_settings(self)
         self._reported_at_start = dict(self._reported)
 
@@ -72,6 +80,10 @@ class GatewayConnection(TextExchangeConnection):
             self.needs_full_reset = False
             return FULL_RESET
         return ""
+
+
+def _older_than(connection: asyncpg.Connection, seconds: float) -> bool:
+    return time.monotonic() - connection.opened_at > seconds
 
 
 class LoginRoleError(RuntimeError):
@@ -93,6 +105,7 @@ class Database:
         self._builtin_types: list[TextType] | None = None
         self._key_dir: tempfile.TemporaryDirectory | None = None
         self.waiting = 0  # requests waiting for a connection (the pool does not say)
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------- connecting
 
@@ -126,9 +139,28 @@ class Database:
             handle.write(self.secrets.get(name))
         return str(path)
 
-    def _password(self) -> str | None:
-        name = self.config.password_secret
-        return self.secrets.get(name) if name else None
+    async def _connect(self, **options: Any) -> asyncpg.Connection:
+        """A new connection with the login as its secret names it now. A login PostgreSQL
+        refuses is read once more: a rotation may have rewritten the secret (and dropped the
+        role it named before) between the read and the login."""
+        login = current_login(self.config, self.secrets)
+        try:
+            return await self.connect_as(login, **options)
+        except LOGIN_REFUSED:
+            again = current_login(self.config, self.secrets)
+            if again == login:
+                raise
+            return await self.connect_as(again, **options)
+
+    async def connect_as(self, login: Login, **options: Any) -> asyncpg.Connection:
+        """A connection outside the pool as `login`, with the pool's TLS settings."""
+        return await asyncpg.connect(
+            self.dsn(), user=login.user, password=login.password, timeout=self.config.connect_timeout, **options
+        )
+
+    async def _pool_connect(self, *dsn: str, **options: Any) -> asyncpg.Connection:
+        """The pool's way to connect (it passes the DSN it was made with: built here anew)."""
+        return await self._connect(**options)
 
     async def _init_connection(self, connection: GatewayConnection) -> None:
         first = self._builtin_types is None
@@ -142,33 +174,38 @@ class Database:
     async def open(self, size: int | None = None) -> None:
         """Connect the pool: `pool_min`..`pool_max` connections, or exactly `size`."""
         self.pool = await asyncpg.create_pool(
-            self.dsn(),
-            password=self._password,
+            connect=self._pool_connect,
             min_size=self.config.pool_min if size is None else size,
             max_size=self.config.pool_max if size is None else size,
-            timeout=self.config.connect_timeout,
             connection_class=GatewayConnection,
             statement_cache_size=self.config.statement_cache_size,
             init=self._init_connection,
-            max_inactive_connection_lifetime=300.0,
+            max_inactive_connection_lifetime=min(300.0, self.config.max_connection_age),
         )
+        compat.check_pool(self.pool)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_aged(), name="gateway-connection-age")
 
     async def dedicated_connection(self, application_name: str, deadline: float | None = None) -> asyncpg.Connection:
         """A connection outside the pool, for work that holds one for a long time (listening
         for notifications) or that is not the pool's (the admin login), with the pool's TLS
-        settings. With a `deadline`, no statement or lock wait may last longer, on the server
-        (statement_timeout, lock_timeout) or in the client (a frozen server)."""
+        settings and login. With a `deadline`, no statement or lock wait may last longer, on
+        the server (statement_timeout, lock_timeout) or in the client (a frozen server)."""
         settings = {"application_name": application_name}
         if deadline is not None:
             milliseconds = str(round(deadline * 1000))
             settings.update(statement_timeout=milliseconds, lock_timeout=milliseconds)
-        return await asyncpg.connect(
-            self.dsn(),
-            password=self._password(),
-            timeout=self.config.connect_timeout,
-            command_timeout=deadline,
-            server_settings=settings,
-        )
+        return await self._connect(command_timeout=deadline, server_settings=settings)
+
+    async def _sweep_aged(self) -> None:
+        """Close idle connections past `max_connection_age` (the pool opens their replacements
+        with the current login); one in use is closed as it is released. asyncpg keeps its
+        floor of connections open however long they idle, so without the sweep a rotated-out
+        login could keep sessions for ever."""
+        max_age = self.config.max_connection_age
+        while True:
+            await asyncio.sleep(min(max(max_age / 4, 0.25), 30.0))
+            if self.pool is not None:
+                compat.close_idle(self.pool, lambda connection: _older_than(connection, max_age))
 
     async def renew(self) -> None:
         """Replace every connection made so far as it is next acquired (in use: as it is
@@ -181,10 +218,17 @@ class Database:
     def terminate(self) -> None:
         """Drop every connection at once, in use or idle, without waiting for the server
         (shutting down after the grace period: the database may not be answering)."""
+        self._stop_sweeping()
         if self.pool is not None:
             self.pool.terminate()
 
+    def _stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
     async def close(self) -> None:
+        self._stop_sweeping()
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
@@ -221,6 +265,9 @@ class Database:
 
     async def _release(self, proxy: asyncpg.pool.PoolConnectionProxy, connection: GatewayConnection) -> None:
         try:
+            if _older_than(connection, self.config.max_connection_age):
+                await connection.close(timeout=self.config.acquire_timeout)  # gives the holder back
+                return
             await compat.release(proxy, self.config.acquire_timeout)
         except Exception:  # a connection that cannot be reset is dropped, never reused
             connection.terminate()
@@ -243,26 +290,36 @@ class Database:
     async def check_login_role(self, identity_roles: list[str]) -> None:
         """Refuse a login that could act with privileges of its own (SPEC §5)."""
         async with self.connection() as connection:
-            row = await connection.fetchrow(
-                "SELECT rolname, rolsuper, rolinherit, rolbypassrls, rolcreaterole "
-                "FROM pg_catalog.pg_roles WHERE rolname = current_user"
-            )
-            problems = []
-            if row["rolsuper"] == "t":
-                problems.append("is a superuser")
-            if row["rolbypassrls"] == "t":
-                problems.append("has BYPASSRLS")
-            if row["rolinherit"] == "t":
-                problems.append("INHERITs the privileges of its roles (use NOINHERIT)")
-            if row["rolcreaterole"] == "t":
-                problems.append("has CREATEROLE")
-            for role in sorted(set(identity_roles)):
-                member = await connection.fetchval(
-                    "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') "
-                    "FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
-                    role,
-                )
-                if member != "t":
-                    problems.append(f'is not a member of identity role "{role}"')
-        if problems:
-            raise LoginRoleError(f'database login "{row["rolname"]}" ' + "; ".join(problems))
+            await check_login_role(connection, identity_roles)
+
+
+def _true(value: object) -> bool:
+    return value is True or value == "t"  # a pooled connection reads booleans as PostgreSQL's text
+
+
+async def check_login_role(connection: asyncpg.Connection, identity_roles: list[str]) -> None:
+    """Raise LoginRoleError when the login `connection` is logged in as could act with
+    privileges of its own, or is not a member of every identity role."""
+    row = await connection.fetchrow(
+        "SELECT rolname, rolsuper, rolinherit, rolbypassrls, rolcreaterole "
+        "FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    )
+    problems = []
+    if _true(row["rolsuper"]):
+        problems.append("is a superuser")
+    if _true(row["rolbypassrls"]):
+        problems.append("has BYPASSRLS")
+    if _true(row["rolinherit"]):
+        problems.append("INHERITs the privileges of its roles (use NOINHERIT)")
+    if _true(row["rolcreaterole"]):
+        problems.append("has CREATEROLE")
+    for role in sorted(set(identity_roles)):
+        member = await connection.fetchval(
+            "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') "
+            "FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+            role,
+        )
+        if not _true(member):
+            problems.append(f'is not a member of identity role "{role}"')
+    if problems:
+        raise LoginRoleError(f'database login "{row["rolname"]}" ' + "; ".join(problems))
