@@ -212,6 +212,7 @@ def jwt_secret() -> str:
 # output ever contains a token or a secret (tests/test_zz_no_secrets_in_output.py).
 MINTED_TOKENS: list[str] = []
 GATEWAY_LOGS: list[Path] = []
+ISSUED_PASSWORDS: list[str] = []  # of the temporary database logins the broker issued
 
 
 @pytest.fixture(scope="session")

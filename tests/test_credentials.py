@@ -24,6 +24,7 @@ import pytest
 from conftest import (
     ADMIN_ROLE,
     ADMIN_SECRET,
+    ISSUED_PASSWORDS,
     Api,
     GatewayProcess,
     PgServer,
@@ -133,7 +134,9 @@ def no_logins_left(database: PgServer) -> Iterator[None]:
 def issue(api: Api, body: Any = None) -> dict[str, Any]:
     response = api.post("/v1/credentials", body)
     assert response.status_code == 201, response.text
-    return response.json()
+    issued = response.json()
+    ISSUED_PASSWORDS.append(issued["password"])
+    return issued
 
 
 def psycopg_session(url: str, tls: TlsFiles) -> psycopg.Connection:
@@ -524,6 +527,7 @@ def test_logins_left_by_a_killed_gateway_are_reaped_at_the_next_start(launch_gat
 def test_the_client_takes_a_url_and_its_expiry(broker, mint, tls_files):
     with GatewayClient(broker.url, StaticToken(mint("analyst"))) as client:
         credential = client.credentials(ttl="15m")
+    ISSUED_PASSWORDS.append(credential.password)
     assert credential.expires_at - datetime.now(UTC) > timedelta(minutes=14)
     assert credential.password not in repr(credential)
     with psycopg_session(credential.url, tls_files) as session:
@@ -541,6 +545,7 @@ def test_the_async_client_takes_a_url_and_its_expiry(broker, mint, tls_files):
             await connection.close()
 
     credential, user = run(take_and_use())
+    ISSUED_PASSWORDS.append(credential.password)
     assert user == credential.user
     assert credential.expires_at - datetime.now(UTC) > timedelta(minutes=9)
 
