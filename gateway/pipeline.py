@@ -434,7 +434,7 @@ class RequestScope:
         assert self.caller is not None
         identity = self.caller.identity
         settings = self.pipeline.transaction_settings(identity, options)
-        setup_sql = settings.setup_sql(
+        setup = settings.setup_statements(
             f"gw {self.record.requestId[:24]} {self.record.traceId}", self.caller.token.claims_json
         )
         # DDL may leave temporary objects behind, a function outside the safe list session
@@ -442,7 +442,7 @@ class RequestScope:
         full_reset = any(judged.decision.resets_session for judged in self.judged)
         with _Phase(self.timings, "db"):
             await self._exit_stack.enter_async_context(self.pipeline.limits.admit(identity))
-            transaction = Transaction(self.pipeline.database, settings, setup_sql, full_reset=full_reset)
+            transaction = Transaction(self.pipeline.database, settings, setup, full_reset=full_reset)
             self._exit_stack.push_async_callback(transaction.close)
             await transaction.begin()
         self.transaction = transaction

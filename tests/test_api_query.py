@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -320,3 +321,16 @@ def test_openapi_document_describes_every_endpoint(gateway, http):
                     reference = media["schema"].get("$ref")
                     if reference:
                         assert reference.rsplit("/", 1)[1] in document["components"]["schemas"]
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/x-ndjson"])
+def test_a_column_name_given_twice_keeps_the_later_value_converted_by_its_own_type(writer, accept):
+    """Objects are keyed by column name: the later of two columns wins, and neither's value is
+    converted as the other's type would be (int4 becomes a number, text stays text)."""
+    for sql, expected in (("select 7::int4 as a, 'x' as a", {"a": "x"}), ("select 'x' as a, 7::int4 as a", {"a": 7}),
+                          ("select 1::int4 as a, 'y' as b", {"a": 1, "b": "y"})):
+        response = writer.post("/v1/query", {"sql": sql}, headers={"Accept": accept})
+        assert response.status_code == 200, response.text
+        rows = ([orjson.loads(line) for line in response.text.splitlines()[1:-1]] if "ndjson" in accept
+                else response.json()["rows"])
+        assert rows == [expected], sql

@@ -458,3 +458,10 @@ def test_without_configured_origins_options_answers_200_and_nothing_is_open(gate
     assert "access-control-allow-origin" not in response.headers
     assert "access-control-allow-origin" not in neon(writer, {"query": "select 1"}, Origin=ORIGIN).headers
 
+
+
+def test_object_rows_keep_the_later_of_two_columns_with_one_name(writer):
+    """Each value converted as its own column's type (Neon's JSON values without raw text)."""
+    headers = {"Neon-Array-Mode": "false", "Neon-Raw-Text-Output": "false"}
+    assert rows_of(writer, "select 7::int4 as a, 'x' as a", **headers) == [{"a": "x"}]
+    assert rows_of(writer, "select 'x' as a, 7::int4 as a", **headers) == [{"a": 7}]

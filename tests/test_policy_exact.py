@@ -279,7 +279,7 @@ def test_set_config_may_change_other_settings_when_allowed():
 
 def test_every_setting_a_transaction_sets_is_protected():
     settings = TransactionSettings("r", ("public",), 1, 1, 1)
-    named = {part.split("'")[1] for part in settings.setup_sql("tag", "{}").split("set_config(E")[1:]}
+    named = {part.split("'")[1] for part in "; ".join(settings.setup_statements("tag", "{}")).split("set_config(E")[1:]}
     assert named
     assert all(name in PROTECTED_SETTINGS or name.startswith(PROTECTED_SETTING_PREFIXES) for name in named), named
 

@@ -37,6 +37,8 @@ CREATE FUNCTION public.reset_leave_timezone() RETURNS trigger LANGUAGE plpgsql A
 BEGIN PERFORM pg_catalog.set_config('TimeZone', 'Pacific/Kiritimati', false); RETURN NULL; END $$;
 CREATE FUNCTION public.reset_take_lock() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_catalog.pg_advisory_lock(4242); RETURN NULL; END $$;
+CREATE FUNCTION public.reset_take_lock_and_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_catalog.pg_advisory_lock(4245); RAISE EXCEPTION 'refused after locking'; END $$;
 
 CREATE TABLE public.reset_trigger (id int);
 CREATE TRIGGER reset_trigger_digits AFTER INSERT ON public.reset_trigger
@@ -74,10 +76,12 @@ CREATE TRIGGER reset_partition_digits AFTER INSERT ON public.reset_partition
     FOR EACH ROW EXECUTE FUNCTION public.reset_leave_digits();
 CREATE TABLE public.reset_late_timezone (id int);
 CREATE TABLE public.reset_late_lock (id int);
+CREATE TABLE public.reset_late_failing_lock (id int);
 
 GRANT SELECT, INSERT, DELETE ON public.reset_trigger, public.reset_rule, public.reset_default, public.reset_check,
     public.reset_domain_table, public.reset_index, public.reset_policy, public.reset_parent,
-    public.reset_partitioned, public.reset_late_timezone, public.reset_late_lock TO demo_writer;
+    public.reset_partitioned, public.reset_late_timezone, public.reset_late_lock, public.reset_late_failing_lock
+    TO demo_writer;
 GRANT SELECT ON public.reset_view, public.reset_view_of_view, public.reset_view_of_set_config,
     public.reset_view_of_aggregate, public.reset_view_of_window, public.reset_view_of_operator TO demo_writer;
 """
@@ -85,10 +89,12 @@ DROP_SQL = """
 DROP VIEW public.reset_view_of_set_config;
 DROP TABLE public.reset_trigger, public.reset_rule, public.reset_rule_log, public.reset_default, public.reset_check,
     public.reset_domain_table, public.reset_index, public.reset_policy, public.reset_child, public.reset_parent,
-    public.reset_partitioned, public.reset_late_timezone, public.reset_late_lock CASCADE;
+    public.reset_partitioned, public.reset_late_timezone, public.reset_late_lock, public.reset_late_failing_lock
+    CASCADE;
 DROP DOMAIN public.reset_domain;
 DROP FUNCTION public.reset_leave_digits(), public.reset_digits() CASCADE;
-DROP FUNCTION public.reset_digits_key(int), public.reset_leave_timezone(), public.reset_take_lock();
+DROP FUNCTION public.reset_digits_key(int), public.reset_leave_timezone(), public.reset_take_lock(),
+    public.reset_take_lock_and_fail();
 DROP AGGREGATE public.reset_sum(int) CASCADE;
 DROP FUNCTION public.reset_digits_step(int, int);
 DROP FUNCTION public.reset_digits_equal(int, int) CASCADE;
@@ -210,6 +216,20 @@ def test_an_advisory_lock_taken_by_a_trigger_is_released_before_the_answer(reset
     assert resetter.query("insert into reset_late_lock (id) values (1)").status_code == 200
     held = "select count(*) from pg_catalog.pg_locks where locktype = 'advisory' and objid = 4242"
     assert superuser.fetchval(held) == 0
+
+
+def test_an_advisory_lock_taken_by_a_statement_that_failed_is_released_too(resetter, superuser: Superuser):
+    """Also when the statement went out with its transaction's setup (the second time, once
+    prepared) and failed there: the transaction is rolled back and the locks released."""
+    superuser.execute(
+        "CREATE TRIGGER late_failing_lock AFTER INSERT ON public.reset_late_failing_lock "
+        "FOR EACH ROW EXECUTE FUNCTION public.reset_take_lock_and_fail()"
+    )
+    held = "select count(*) from pg_catalog.pg_locks where locktype = 'advisory' and objid = 4245"
+    for _ in range(2):
+        response = resetter.query("insert into reset_late_failing_lock (id) values (1)")
+        assert response.status_code == 400 and response.json()["error"]["sqlstate"] == "P0001", response.text
+        assert superuser.fetchval(held) == 0
 
 
 def test_the_position_of_a_sequence_is_not_left_to_the_next_request(resetter, watcher):

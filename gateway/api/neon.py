@@ -214,7 +214,8 @@ class ResultEncoder:
         names = [column.name for column in run.columns]
         # Every value is PostgreSQL's text output already: raw text sends it as it is.
         values_of = row_converter(
-            [None if self.raw_text else neon_json_converter(column.type) for column in run.columns]
+            [None if self.raw_text else neon_json_converter(column.type) for column in run.columns],
+            None if array_mode else names,
         )
         fields = [_field(field) for field in row_description(run)]
         result = bytearray()
@@ -224,9 +225,8 @@ class ResultEncoder:
             rows += len(batch)
             if rows > max_rows:
                 raise response_too_large(max_rows, "rows")
-            values = [values_of(record) for record in batch]
-            if values:
-                encoded = orjson.dumps(values if array_mode else [dict(zip(names, row, strict=True)) for row in values])
+            if batch:
+                encoded = orjson.dumps(list(map(values_of, batch)))
                 if rows > len(batch):
                     self._append(result, max_bytes, b",")
                 self._append(result, max_bytes, memoryview(encoded)[1:-1])

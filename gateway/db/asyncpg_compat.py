@@ -46,6 +46,21 @@ async def prepared_statement(
     return await connection._get_statement(sql, timeout, named=True, record_class=record_class)
 
 
+def cached_statement(connection: asyncpg.Connection, sql: str, record_class: type[asyncpg.Record]) -> Any | None:
+    """The prepared statement `prepared_statement` would return without a round trip, if any.
+    A statement prepared now leaves the server inside an implicit transaction until the next
+    Sync (asyncpg ends its Parse/Describe with Flush), whose snapshot a prelude's BEGIN would
+    then come after: `BEGIN ISOLATION LEVEL SERIALIZABLE` fails there, so a prelude goes only
+    with a statement that was prepared before."""
+    return connection._stmt_cache.get((sql, record_class, False))
+
+
+def round_trips(connection: asyncpg.Connection) -> int:
+    """How many operations asyncpg has run on `connection` that each wait for a ReadyForQuery
+    (a simple query, a Bind/Execute, an Execute): its round trips, preparing apart."""
+    return connection._protocol.queries_count
+
+
 def parameter_types(statement: Any) -> tuple:
     return statement._get_parameters()
 
@@ -76,20 +91,68 @@ def _is_row_description(items: list) -> bool:
     return all(isinstance(item, tuple) and len(item) == ROW_DESCRIPTION_FIELDS for item in items)
 
 
+def prelude_messages(statements: list[str]) -> bytes:
+    """Parse, Bind and Execute of each statement on the unnamed statement and portal, with no
+    Sync: what `Portal.first` sends ahead of its own Bind/Execute/Sync, so that all of them run
+    in one round trip. The last statement must return no rows and complete as `SELECT 0`
+    (PRELUDE_TAG); each must take no parameters and return no rows (asyncpg would read them as
+    the statement's)."""
+    out = bytearray()
+    for sql in statements:
+        text = sql.encode()
+        _message(out, b"P", b"\0" + text + b"\0" + b"\0\0")  # unnamed, no parameter types
+        _message(out, b"B", b"\0\0" + b"\0\0" * 3)  # unnamed portal and statement; no formats or values
+        _message(out, b"E", b"\0" + b"\0\0\0\0")  # the unnamed portal, every row
+    return bytes(out)
+
+
+def _message(out: bytearray, kind: bytes, body: bytes) -> None:
+    out += kind
+    out += (len(body) + 4).to_bytes(4, "big")
+    out += body
+
+
+# How the last statement of a prelude completes. asyncpg takes any CommandComplete in its
+# answer as the end of the result: only the statement's own tag, which follows, tells whether
+# its portal completed or was suspended at the row limit.
+PRELUDE_TAG = b"SELECT 0"
+
+
 class Portal(BaseCursor):
     """One execution of a prepared statement, read in batches: Bind+Execute in one round trip,
     then Execute per batch."""
 
     status: bytes = b""
 
-    async def first(self, limit: int, timeout: float | None) -> list:
-        self._check_ready()
+    async def first(self, limit: int, timeout: float | None, prelude: bytes = b"") -> list:
+        """The first `limit` rows. `prelude` (`prelude_messages`) goes out in the same flush,
+        ahead of the Bind: the transaction's BEGIN and settings cost no round trip of their own.
+        asyncpg reads their answers as part of the statement's (ParseComplete, BindComplete and
+        CommandComplete are what it skips or overwrites; an error in them ends the whole at the
+        Sync, as the statement's own would)."""
+        if not prelude:  # asyncpg's cursors insist on a transaction: the prelude begins one
+            self._check_ready()
         # The unnamed portal, as Neon's proxy binds (an error's context then reads as it
         # would there): nothing else is bound on the connection until this one is read.
         self._portal_name = ""
-        rows, self.status, self._exhausted = await self._connection._protocol.bind_execute(
-            self._state, self._args, self._portal_name, limit, True, timeout
-        )
+        connection = self._connection
+        if prelude:
+            await settle_cancellation(connection)  # bind_execute would wait for it after the prelude
+            connection._transport.write(prelude)
+        try:
+            rows, status, completed = await connection._protocol.bind_execute(
+                self._state, self._args, self._portal_name, limit, True, timeout
+            )
+        except (asyncpg.PostgresError, asyncio.CancelledError, TimeoutError):
+            raise  # answered up to ReadyForQuery, or cancelled by asyncpg's own rules: in step
+        except BaseException:
+            if prelude:  # refused before asyncpg wrote: the prelude went out with no Sync after it
+                connection.terminate()
+            raise
+        if prelude:
+            completed = not (status == PRELUDE_TAG and rows)
+            status = status if completed else b""
+        self.status, self._exhausted = status, completed
         return rows
 
     async def next(self, limit: int, timeout: float | None) -> list:
@@ -235,6 +298,15 @@ async def self_test(connection: asyncpg.Connection) -> None:
             rows = await portal.first(2, None)  # one row, and the end of the result
             if not portal.exhausted or len(rows) != 1:
                 raise UnsupportedAsyncpg("a portal reads differently")
+        # The same, cached statement after a prelude that begins the transaction: one row, and
+        # the portal suspended (the row limit reached), which only the command tag tells.
+        portal = Portal(connection, "", statement, ["x"], asyncpg.Record)
+        rows = await portal.first(1, None, prelude_messages(["BEGIN", "SELECT WHERE false"]))
+        began = connection.is_in_transaction()
+        rest = await portal.next(1, None) if began else None
+        await connection.execute("ROLLBACK")
+        if not (began and len(rows) == 1 and rest == [] and portal.exhausted and portal.status == b"SELECT 0"):
+            raise UnsupportedAsyncpg("a statement sent after a prelude reads differently")
         if not isinstance(reported_settings(connection).get("server_version"), str):
             raise UnsupportedAsyncpg("the reported settings read differently")
         await settle_cancellation(connection)  # nothing to settle: must return at once

@@ -83,10 +83,14 @@ class TransactionSettings:
         return resolution_key(self.role, self.schemas)
 
     @cached_property
-    def _setup_prefix(self) -> str:
+    def _begin(self) -> str:
         mode = "READ ONLY" if self.read_only else "READ WRITE"
         if self.deferrable:
             mode += " DEFERRABLE"
+        return f"BEGIN ISOLATION LEVEL {ISOLATION_LEVELS[self.isolation]} {mode}"
+
+    @cached_property
+    def _fixed_settings(self) -> str:
         path = ", ".join(["pg_catalog", *(f'"{schema}"' for schema in self.schemas), "pg_temp"])
         settings = {
             "role": self.role,
@@ -96,17 +100,19 @@ class TransactionSettings:
             "idle_in_transaction_session_timeout": str(self.idle_timeout_ms),
             "standard_conforming_strings": "on",
         }
-        calls = ", ".join(_set_local(name, value) for name, value in settings.items())
-        return f"BEGIN ISOLATION LEVEL {ISOLATION_LEVELS[self.isolation]} {mode}; SELECT {calls}"
+        return ", ".join(_set_local(name, value) for name, value in settings.items())
 
-    def setup_sql(self, application_name: str, claims_json: str) -> str:
-        """BEGIN and every setting in one simple-query message: two statements for the server
-        to run instead of one per setting. `set_config(..., true)` is `SET LOCAL`; for
-        `role` it checks membership exactly as `SET LOCAL ROLE` does."""
-        return (
-            f"{self._setup_prefix}, {_set_local('application_name', application_name)}, "
+    def setup_statements(self, application_name: str, claims_json: str) -> list[str]:
+        """BEGIN, and every setting in one statement that returns no rows (it goes out ahead of
+        the first statement, whose rows are the only ones asyncpg may read: see
+        `asyncpg_compat.prelude_messages`). `set_config(..., true)` is `SET LOCAL`; for `role`
+        it checks membership exactly as `SET LOCAL ROLE` does. num_nulls evaluates every
+        argument, and is never below zero."""
+        calls = (
+            f"{self._fixed_settings}, {_set_local('application_name', application_name)}, "
             f"{_set_local('request.jwt.claims', claims_json)}"
         )
+        return [self._begin, f"SELECT WHERE pg_catalog.num_nulls({calls}) < 0"]
 
 
 def _set_local(name: str, value: str) -> str:
@@ -174,9 +180,9 @@ class _Replaceable(Exception):
 
 
 class Transaction:
-    """One request's transaction on a pooled connection of its own: `begin` (acquire, then
-    BEGIN with the settings), statements, `commit`; `close` rolls back whatever was not
-    committed and gives the connection back.
+    """One request's transaction on a pooled connection of its own: `begin` (acquire), the
+    statements (the first goes out with BEGIN and the settings in one round trip), `commit`;
+    `close` rolls back whatever was not committed and gives the connection back.
 
     Every wait on the database ends within the statement timeout plus `response_margin`:
     PostgreSQL answers a statement past its timeout well before that, so a longer silence
@@ -187,12 +193,13 @@ class Transaction:
     """
 
     def __init__(
-        self, database: Database, settings: TransactionSettings, setup_sql: str, *, full_reset: bool = False
+        self, database: Database, settings: TransactionSettings, setup: list[str], *, full_reset: bool = False
     ) -> None:
         self.database = database
         self.settings = settings
         self.max_wait = settings.statement_timeout_ms / 1000 + database.config.response_margin
-        self._setup_sql = setup_sql
+        self._setup_sql = "; ".join(setup)
+        self._prelude = compat.prelude_messages(setup)
         self._full_reset = full_reset
         self._lease = AsyncExitStack()  # the pooled connection, given back at `close`
         self._connection: GatewayConnection | None = None
@@ -206,16 +213,9 @@ class Transaction:
         return self._connection
 
     async def begin(self) -> None:
-        try:
-            await self._set_up()
-        except _Replaceable:
-            await self._set_up_again()
-
-    async def _set_up(self) -> None:
+        """Take a pooled connection. BEGIN and the settings go out with the first statement."""
         self._connection = await self._lease.enter_async_context(self.database.connection())
         self._connection.needs_full_reset = self._full_reset
-        await self.wait(self._connection.execute(self._setup_sql, timeout=self.max_wait), replaceable=(Exception,))
-        self.open = True
 
     async def _set_up_again(self) -> None:
         """The connection's backend had ended while it sat in the pool (a restart,
@@ -224,7 +224,7 @@ class Transaction:
         self._retried = True
         await self._lease.aclose()
         await self.database.renew()
-        await self._set_up()
+        await self.begin()
 
     async def run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
         self._statements += 1
@@ -243,6 +243,7 @@ class Transaction:
                 raise statement_outdated(self._statements) from None
             self._retried = True
             await self.wait(self.connection.execute(f"ROLLBACK; {self._setup_sql}", timeout=self.max_wait))
+            self.open = True
         try:
             return await self._run(sql, params, first_batch, batch_size)
         except asyncpg.exceptions.InvalidCachedStatementError:  # changed again in between
@@ -251,6 +252,14 @@ class Transaction:
     async def _run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
         first = self._statements == 1
         key = self.settings.statement_key
+        if not self.open and compat.cached_statement(self.connection, sql, key) is None:
+            # A statement new to this connection is prepared inside the transaction, which
+            # then begins in a round trip of its own (`asyncpg_compat.cached_statement`).
+            await self.wait(
+                self.connection.execute(self._setup_sql, timeout=self.max_wait),
+                replaceable=(Exception,) if first else (),
+            )
+            self.open = True
         # Preparing runs nothing; the statement runs at Bind+Execute, which asyncpg refuses
         # without writing anything (InternalClientError) on a connection it knows is broken.
         state = await self.wait(
@@ -266,7 +275,14 @@ class Transaction:
         ]
         portal = Portal(self.connection, sql, state, args, key)
         refused = (asyncpg.exceptions.InternalClientError,) if first else ()
-        rows = await self.wait(portal.first(first_batch, self.max_wait), replaceable=refused)
+        if self.open:
+            rows = await self.wait(portal.first(first_batch, self.max_wait), replaceable=refused)
+        else:
+            try:
+                rows = await self.wait(portal.first(first_batch, self.max_wait, self._prelude), replaceable=refused)
+            finally:  # BEGIN ran unless the connection failed first; an error leaves it to roll back
+                connection = self.connection
+                self.open = not connection.is_closed() and connection.is_in_transaction()
         return StatementRun(self, portal, compat.statement_columns(state), rows, batch_size)
 
     async def commit(self, announce: str | None = None) -> None:

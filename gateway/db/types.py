@@ -224,10 +224,21 @@ def json_converter(type_: Any) -> Converter | None:
     return SCALAR_CONVERTERS.get(type_.name)
 
 
-def row_converter(converters: list[Converter | None]) -> Callable[[Any], list[Any]]:
+def row_converter(converters: list[Converter | None], names: list[str] | None = None) -> Callable[[Any], Any]:
     """A function turning a record into its values made JSON-ready, touching only the columns
-    whose converter is not None (most values stay PostgreSQL's text as they are)."""
+    whose converter is not None (most values stay PostgreSQL's text as they are): a list, or
+    with `names` an object keyed by them (of two columns with one name the later wins, as in a
+    JSON object)."""
     conversions = [(index, convert) for index, convert in enumerate(converters) if convert is not None]
+    if names is None:
+        return _list_converter(conversions)
+    if len(set(names)) < len(names):  # a conversion by name could meet the other column's value
+        values_of = _list_converter(conversions)
+        return lambda record: dict(zip(names, values_of(record), strict=True))
+    return _object_converter([(names[index], convert) for index, convert in conversions])
+
+
+def _list_converter(conversions: list[tuple[int, Converter]]) -> Callable[[Any], list[Any]]:
     if not conversions:
         return list
 
@@ -240,6 +251,21 @@ def row_converter(converters: list[Converter | None]) -> Callable[[Any], list[An
         return values
 
     return convert_row
+
+
+def _object_converter(conversions: list[tuple[str, Converter]]) -> Callable[[Any], dict]:
+    """Objects built from the record's own items, in C, and converted in place by name: half
+    the cost of a list of values zipped with the names."""
+
+    def convert_object(record: Any) -> dict:
+        row = dict(record.items())
+        for name, convert in conversions:
+            value = row[name]
+            if value is not None:
+                row[name] = convert(value)
+        return row
+
+    return convert_object
 
 
 # The Neon protocol without raw text output (curl users; the driver always asks for raw
