@@ -48,6 +48,7 @@ class AuditRecord:
     sqlstate: str | None = None
     rows: int = 0
     bytes: int = 0
+    credential: str | None = None  # the temporary database login issued, revoked or expired
     started: float = field(default_factory=time.perf_counter)
 
     def finished(self) -> dict[str, Any]:

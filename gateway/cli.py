@@ -126,11 +126,15 @@ def _print_privilege_report(
     config: GatewayConfig, privileges: DatabasePrivileges, roles: Iterable[str], head: dict | None = None
 ) -> int:
     """The roles' excess privileges as JSON (after `head`); 1 when any holds more than its rules
-    allow, or does not exist."""
-    from gateway.grants import plan_grants
+    allow, or does not exist; a warning on stderr for each such role some identity may take
+    database logins of."""
+    from gateway.grants import excess_message, plan_grants
 
     plans = plan_grants(config, privileges, roles).roles
     _print_json({**(head or {}), "roles": [plan.as_json() for plan in plans]})
+    for plan in plans:
+        if plan.excess and plan.brokered:  # sessions with issued logins meet only the grants
+            print(f"gateway: warning: {excess_message(plan)}", file=sys.stderr)
     return FAILED if any(plan.excess or plan.missing for plan in plans) else 0
 
 

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from gateway.secrets import MissingSecret, SecretStore
 
@@ -143,6 +143,18 @@ class RuleConfig:
 
 
 @dataclass(frozen=True)
+class IdentityCredentialsConfig:
+    """`[identities.credentials]`: the identity may take temporary PostgreSQL logins
+    (`POST /v1/credentials`), members of its role, whose sessions only the role's grants
+    bound: the statement policy does not see them."""
+
+    ttl: Seconds = 900.0  # when the request names none
+    max_ttl: Seconds = 3600.0
+    max_active: int = 2  # logins not yet expired at once, across every replica
+    connection_limit: int = 2  # sessions per login (CONNECTION LIMIT)
+
+
+@dataclass(frozen=True)
 class IdentityConfig:
     name: str
     issuer: str
@@ -160,6 +172,7 @@ class IdentityConfig:
     functions: tuple[str, ...] = ()
     schemas: tuple[str, ...] = ("public",)
     rules: tuple[RuleConfig, ...] = ()
+    credentials: IdentityCredentialsConfig | None = None
 
     def database_roles(self) -> tuple[str, ...]:
         """Every role a request of this identity may run as."""
@@ -225,8 +238,8 @@ class CredentialsConfig:
     sslmode: SslMode = "verify-full"
     # How often expired logins are dropped and their sessions ended (also once at start).
     reap_interval: Seconds = 60.0
-    # How long any one exchange of the admin login with the database may last (connecting
-    # is database.connect_timeout).
+    # How long any one statement of the admin login may last, lock waits included, on the
+    # server and in the client (connecting: database.connect_timeout).
     admin_timeout: Seconds = 5.0
     owned_objects: OwnedObjects = "reassign"
 
@@ -261,6 +274,10 @@ class GatewayConfig:
     def identity_roles(self) -> list[str]:
         """Every database role some identity may run as: the login must be a member of each."""
         return sorted({role for identity in self.identities for role in identity.database_roles()})
+
+    def credential_roles(self) -> list[str]:
+        """Every role a temporary login may be made a member of (`[identities.credentials]`)."""
+        return sorted({role for i in self.identities if i.credentials is not None for role in i.database_roles()})
 
     def secret_store(self) -> SecretStore:
         return SecretStore(Path(self.secrets_dir) if self.secrets_dir else None)
@@ -515,6 +532,8 @@ def _validate(config: GatewayConfig, source: str) -> None:
             # Every wait on the database ends at this plus response_margin: no timeout at all
             # (PostgreSQL's 0) would leave a long statement that margin and nothing more.
             fail(f"{path}.statement_timeout", "expected a duration above zero")
+        if identity.credentials is not None:
+            _validate_identity_credentials(identity.credentials, f"{path}.credentials", config.credentials, fail)
         for j, rule in enumerate(identity.rules):
             if rule.cascade and "ddl" not in rule.allow:
                 fail(f"{path}.rules[{j}].cascade", 'expected only on a rule that allows "ddl"')
@@ -556,6 +575,9 @@ def _validate_credentials(credentials: CredentialsConfig, database: DatabaseConf
     # The query login must never be able to create roles (SPEC §5): one login cannot be both.
     if urlsplit(credentials.admin_url).username == urlsplit(database.url).username:
         fail("credentials.admin_url", "expected a login of its own, not database.url's")
+    if not url_database(database.url):
+        # Issued URLs name it: a client's default (its user name) would be a temporary one.
+        fail("database.url", "expected the database's name in it (the issued connection strings name it)")
     if not credentials.public_host:
         fail("credentials.public_host", "expected the host name clients connect to")
     if not 0 < credentials.public_port < 65536:
@@ -563,6 +585,20 @@ def _validate_credentials(credentials: CredentialsConfig, database: DatabaseConf
     for key in ("reap_interval", "admin_timeout"):
         if getattr(credentials, key) <= 0:
             fail(f"credentials.{key}", "expected a duration above zero")
+
+
+def _validate_identity_credentials(
+    credentials: IdentityCredentialsConfig, path: str, broker: CredentialsConfig | None, fail: Fail
+) -> None:
+    if broker is None:
+        fail(path, "needs a [credentials] section (the admin login that creates the temporary logins)")
+    if credentials.ttl <= 0:
+        fail(f"{path}.ttl", "expected a duration above zero")
+    if credentials.ttl > credentials.max_ttl:
+        fail(f"{path}.ttl", f"expected at most max_ttl ({credentials.max_ttl:g}s)")
+    for key in ("max_active", "connection_limit"):
+        if getattr(credentials, key) < 1:
+            fail(f"{path}.{key}", "expected at least 1")
 
 
 # Settings that only an OIDC issuer uses: on a shared-secret issuer they would do nothing.
@@ -634,6 +670,11 @@ def url_has_password(url: str) -> bool:
     # libpq also takes `?password=...` (and a client key's `sslpassword`) from the query string.
     in_query = any(key.lower() in ("password", "sslpassword") for key in parse_qs(parts.query, keep_blank_values=True))
     return in_userinfo or in_query
+
+
+def url_database(url: str) -> str:
+    """The database a postgresql:// URL names ("" when it names none)."""
+    return unquote(urlsplit(url).path.lstrip("/"))
 
 
 def is_https_or_loopback(url: str) -> bool:

@@ -7,6 +7,7 @@ frameworks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +67,16 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
         "the statement is not allowed; `message` says why and what rule would allow it",
     ),
     ErrorKind(
+        403,
+        "credentials_not_allowed",
+        "an identity without `[identities.credentials]` asked for database logins (`/v1/credentials`)",
+    ),
+    ErrorKind(
         404,
         "not_found",
-        "no such path; on `/mcp`, an `Mcp-Session-Id` the caller did not open (initialize a new "
-        "session), or a table `describe_table` does not find among those the identity may read",
+        "no such path; a database login `DELETE /v1/credentials/{user}` names that was not issued to the "
+        "caller's identity, or is gone; on `/mcp`, an `Mcp-Session-Id` the caller did not open (initialize "
+        "a new session), or a table `describe_table` does not find among those the identity may read",
     ),
     ErrorKind(
         405,
@@ -100,6 +107,12 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
         "rate_limited",
         "identity over its `rate` or `concurrency`, or holding its `max_connections` for longer "
         "than `acquire_timeout` (`Retry-After`)",
+    ),
+    ErrorKind(
+        429,
+        "too_many_credentials",
+        "the identity holds `max_active` unexpired database logins already: revoke one or wait "
+        "(`Retry-After`: until the first expires)",
     ),
     ErrorKind(
         499,
@@ -218,6 +231,32 @@ def statement_refused(message: str, sqlstate: str, position: int | None) -> Gate
         sqlstate=sqlstate,
         position=position,
         pg_fields={"severity": "ERROR", "position": None if position is None else str(position)},
+    )
+
+
+def credentials_not_allowed(identity: str) -> GatewayError:
+    return GatewayError(
+        f'identity "{identity}" may not take database logins (it has no [identities.credentials])',
+        status=403,
+        code="credentials_not_allowed",
+    )
+
+
+def credential_not_found(user: str) -> GatewayError:
+    return GatewayError(
+        f'no database login "{user}" of this identity (revoked, reaped, or never issued to it)',
+        status=404,
+        code="not_found",
+    )
+
+
+def too_many_credentials(max_active: int, retry_after: float) -> GatewayError:
+    return GatewayError(
+        f"this identity holds {max_active} unexpired database logins, its max_active: revoke one "
+        "(DELETE /v1/credentials/{user}) or wait for one to expire",
+        status=429,
+        code="too_many_credentials",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
 
 

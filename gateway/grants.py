@@ -283,6 +283,9 @@ class RolePlan:
     excess: tuple[Excess, ...]  # everything beyond the rules, revocable by the plan or not
     notes: tuple[str, ...]
     missing: bool = False  # the database has no such role
+    # Identities that may take temporary logins of this role: their sessions meet no policy,
+    # only the role's grants.
+    brokered: tuple[str, ...] = ()
 
     @property
     def unrevocable(self) -> tuple[Excess, ...]:
@@ -294,6 +297,7 @@ class RolePlan:
             "identities": list(self.identities),
             "missing": self.missing,
             "excess": [excess.as_json() for excess in self.excess],
+            "credentials": list(self.brokered),
         }
 
 
@@ -342,16 +346,19 @@ def plan_grants(
 
 def plan_role(role: str, identities: list[Identity], privileges: DatabasePrivileges) -> RolePlan:
     names = tuple(identity.name for identity in identities)
+    brokered = tuple(identity.name for identity in identities if identity.credentials is not None)
     if role in privileges.missing_roles:
         note = f"role {quoted(role)} does not exist: CREATE ROLE {quoted(role)} NOLOGIN, and grant it to the login"
-        return RolePlan(role, names, (), (), (note,), missing=True)
+        return RolePlan(role, names, (), (), (note,), missing=True, brokered=brokered)
     wanted = wanted_privileges(identities, privileges)
     held = privileges.held_by(role)
     excess = find_excess(held, wanted)
     revokes, revoked = _revokes(excess, held, privileges)
     remaining = [item for item in held if item.direct and item not in revoked]
     grants = _grants(role, wanted, remaining)
-    return RolePlan(role, names, tuple(revokes + grants), tuple(_worth_reporting(excess)), tuple(wanted.notes))
+    return RolePlan(
+        role, names, tuple(revokes + grants), tuple(_worth_reporting(excess)), tuple(wanted.notes), brokered=brokered
+    )
 
 
 def _worth_reporting(excess: list[Excess]) -> list[Excess]:
@@ -449,10 +456,16 @@ async def apply_grants(connection: asyncpg.Connection, config: GatewayConfig) ->
 def excess_message(plan: RolePlan) -> str:
     """One line for the log: the role, its identities and everything it holds beyond them."""
     listed = "; ".join(excess.describe() for excess in plan.excess)
-    return (
+    message = (
         f"role {quoted(plan.role)} holds more than the rules of its identities ({', '.join(plan.identities)}) "
         f"allow: {listed} (gateway grants plan shows the fix)"
     )
+    if plan.brokered:
+        message += (
+            f"; identities {', '.join(plan.brokered)} may take database logins of this role, whose sessions "
+            "no policy checks: all of it is theirs"
+        )
+    return message
 
 
 # ---------------------------------------------------------------------------- at start

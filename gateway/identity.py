@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import GatewayConfig, IdentityConfig, RuleConfig
+from gateway.config import GatewayConfig, IdentityConfig, IdentityCredentialsConfig, RuleConfig
 from gateway.errors import no_identity
 
 
@@ -31,6 +31,7 @@ class Identity:
     functions: frozenset[str]
     schemas: tuple[str, ...]
     rules: tuple[RuleConfig, ...]
+    credentials: IdentityCredentialsConfig | None = None  # may take temporary database logins
 
     @classmethod
     def from_config(cls, config: IdentityConfig, role: str | None = None) -> Identity:
@@ -50,6 +51,7 @@ class Identity:
             functions=frozenset(config.functions),
             schemas=config.schemas,
             rules=config.rules,
+            credentials=config.credentials,
         )
 
     @property

@@ -30,10 +30,11 @@ from gateway import grants
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
 from gateway.config import GatewayConfig
+from gateway.credentials import CredentialBroker, IssuedCredential, Login, iso_time
 from gateway.db.catalog import NOTIFY_CATALOG_CHANGED, CatalogKeeper
 from gateway.db.pool import Database
 from gateway.db.session import StatementRun, Transaction, TransactionSettings
-from gateway.errors import GatewayError, bad_request, policy_denied, statement_refused
+from gateway.errors import GatewayError, bad_request, credentials_not_allowed, policy_denied, statement_refused
 from gateway.identity import Identity, IdentityResolver
 from gateway.limits import IdentityLimits
 from gateway.metrics import GatewayMetrics
@@ -47,6 +48,8 @@ FETCH_BATCH_ROWS = 5000
 # it, the process logs every thread's stack and exits without waiting further.
 UNWIND_SECONDS = 0.25
 STOP_DEADLINE_SECONDS = 0.7
+# The audit record's `endpoint` for a login the reaper dropped: no request asked for it.
+REAPER_ENDPOINT = "credentials reaper"
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -179,6 +182,11 @@ class Pipeline:
             config.policy.catalog_read_timeout,
         )
         self._open_scopes: set[RequestScope] = set()
+        self.credentials = (
+            None
+            if config.credentials is None
+            else CredentialBroker(config, config.credentials, on_expired=self._audit_expiry)
+        )
 
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
@@ -210,6 +218,23 @@ class Pipeline:
         await self.catalog.start()
         await grants.report_excess_privileges(self.config, self.database, self.metrics)
         await self.verifier.start(on_fetch=self._count_key_fetch)
+        if self.credentials is not None:
+            await self.credentials.start()
+
+    def _audit_expiry(self, login: Login) -> None:
+        """The audit record of a temporary login the reaper dropped."""
+        record = AuditRecord(
+            requestId=request_id_from(None),
+            traceId=trace_id_from(None),
+            endpoint=REAPER_ENDPOINT,
+            identity=login.marker.identity,
+            role=login.marker.role,
+            kind="credentials.expire",
+            reason=f"expired at {iso_time(login.expires_at)}",
+            status=200,
+            credential=login.user,
+        )
+        self.audit.write(record)
 
     def _count_key_fetch(self, issuer: str, outcome: str) -> None:
         self.metrics.jwks_refreshes.labels(issuer, outcome).inc()
@@ -227,6 +252,8 @@ class Pipeline:
             tasks = {scope.task for scope in self._open_scopes} - {None, asyncio.current_task()}
             if tasks:
                 await asyncio.wait(tasks, timeout=UNWIND_SECONDS)
+            if self.credentials is not None:
+                await self.credentials.stop()
             if self.policy.workers is not None:
                 await self.policy.workers.stop()
             await self.catalog.stop()
@@ -372,6 +399,34 @@ class RequestScope:
             if await results.take(item, await self.run(item)):
                 return  # streamed: the results commit once they are read to the end
         await self.commit()
+
+    async def issue_credential(self, authorization: str | None, ttl: float | None) -> IssuedCredential:
+        """Authenticate, then a temporary database login for the caller's identity."""
+        broker, identity = await self._credentials_caller(authorization, "credentials.issue")
+        issued = await broker.issue(identity, ttl)
+        self.record.credential = issued.user
+        self.record.reason = f"valid until {iso_time(issued.expires_at)}"
+        return issued
+
+    async def list_credentials(self, authorization: str | None) -> list[Login]:
+        """Authenticate, then the identity's unexpired temporary logins."""
+        broker, identity = await self._credentials_caller(authorization, "credentials.list")
+        return await broker.active(identity)
+
+    async def revoke_credential(self, authorization: str | None, user: str) -> None:
+        """Authenticate, then end one of the identity's temporary logins now."""
+        broker, identity = await self._credentials_caller(authorization, "credentials.revoke")
+        self.record.credential = user
+        await broker.revoke(identity, user)
+
+    async def _credentials_caller(self, authorization: str | None, kind: str) -> tuple[CredentialBroker, Identity]:
+        """The broker and the caller's identity, which must have `[identities.credentials]`."""
+        caller = await self.authenticate(authorization)
+        self.record.kind = kind
+        broker, identity = self.pipeline.credentials, caller.identity
+        if broker is None or identity.credentials is None:
+            raise credentials_not_allowed(identity.name)
+        return broker, identity
 
     def _note_decision(self, judged: Judged) -> None:
         record = self.record

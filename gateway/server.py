@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 
 from gateway.api import Front, create_app
 from gateway.config import CredentialsConfig, GatewayConfig, MetricsConfig, load_config
-from gateway.db.admin import AdminRoleError, check_admin_role, connect_admin
+from gateway.db.admin import AdminRoleError, check_admin_can_grant, check_admin_role, connect_admin
 from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
@@ -48,6 +48,7 @@ async def _admin_preflight(config: GatewayConfig, credentials: CredentialsConfig
         return f"cannot reach the database as the credentials admin login: {error}"
     try:
         await check_admin_role(connection, credentials.admin_timeout)
+        await check_admin_can_grant(connection, config.credential_roles(), credentials.admin_timeout)
     except AdminRoleError as error:
         return f"refusing to start: {error}"
     finally:

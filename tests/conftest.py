@@ -212,6 +212,7 @@ def jwt_secret() -> str:
 # output ever contains a token or a secret (tests/test_zz_no_secrets_in_output.py).
 MINTED_TOKENS: list[str] = []
 GATEWAY_LOGS: list[Path] = []
+ISSUED_PASSWORDS: list[str] = []  # of the temporary database logins the broker issued
 
 
 @pytest.fixture(scope="session")
@@ -306,6 +307,23 @@ role = "demo_reader"
   allow = ["select", "insert", "update", "delete"]
   tables = ["public.*"]
 """
+
+
+ADMIN_SECRET = "TEST_ADMIN_PASSWORD"
+
+
+def credentials_section(server: PgServer, user: str = ADMIN_ROLE, **settings: str) -> str:
+    """A [credentials] section: `user` as the admin login (its password in ADMIN_SECRET), and
+    clients sent to localhost, the name the server's certificate holds; string `settings`."""
+    lines = [
+        "[credentials]",
+        f'admin_url = "{server.url(user, host="localhost")}"',
+        f'admin_password_secret = "{ADMIN_SECRET}"',
+        'public_host = "localhost"',
+        f"public_port = {server.port}",
+        *(f'{key} = "{value}"' for key, value in settings.items()),
+    ]
+    return "\n" + "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -424,8 +442,7 @@ class Api:
 
     def post(self, path: str, body: Any = None, *, content: bytes | None = None,
              headers: dict[str, str] | None = None) -> httpx.Response:
-        all_headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        all_headers.update(headers or {})
+        all_headers = {**self._authorization(), **(headers or {})}
         if content is None:
             return self.client.post(self.base + path, json=body, headers=all_headers)
         return self.client.post(self.base + path, content=content, headers=all_headers)
@@ -434,8 +451,13 @@ class Api:
         return self.post("/v1/query", {"sql": sql, "params": list(params), **options})
 
     def get(self, path: str) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        return self.client.get(self.base + path, headers=headers)
+        return self.client.get(self.base + path, headers=self._authorization())
+
+    def delete(self, path: str) -> httpx.Response:
+        return self.client.delete(self.base + path, headers=self._authorization())
+
+    def _authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 @pytest.fixture(scope="session")

@@ -6,29 +6,27 @@ cannot create roles.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import pytest
 
-from conftest import ADMIN_ROLE, GatewayProcess, PgServer, TlsFiles, gateway_config_text, run
+from conftest import (
+    ADMIN_ROLE,
+    ADMIN_SECRET,
+    GatewayProcess,
+    PgServer,
+    TlsFiles,
+    credentials_section,
+    gateway_config_text,
+    run,
+)
 from gateway.config import GatewayConfig, parse_config
-from gateway.db.admin import AdminRoleError, check_admin_role, connect_admin
+from gateway.db.admin import AdminRoleError, check_admin_can_grant, check_admin_role, connect_admin
 
-ADMIN_SECRET = "TEST_ADMIN_PASSWORD"
 # A login of tests/schema.sql with no role attributes.
 PLAIN_LOGIN = "inheriting_login"
 PLAIN_LOGIN_PASSWORD = "inheriting-login-password"
-
-
-def credentials_section(database: PgServer, user: str = ADMIN_ROLE) -> str:
-    return f"""
-[credentials]
-admin_url = "{database.url(user, host="localhost")}"
-admin_password_secret = "{ADMIN_SECRET}"
-public_host = "localhost"
-public_port = {database.port}
-"""
 
 
 def config_with_admin(database: PgServer, tls_files: TlsFiles, user: str) -> GatewayConfig:
@@ -106,4 +104,58 @@ def test_a_gateway_with_a_superuser_admin_refuses_to_start(
 def test_a_gateway_with_a_createrole_admin_starts(database, tls_files, launch_gateway, http):
     text = gateway_config_text(database, tls_files) + credentials_section(database)
     gateway = launch_gateway(config_text=text, env={ADMIN_SECRET: database.admin_password})
-    assert http.get(f"{gateway.url}/readyz").status_code == 200
+    try:
+        assert http.get(f"{gateway.url}/readyz").status_code == 200
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+def admin_without_admin_option(database: PgServer) -> Iterator[str]:
+    """A CREATEROLE login that holds no ADMIN OPTION on the identity roles."""
+    name = "admin_without_option"
+    database.execute(f"CREATE ROLE {name} LOGIN CREATEROLE PASSWORD 'without-option-password'")
+    yield name
+    database.execute(f"DROP ROLE {name}")
+
+
+def test_an_admin_without_admin_option_on_an_identity_role_is_refused(
+    database, tls_files, monkeypatch, admin_without_admin_option
+):
+    """PostgreSQL 16 and later: CREATEROLE alone cannot make a new role a member of another."""
+    monkeypatch.setenv(ADMIN_SECRET, "without-option-password")
+    config = config_with_admin(database, tls_files, admin_without_admin_option)
+
+    async def check() -> str:
+        connection = await connect_admin(config, config.credentials)
+        try:
+            if connection.get_server_version().major < 16:
+                pytest.skip("PostgreSQL 15 and older: CREATEROLE grants any non-superuser role")
+            await check_admin_can_grant(connection, ["demo_writer"], timeout=5)
+            with pytest.raises(AdminRoleError) as raised:
+                await check_admin_can_grant(connection, ["demo_reader", "demo_writer"], timeout=5)
+            return str(raised.value)
+        finally:
+            await connection.close()
+
+    database.execute(f"GRANT demo_writer TO {admin_without_admin_option} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE")
+    assert "lacks ADMIN OPTION on demo_reader (GRANT" in run(check())
+
+
+def test_a_gateway_whose_admin_cannot_grant_an_identity_role_refuses_to_start(
+    database, tls_files, launch_gateway, admin_without_admin_option
+):
+    identity = """
+[[identities]]
+name = "analyst"
+issuer = "dev"
+match = { sub = "analyst" }
+role = "demo_reader"
+
+  [identities.credentials]
+"""
+    admin = credentials_section(database, admin_without_admin_option)
+    text = gateway_config_text(database, tls_files) + identity + admin
+    with pytest.raises(RuntimeError) as raised:
+        launch_gateway(config_text=text, env={ADMIN_SECRET: "without-option-password"})
+    assert "refusing to start: credentials admin login lacks ADMIN OPTION on demo_reader" in str(raised.value)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 import orjson
+import psycopg
+import pytest
 
-from conftest import REPO
+from conftest import ADMIN_SECRET, REPO, credentials_section
 from standins import ACTIONS_TOKEN_PATH, actions_token_endpoint, gcp_metadata_server
 
 RECIPES = REPO / "docs" / "recipes"
@@ -45,22 +48,73 @@ def test_cloud_function_recipe_lists_and_adds_orders(gateway, mint, monkeypatch)
     assert len(metadata.seen) == 1  # one token for every request
 
 
-def test_prefect_flow_recipe_runs_on_prefect(gateway, mint, monkeypatch, tmp_path, superuser):
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no traffic beyond loopback
-    monkeypatch.setenv("PREFECT_SERVER_UI_ENABLED", "false")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    recipe = load_recipe("prefect_flow")
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Prefect's temporary local API for the module's flow runs (it takes ~15 s to start);
+    nothing leaves loopback."""
     from prefect.testing.utilities import prefect_test_harness
 
+    with pytest.MonkeyPatch.context() as settings:
+        settings.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
+        settings.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        settings.setenv("PREFECT_SERVER_UI_ENABLED", "false")
+        settings.delenv("PREFECT_API_URL", raising=False)
+        with prefect_test_harness(server_startup_timeout=60):
+            yield
+
+
+def test_prefect_flow_recipe_runs_on_prefect(gateway, mint, monkeypatch, tmp_path, superuser, prefect_api):
+    recipe = load_recipe("prefect_flow")
     with actions_token_endpoint("job-request-token", gateway.url, lambda: mint("writer", tenant="acme")) as endpoint:
         monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", f"{endpoint.url}{ACTIONS_TOKEN_PATH}?api-version=2.0")
         monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "job-request-token")
-        with prefect_test_harness(server_startup_timeout=60):
-            report = recipe.orders_report(gateway.url, str(tmp_path / "orders.ndjson"))
+        report = recipe.orders_report(gateway.url, str(tmp_path / "orders.ndjson"))
     exported = [orjson.loads(line) for line in (tmp_path / "orders.ndjson").read_bytes().splitlines()]
     assert report["exported"] == len(exported) == sum(item["orders"] for item in report["totals"].values())
     assert {order["status"] for order in exported} == set(report["totals"])
     note = superuser.fetchval("select note from ledger where id = $1", int(report["ledger_id"]))
     assert note.startswith("orders report ") and note.endswith(f"{len(exported)} exported")
     assert len(endpoint.seen) == 1  # one token for the whole run
+
+
+CUSTOMER_REPORT = """
+[[identities]]
+name = "customers-report"
+issuer = "dev"
+match = { sub = "customers-report" }
+role = "demo_reader"
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.customers"]
+
+  [identities.credentials]
+  ttl = "15m"
+  max_ttl = "15m"
+"""
+
+
+def test_prefect_database_url_recipe_reads_through_an_issued_login(
+    launch_gateway, gateway_config, database, tls_files, mint, monkeypatch, prefect_api, superuser, request
+):
+    """pandas is not installed here: the task's read is swapped for psycopg 3 reading through
+    the same issued URL; the flow, its task and the login are real."""
+    broker = launch_gateway(config_text=gateway_config(CUSTOMER_REPORT + credentials_section(database)),
+                            env={ADMIN_SECRET: database.admin_password})
+    request.addfinalizer(broker.stop)
+    recipe = load_recipe("prefect_database_url")
+    users = []
+
+    def read_customers(url: str) -> list[tuple]:
+        with psycopg.connect(url, connect_timeout=10) as connection:
+            users.append(connection.execute("select current_user").fetchone()[0])
+            return connection.execute(recipe.CUSTOMERS_SQL).fetchall()
+
+    monkeypatch.setattr(recipe, "read_customers", read_customers)
+    monkeypatch.setenv("GATEWAY_TOKEN", mint("customers-report"))
+    monkeypatch.delenv("ACTIONS_ID_TOKEN_REQUEST_URL", raising=False)
+    monkeypatch.setenv("PGSSLROOTCERT", str(tls_files.ca))  # libpq's CA for the URL's sslmode=verify-full
+    report = recipe.customers_report(broker.url)
+    assert report == {"customers": superuser.fetchval("select count(*) from customers")}
+    assert len(users) == 1 and users[0].startswith("gw_tmp_")
+    superuser.execute(f"DROP ROLE {users[0]}")

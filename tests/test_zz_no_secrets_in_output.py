@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import httpx
 
-from conftest import GATEWAY_LOGS, MINTED_TOKENS
+from conftest import GATEWAY_LOGS, ISSUED_PASSWORDS, MINTED_TOKENS
 
 
-def test_no_gateway_output_contains_a_token_or_secret(gateway, gateway_env, mint, jwt_secret, tls_files):
+def test_no_gateway_output_contains_a_token_or_secret(gateway, gateway_env, mint, jwt_secret, tls_files, database):
     # Requests whose failure paths could tempt a log line: a forged token, a denied and a
     # failing statement, and parameter values that must not be echoed.
     forged = mint("writer", tenant="acme")[:-4] + "AAAA"
@@ -23,6 +23,8 @@ def test_no_gateway_output_contains_a_token_or_secret(gateway, gateway_env, mint
     secrets = {
         "jwt secret": jwt_secret,
         "database password": gateway_env["TEST_DB_PASSWORD"],
+        "admin login password": database.admin_password,
+        **{f"issued login password {i}": password for i, password in enumerate(ISSUED_PASSWORDS)},
         "client key": tls_files.client_key.read_text().splitlines()[1],
         "parameter value": "param-value-not-logged",
         "forged token": forged,

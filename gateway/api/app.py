@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.api import mcp, native, neon
+from gateway.api import credentials, mcp, native, neon
 from gateway.api.exchange import JSON, declares_more_than
 from gateway.api.openapi import openapi_document
 from gateway.api.results import error_body
@@ -187,6 +187,9 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front
         Route("/v1/batch", native.batch, methods=["POST"]),
         Route("/v1/explain", native.explain, methods=["POST"]),
         Route("/v1/whoami", native.whoami, methods=["GET"]),
+        Route(credentials.PATH, credentials.issue, methods=["POST"]),
+        Route(credentials.PATH, credentials.active, methods=["GET"]),
+        Route(credentials.USER_PATH, credentials.revoke, methods=["DELETE"]),
         Route(neon.PATH, neon.sql, methods=["POST"]),
         Route(neon.PATH, neon.preflight, methods=["OPTIONS"]),
         Route(mcp.ENDPOINT, mcp_endpoint, methods=["POST"]),
@@ -201,7 +204,7 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.server.cors_origins),
-                allow_methods=["GET", "POST"],
+                allow_methods=["GET", "POST", "DELETE"],
                 allow_headers=[
                     "Authorization",
                     "Content-Type",

@@ -122,7 +122,10 @@ async def read_body(request: Request) -> bytes:
 async def read_json(request: Request) -> Any:
     """The body as JSON whatever the Content-Type (edge runtimes send text/plain), integers
     of any width exact."""
-    body = await read_body(request)
+    return decode_json(await read_body(request))
+
+
+def decode_json(body: bytes) -> Any:
     try:
         return json_text.loads(body)
     except json_text.UnreadableJson as error:
@@ -177,8 +180,11 @@ def scope_headers(scope: RequestScope) -> dict[str, str]:
     return {"X-Request-Id": scope.request_id, "Server-Timing": scope.server_timing()}
 
 
-def json_response(scope: RequestScope, payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=scope_headers(scope))
+def json_response(
+    scope: RequestScope, payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    all_headers = {**scope_headers(scope), **(headers or {})}
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=all_headers)
 
 
 def error_response(scope: RequestScope, error: GatewayError) -> Response:

@@ -86,6 +86,32 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": ["string", "null"]},
         },
     },
+    "CredentialRequest": {
+        "type": "object",
+        "properties": {
+            "ttl": {
+                "type": ["string", "number"],
+                "description": 'how long the login is valid: "15m", "90s" or seconds (default: the identity\'s ttl)',
+            },
+        },
+    },
+    "Credential": {
+        "type": "object",
+        "properties": {
+            "user": {"type": "string"},
+            "password": {"type": "string"},
+            "url": {"type": "string", "description": "postgresql://user:password@host:port/database?sslmode=..."},
+            "host": {"type": "string"},
+            "port": {"type": "integer"},
+            "database": {"type": "string"},
+            "sslmode": {"type": "string"},
+            "expiresAt": {"type": "string", "format": "date-time"},
+        },
+    },
+    "ActiveCredential": {
+        "type": "object",
+        "properties": {"user": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}},
+    },
     "Error": {
         "type": "object",
         "properties": {
@@ -165,6 +191,44 @@ def _paths() -> dict[str, Any]:
                     **_errors("401", "403"),
                 },
             }
+        },
+        "/v1/credentials": {
+            "post": {
+                "summary": "A temporary PostgreSQL login for the caller's identity (only its role's grants bound it)",
+                "security": secured,
+                "requestBody": {"required": False, **_json(_ref("CredentialRequest"))},
+                "responses": {
+                    "201": {"description": "the login; its password is shown this once", **_json(_ref("Credential"))},
+                    **_errors("400", "401", "403", "413", "429", "500", "503"),
+                },
+            },
+            "get": {
+                "summary": "The caller's identity's unexpired temporary logins",
+                "security": secured,
+                "responses": {
+                    "200": {
+                        "description": "the logins, soonest expiry first",
+                        **_json(
+                            {
+                                "type": "object",
+                                "properties": {"credentials": {"type": "array", "items": _ref("ActiveCredential")}},
+                            }
+                        ),
+                    },
+                    **_errors("401", "403", "500", "503"),
+                },
+            },
+        },
+        "/v1/credentials/{user}": {
+            "delete": {
+                "summary": "Revoke a temporary login now: its sessions end and its role is dropped",
+                "security": secured,
+                "parameters": [{"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "204": {"description": "revoked"},
+                    **_errors("401", "403", "404", "500", "503"),
+                },
+            },
         },
         "/sql": {
             "post": {

@@ -1,10 +1,10 @@
 """Python client of the gateway's native API, for Cloud Functions, Prefect flows and scripts.
 
 `GatewayClient` (blocking) and `AsyncGatewayClient` (asyncio) send `query`, `batch`,
-`stream` (NDJSON, row by row), `explain` and `whoami`, with a bearer token from a token
-provider, and raise the gateway's errors as typed exceptions (`GatewayError` and one
-subclass per error code). This package owns the client side only and imports nothing from
-the server.
+`stream` (NDJSON, row by row), `explain`, `whoami` and `credentials` (a temporary PostgreSQL
+login), with a bearer token from a token provider, and raise the gateway's errors as typed
+exceptions (`GatewayError` and one subclass per error code). This package owns the client
+side only and imports nothing from the server.
 
     from gateway.client import GatewayClient, GcpIdentityToken
 
@@ -19,10 +19,12 @@ Retries: 429 and 503 answers, after their `Retry-After`, within `retries` tries 
 from gateway.client._async import AsyncGatewayClient, AsyncRowStream
 from gateway.client._errors import (
     BadRequest,
+    CredentialsNotAllowed,
     DatabaseUnavailable,
     GatewayError,
     IncompleteResponse,
     NoIdentity,
+    NotFound,
     Overloaded,
     PayloadTooLarge,
     PolicyDenied,
@@ -32,9 +34,10 @@ from gateway.client._errors import (
     SqlError,
     StatementTimeout,
     TokenError,
+    TooManyCredentials,
     Unauthenticated,
 )
-from gateway.client._results import Column, Explanation, QueryResult
+from gateway.client._results import Column, DatabaseCredential, Explanation, QueryResult
 from gateway.client._sync import GatewayClient, RowStream
 from gateway.client._tokens import (
     EnvToken,
@@ -51,6 +54,8 @@ __all__ = [
     "AsyncRowStream",
     "BadRequest",
     "Column",
+    "CredentialsNotAllowed",
+    "DatabaseCredential",
     "DatabaseUnavailable",
     "EnvToken",
     "Explanation",
@@ -62,6 +67,7 @@ __all__ = [
     "GithubActionsToken",
     "IncompleteResponse",
     "NoIdentity",
+    "NotFound",
     "Overloaded",
     "PayloadTooLarge",
     "PolicyDenied",
@@ -75,5 +81,6 @@ __all__ = [
     "StaticToken",
     "TokenError",
     "TokenProvider",
+    "TooManyCredentials",
     "Unauthenticated",
 ]

@@ -17,7 +17,7 @@ from gateway.client import _calls as calls
 from gateway.client._base import DEFAULT_MAX_RETRY_WAIT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientBase
 from gateway.client._calls import BatchOptions, BatchStatement, Call, ExplainOptions, StatementOptions
 from gateway.client._errors import error_from_response
-from gateway.client._results import END, Explanation, QueryResult, StreamedResult
+from gateway.client._results import END, DatabaseCredential, Explanation, QueryResult, StreamedResult
 from gateway.client._tokens import FetchedToken, TokenProvider
 
 T = TypeVar("T")
@@ -77,6 +77,9 @@ class AsyncGatewayClient(ClientBase):
 
     async def whoami(self) -> dict[str, Any]:
         return await self._call(calls.WHOAMI)
+
+    async def credentials(self, ttl: str | float | None = None) -> DatabaseCredential:
+        return await self._call(calls.credentials(ttl))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
-from gateway.client._results import Explanation, QueryResult, RowMode, batch_results
+from gateway.client._results import DatabaseCredential, Explanation, QueryResult, RowMode, batch_results
 
 T = TypeVar("T")
 
@@ -102,3 +102,10 @@ def explain(sql: str, args: tuple[Any, ...], *, params: Sequence[Any] | None = N
 
 
 WHOAMI: Call[dict[str, Any]] = Call("GET", "/v1/whoami", None, True, dict)
+
+
+def credentials(ttl: str | float | None) -> Call[DatabaseCredential]:
+    """A new temporary login; never retried after an answer that may have come after one was
+    made (each try could leave one more)."""
+    body = {} if ttl is None else {"ttl": ttl}
+    return Call("POST", "/v1/credentials", body, False, DatabaseCredential.from_json)

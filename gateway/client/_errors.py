@@ -69,6 +69,14 @@ class PolicyDenied(GatewayError):
     code, status = "policy_denied", 403
 
 
+class CredentialsNotAllowed(GatewayError):
+    code, status = "credentials_not_allowed", 403
+
+
+class NotFound(GatewayError):
+    code, status = "not_found", 404
+
+
 class SerializationFailure(GatewayError):
     code, status = "serialization_failure", 409
 
@@ -79,6 +87,10 @@ class PayloadTooLarge(GatewayError):
 
 class RateLimited(GatewayError):
     code, status = "rate_limited", 429
+
+
+class TooManyCredentials(GatewayError):
+    code, status = "too_many_credentials", 429
 
 
 class Overloaded(GatewayError):
@@ -115,9 +127,12 @@ ERROR_CLASSES: dict[str, type[GatewayError]] = {
         Unauthenticated,
         NoIdentity,
         PolicyDenied,
+        CredentialsNotAllowed,
+        NotFound,
         SerializationFailure,
         PayloadTooLarge,
         RateLimited,
+        TooManyCredentials,
         Overloaded,
         DatabaseUnavailable,
         StatementTimeout,

@@ -6,7 +6,8 @@ Knows the wire shapes only; how the bytes arrive (sync or async) is the clients'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -68,6 +69,35 @@ class Explanation:
             body.get("columns", []),
             body.get("functions", []),
             body.get("reason"),
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseCredential:
+    """A temporary PostgreSQL login of the caller's identity: `url` connects (psycopg,
+    asyncpg, psql; SQLAlchemy as `postgresql+psycopg://...`) until `expires_at`, with exactly
+    the privileges of the identity's role. The password is never shown in its repr."""
+
+    url: str = field(repr=False)
+    expires_at: datetime
+    user: str
+    password: str = field(repr=False)
+    host: str
+    port: int
+    database: str
+    sslmode: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> DatabaseCredential:
+        return cls(
+            body["url"],
+            datetime.fromisoformat(body["expiresAt"]),
+            body["user"],
+            body["password"],
+            body["host"],
+            body["port"],
+            body["database"],
+            body["sslmode"],
         )
 
 

@@ -16,7 +16,7 @@ from gateway.client import _calls as calls
 from gateway.client._base import DEFAULT_MAX_RETRY_WAIT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientBase
 from gateway.client._calls import BatchOptions, BatchStatement, Call, ExplainOptions, StatementOptions
 from gateway.client._errors import error_from_response
-from gateway.client._results import END, Explanation, QueryResult, StreamedResult
+from gateway.client._results import END, DatabaseCredential, Explanation, QueryResult, StreamedResult
 
 T = TypeVar("T")
 
@@ -78,6 +78,11 @@ class GatewayClient(ClientBase):
     def whoami(self) -> dict[str, Any]:
         """The identity, role, issuer and limits the token resolves to."""
         return self._call(calls.WHOAMI)
+
+    def credentials(self, ttl: str | float | None = None) -> DatabaseCredential:
+        """A temporary PostgreSQL login of this identity (`ttl`: "15m", seconds, or None for
+        the identity's default); its `url` and `expires_at`. See the README's broker section."""
+        return self._call(calls.credentials(ttl))
 
     def close(self) -> None:
         self._http.close()

@@ -8,11 +8,14 @@ What is done with it (temporary logins, their reaping) lives in `gateway.credent
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import asyncpg
 
 from gateway.config import CredentialsConfig, DatabaseConfig, GatewayConfig
 from gateway.db.pool import Database
+
+ADMIN_APPLICATION_NAME = "gateway-admin"
 
 
 class AdminRoleError(RuntimeError):
@@ -34,8 +37,10 @@ def admin_database(config: GatewayConfig, credentials: CredentialsConfig) -> Dat
 
 async def connect_admin(config: GatewayConfig, credentials: CredentialsConfig) -> asyncpg.Connection:
     """A plain asyncpg connection as the admin login (values decoded by asyncpg, not the
-    pool's text exchange), within `database.connect_timeout`."""
-    return await admin_database(config, credentials).dedicated_connection("gateway-admin")
+    pool's text exchange), within `database.connect_timeout`; no statement on it may last
+    longer than `credentials.admin_timeout`."""
+    database = admin_database(config, credentials)
+    return await database.dedicated_connection(ADMIN_APPLICATION_NAME, deadline=credentials.admin_timeout)
 
 
 async def check_admin_role(connection: asyncpg.Connection, timeout: float) -> None:
@@ -52,3 +57,24 @@ async def check_admin_role(connection: asyncpg.Connection, timeout: float) -> No
         problems.append("lacks CREATEROLE (it creates and drops the temporary logins)")
     if problems:
         raise AdminRoleError(f'credentials admin login "{row["rolname"]}" ' + "; ".join(problems))
+
+
+async def check_admin_can_grant(connection: asyncpg.Connection, roles: Iterable[str], timeout: float) -> None:
+    """Refuse an admin login that could not make a temporary login a member of `roles`:
+    PostgreSQL 16 and later ask for ADMIN OPTION on each (15 and older: CREATEROLE is enough,
+    for any role but a superuser)."""
+    if connection.get_server_version().major < 16:
+        return
+    lacking = await connection.fetch(
+        "SELECT name FROM pg_catalog.unnest($1::text[]) AS name WHERE NOT EXISTS ("
+        "  SELECT FROM pg_catalog.pg_roles r"
+        "  WHERE r.rolname = name AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION'))",
+        sorted(set(roles)),
+        timeout=timeout,
+    )
+    if lacking:
+        names = ", ".join(row["name"] for row in lacking)
+        raise AdminRoleError(
+            f"credentials admin login lacks ADMIN OPTION on {names} (GRANT <role> TO <admin> "
+            "WITH ADMIN TRUE, INHERIT FALSE, SET FALSE: it then grants the role without holding its privileges)"
+        )

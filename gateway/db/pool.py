@@ -185,10 +185,16 @@ class Database:
         compat.check_pool(self.pool)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_aged(), name="gateway-connection-age")
 
-    async def dedicated_connection(self, application_name: str) -> asyncpg.Connection:
+    async def dedicated_connection(self, application_name: str, deadline: float | None = None) -> asyncpg.Connection:
         """A connection outside the pool, for work that holds one for a long time (listening
-        for notifications), with the pool's TLS settings and login."""
-        return await self._connect(server_settings={"application_name": application_name})
+        for notifications) or that is not the pool's (the admin login), with the pool's TLS
+        settings and login. With a `deadline`, no statement or lock wait may last longer, on
+        the server (statement_timeout, lock_timeout) or in the client (a frozen server)."""
+        settings = {"application_name": application_name}
+        if deadline is not None:
+            milliseconds = str(round(deadline * 1000))
+            settings.update(statement_timeout=milliseconds, lock_timeout=milliseconds)
+        return await self._connect(command_timeout=deadline, server_settings=settings)
 
     async def _sweep_aged(self) -> None:
         """Close idle connections past `max_connection_age` (the pool opens their replacements

@@ -252,18 +252,19 @@ class Transaction:
     async def _run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
         first = self._statements == 1
         key = self.settings.statement_key
-        if not self.open and compat.cached_statement(self.connection, sql, key) is None:
+        connection = self.connection
+        if not self.open and compat.cached_statement(connection, sql, key) is None:
             # A statement new to this connection is prepared inside the transaction, which
             # then begins in a round trip of its own (`asyncpg_compat.cached_statement`).
             await self.wait(
-                self.connection.execute(self._setup_sql, timeout=self.max_wait),
+                connection.execute(self._setup_sql, timeout=self.max_wait),
                 replaceable=(Exception,) if first else (),
             )
             self.open = True
         # Preparing runs nothing; the statement runs at Bind+Execute, which asyncpg refuses
         # without writing anything (InternalClientError) on a connection it knows is broken.
         state = await self.wait(
-            compat.prepared_statement(self.connection, sql, self.max_wait, key),
+            compat.prepared_statement(connection, sql, self.max_wait, key),
             replaceable=(Exception,) if first else (),
         )
         parameter_types = compat.parameter_types(state)
@@ -273,7 +274,7 @@ class Transaction:
             parameter_value(value, type_, position)
             for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)
         ]
-        portal = Portal(self.connection, sql, state, args, key)
+        portal = Portal(connection, sql, state, args, key)
         refused = (asyncpg.exceptions.InternalClientError,) if first else ()
         if self.open:
             rows = await self.wait(portal.first(first_batch, self.max_wait), replaceable=refused)
@@ -281,7 +282,6 @@ class Transaction:
             try:
                 rows = await self.wait(portal.first(first_batch, self.max_wait, self._prelude), replaceable=refused)
             finally:  # BEGIN ran unless the connection failed first; an error leaves it to roll back
-                connection = self.connection
                 self.open = not connection.is_closed() and connection.is_in_transaction()
         return StatementRun(self, portal, compat.statement_columns(state), rows, batch_size)
 
