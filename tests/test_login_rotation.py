@@ -110,6 +110,9 @@ class Logins:
 
     def drop_all(self) -> None:
         for name in self.made:
+            # NOLOGIN first: a gateway still running would otherwise log in again at once.
+            if self.superuser.fetchval("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = $1", name):
+                self.superuser.execute(f"ALTER ROLE {name} NOLOGIN")
             self.superuser.execute(f"SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
                                    f"WHERE usename = '{name}'")
             eventually(lambda name=name: self.sessions(name) == 0, f"sessions of {name} ended")
@@ -361,6 +364,7 @@ def test_rotation_under_load_answers_every_request_and_drops_the_previous_login(
     assert superuser.activity(f"{in_database} AND usename = $1", new_user)
     assert len(statuses) > 60 and set(statuses) == {200}, collections.Counter(statuses)
     assert first[1] not in rotation.stdout + rotation.stderr + gateway.output()
+    gateway.stop()
 
 
 def test_a_previous_login_still_in_use_is_left_in_place(
