@@ -368,3 +368,16 @@ def test_rules_covering_one_access_combine_into_any_approver_and_the_shortest_tt
 def test_one_access_held_holds_the_whole_statement():
     approval = approval_of("select o.id from public.orders o join public.customers c on c.id = o.customer_id")
     assert (approval.approvers, approval.ttl) == (("ops",), 3600.0)
+
+
+def test_another_replica_sees_the_request_and_runs_it_only_if_its_policy_still_allows_it(
+        as_, launch_gateway, config_text, database, call_as, superuser_of):
+    approval = held(as_("clerk"), "insert into public.approval_log (note) values ($1)", "policy-changed")
+    # A replica whose configuration no longer lets clerk insert at all.
+    narrower = config_text.replace('allow = ["insert"]', 'allow = ["select"]', 1)
+    replica = launch_gateway(config_text=narrower, env={ADMIN_SECRET: database.admin_password})
+    decided = decide(call_as(replica, "approver", tenant="acme"), approval["id"], "approve")
+    assert decided.json()["approval"]["status"] == "failed"
+    assert logged(superuser_of, "policy-changed") == 0
+    fetched = call_as(replica, "clerk", tenant="acme").get(f"/v1/approvals/{approval['id']}").json()["approval"]
+    assert fetched["error"]["code"] == "policy_denied" and fetched["result"] is None
