@@ -141,6 +141,12 @@ def superuser_of(database: PgServer) -> Iterator[Superuser]:
 # ---------------------------------------------------------------------------- the lifecycle
 
 
+def test_explain_tells_who_may_approve_a_held_statement(as_):
+    verdict = as_("clerk").post("/v1/explain", {"sql": "delete from public.approval_log where id = $1",
+                                                "params": [1]}).json()
+    assert verdict["allowed"] is True and verdict["approval"] == {"approvers": ["approver"], "ttl": 2.0}
+
+
 def test_a_held_statement_answers_202_with_the_pending_request(as_):
     approval = held(as_("clerk"), "insert into public.approval_log (note) values ($1) returning note", "held")
     assert approval["status"] == "pending"

@@ -60,11 +60,14 @@ narrow the query (WHERE, fewer columns, LIMIT/OFFSET) to see the rest. A refused
 database error is a tool error whose text is {{"error": {{"code", "message", "sqlstate", \
 "detail", "hint", "position"}}}}: "message" says why (a refusal names the rule that would allow \
 it); correct the statement and call again. "rate_limited" and "overloaded" errors say when to \
-retry ("retryAfter", in seconds)."""
+retry ("retryAfter", in seconds). A statement a rule holds for approval is not run, and not an \
+error: the result is {{"approval": {{"id", "status": "pending", "expiresAt", "statement", \
+"identity"}}, "message"}}; it runs once an approver approves it."""
 
 EXPLAIN = f"""\
 The gateway's decision on one statement, without running it: {{"allowed", "reason" (why not, or \
-null), "kind", "tables", "columns", "functions"}}. The same arguments and the same checks as \
+null), "kind", "tables", "columns", "functions", "approval" (null, or who must approve it before \
+it runs: query then answers with a pending approval's id)}}. The same arguments and the same checks as \
 query, up to the database: a statement explain allows may still fail there (a constraint, a \
 value that does not fit its type).
 

@@ -84,6 +84,14 @@ SCHEMAS: dict[str, Any] = {
             "columns": {"type": "array", "items": {"type": "string"}},
             "functions": {"type": "array", "items": {"type": "string"}},
             "reason": {"type": ["string", "null"]},
+            "approval": {
+                "type": ["object", "null"],
+                "description": "an allowed statement a rule holds for approval: who may approve, ttl in seconds",
+                "properties": {
+                    "approvers": {"type": "array", "items": {"type": "string"}},
+                    "ttl": {"type": "number"},
+                },
+            },
         },
     },
     "CredentialRequest": {

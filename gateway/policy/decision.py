@@ -67,6 +67,10 @@ class Decision:
             "columns": list(self.columns),
             "functions": list(self.functions),
             "reason": self.reason,
+            # What running it takes beyond the policy: who may approve it, within how long.
+            "approval": None
+            if self.approval is None
+            else {"approvers": list(self.approval.approvers), "ttl": self.approval.ttl},
         }
 
 
