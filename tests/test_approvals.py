@@ -21,6 +21,7 @@ import pytest
 from test_mcp import call as call_tool
 
 from conftest import ADMIN_ROLE, ADMIN_SECRET, Api, GatewayProcess, PgServer, Superuser, credentials_section, eventually
+from gateway.client import AwaitingApproval, GatewayClient, StaticToken
 from gateway.config import ConfigError, PolicyConfig, parse_config
 from gateway.identity import Identity
 from gateway.policy import PolicyEngine
@@ -387,3 +388,11 @@ def test_another_replica_sees_the_request_and_runs_it_only_if_its_policy_still_a
     assert logged(superuser_of, "policy-changed") == 0
     fetched = call_as(replica, "clerk", tenant="acme").get(f"/v1/approvals/{approval['id']}").json()["approval"]
     assert fetched["error"]["code"] == "policy_denied" and fetched["result"] is None
+
+
+def test_the_python_client_raises_awaiting_approval_with_the_id(gateway, mint, as_):
+    with (GatewayClient(gateway.url, StaticToken(mint("clerk", tenant="acme"))) as client,
+          pytest.raises(AwaitingApproval) as raised):
+        client.query("insert into public.approval_log (note) values ($1)", "by-client")
+    assert raised.value.statement == "insert into public.approval_log (note) values ($1)"
+    assert raised.value.id in [item["id"] for item in as_("approver").get("/v1/approvals").json()["approvals"]]
