@@ -104,7 +104,7 @@ class ApprovalRequest:
             "id": self.id,
             "status": self.status,
             "expiresAt": self.expires_at,
-            "statement": self.statements[0]["sql"] if len(self.statements) == 1 else None,
+            "statement": None if self.batch else self.statements[0]["sql"],
             "identity": self.requester.identity,
         }
 
