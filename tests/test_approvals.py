@@ -20,7 +20,17 @@ import orjson
 import pytest
 from test_mcp import call as call_tool
 
-from conftest import ADMIN_ROLE, ADMIN_SECRET, Api, GatewayProcess, PgServer, Superuser, credentials_section, eventually
+from conftest import (
+    ADMIN_ROLE,
+    ADMIN_SECRET,
+    TEST_DATABASE,
+    Api,
+    GatewayProcess,
+    PgServer,
+    Superuser,
+    credentials_section,
+    eventually,
+)
 from gateway.client import AwaitingApproval, GatewayClient, StaticToken
 from gateway.config import ConfigError, PolicyConfig, parse_config
 from gateway.identity import Identity
@@ -97,12 +107,12 @@ def prepared(database: PgServer, config_text: str, admin_env: dict[str, str],
     """The log table, and `gateway setup` run as the CLI runs it (the admin login may create a
     schema in the database); all of it dropped afterwards."""
     superuser = Superuser(database)
-    superuser.execute(LOG_TABLE + f"GRANT CREATE ON DATABASE gw_test TO {ADMIN_ROLE};")
+    superuser.execute(LOG_TABLE + f"GRANT CREATE ON DATABASE {TEST_DATABASE} TO {ADMIN_ROLE};")
     try:
         yield setup_command(config_text, tmp_path_factory.mktemp("setup"), admin_env)
     finally:
         superuser.execute("DROP SCHEMA IF EXISTS gateway CASCADE; DROP TABLE public.approval_log;"
-                          f"REVOKE CREATE ON DATABASE gw_test FROM {ADMIN_ROLE};")
+                          f"REVOKE CREATE ON DATABASE {TEST_DATABASE} FROM {ADMIN_ROLE};")
         superuser.close()
 
 
@@ -323,6 +333,13 @@ def test_setup_can_run_again(prepared, config_text, admin_env, tmp_path):
 def test_approvers_must_be_configured_identities(gateway_config):
     text = gateway_config(IDENTITIES.replace('["approver"]', '["nobody"]', 1))
     with pytest.raises(ConfigError, match=r'approval\.approvers\[0\].*"nobody"'):
+        parse_config(tomllib.loads(text))
+
+
+@pytest.mark.parametrize(("ttl", "expected"), [('"0s"', "above zero"), ('"soon"', "a duration such as")])
+def test_an_approval_ttl_is_a_duration_above_zero(gateway_config, ttl, expected):
+    text = gateway_config(IDENTITIES.replace('ttl = "2s"', f"ttl = {ttl}", 1))
+    with pytest.raises(ConfigError, match=rf"approval\.ttl.*{expected}"):
         parse_config(tomllib.loads(text))
 
 
