@@ -66,8 +66,9 @@ def table_statements(schema: str, login: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Requester:
-    """Who asked, as the pipeline verified it: enough to run the statement as them later."""
+class Principal:
+    """A verified caller as a request records it: who asked (enough to run the statement as
+    them later), or who decides."""
 
     identity: str
     issuer: str
@@ -80,7 +81,7 @@ class Requester:
 class ApprovalRequest:
     id: str
     status: str  # pending, running, done, failed, rejected; or expired (pending past expires_at)
-    requester: Requester
+    requester: Principal
     statements: list[dict[str, Any]]  # [{"sql", "params"}]
     batch: bool
     options: dict[str, Any]
@@ -149,7 +150,7 @@ class ApprovalStore:
 
     async def create(
         self,
-        requester: Requester,
+        requester: Principal,
         statements: list[dict[str, Any]],
         *,
         batch: bool,
@@ -229,17 +230,19 @@ async def decide(
     store: ApprovalStore,
     approval_id: str,
     approve: bool,
-    approver: Requester,
+    approver: Principal,
     comment: str | None,
 ) -> ApprovalRequest:
-    """The decision of `approver` on one request: refused unless it is one of the request's
-    approvers (told as not found), never its requester; a request decided already, or
+    """The decision of `approver` on one request: never by its requester, and refused unless
+    it is one of the request's approvers (told as not found); a request decided already, or
     expired, cannot be decided again."""
     request = await store.get(approval_id)
-    if request is None or approver.identity not in request.approvers:
+    if request is None:
         raise approval_not_found(approval_id)
     if request.made_by(approver.identity, approver.issuer, approver.subject):
         raise own_approval(approval_id)
+    if approver.identity not in request.approvers:
+        raise approval_not_found(approval_id)
     status = "running" if approve else "rejected"
     decided = await store.decide(approval_id, status, approver.identity, approver.subject, comment)
     if decided is not None:
@@ -255,7 +258,7 @@ def _json(value: Any) -> str:
 
 
 def _request(row: Any) -> ApprovalRequest:
-    requester = Requester(row["identity"], row["issuer"], row["subject"], row["role"], row["claims"])
+    requester = Principal(row["identity"], row["issuer"], row["subject"], row["role"], row["claims"])
     return ApprovalRequest(
         id=row["id"],
         status=row["status"],

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway import grants, json_text
-from gateway.approvals import ApprovalRequest, ApprovalStore, Requester, decide
+from gateway.approvals import ApprovalRequest, ApprovalStore, Principal, decide
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
 from gateway.config import ApprovalConfig, GatewayConfig
@@ -442,16 +442,16 @@ class RequestScope:
         judged = [await self.judge(statement) for statement in statements]
         await self._run_judged(TransactionOptions(**request.options), judged, results)
 
-    def _requester(self) -> Requester:
+    def _principal(self) -> Principal:
         """The authenticated caller, as an approval request records who asked or decided."""
         assert self.caller is not None
         token, identity = self.caller.token, self.caller.identity
-        return Requester(identity.name, token.issuer, self.record.sub, identity.role, token.claims_json)
+        return Principal(identity.name, token.issuer, self.record.sub, identity.role, token.claims_json)
 
     async def _hold_for_approval(self, call: Call, approval: ApprovalConfig) -> ApprovalRequest:
         with _Phase(self.timings, "db"):
             request = await self.pipeline.approvals.create(
-                self._requester(),
+                self._principal(),
                 [{"sql": statement.sql, "params": statement.params} for statement in call.statements],
                 batch=call.batch,
                 options=dataclasses.asdict(call.options),
@@ -484,7 +484,7 @@ class RequestScope:
         self.record.kind, self.record.approval = "approval.read", approval_id
         request = await self.pipeline.approvals.get(approval_id)
         if request is not None:
-            requester = self._requester()
+            requester = self._principal()
             if request.made_by(requester.identity, requester.issuer, requester.subject):
                 return request, True
             if caller.identity.name in request.approvers:
@@ -500,7 +500,7 @@ class RequestScope:
         self.record.kind = "approval.approve" if approve else "approval.reject"
         self.record.approval = approval_id
         self.record.reason = comment
-        return await decide(self.pipeline.approvals, approval_id, approve, self._requester(), comment)
+        return await decide(self.pipeline.approvals, approval_id, approve, self._principal(), comment)
 
     async def issue_credential(self, authorization: str | None, ttl: float | None) -> IssuedCredential:
         """Authenticate, then a temporary database login for the caller's identity."""
