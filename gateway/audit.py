@@ -49,6 +49,7 @@ class AuditRecord:
     rows: int = 0
     bytes: int = 0
     credential: str | None = None  # the temporary database login issued, revoked or expired
+    approval: str | None = None  # the approval request asked for, decided or run: links the three
     started: float = field(default_factory=time.perf_counter)
 
     def finished(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The `gateway` command: serve, dev, check, token, config validate, catalog dump, grants
-plan and apply, rotate-login, audit verify (SPEC §7).
+"""The `gateway` command: serve, dev, setup, check, token, config validate, catalog dump,
+grants plan and apply, rotate-login, audit verify (SPEC §7).
 
 Owns argument parsing and exit codes; each command calls into the package and prints.
 Exit codes: 0 success (or "allowed"), 1 denied or failed (`check --database`: also when an
@@ -299,6 +299,39 @@ def cmd_rotate_login(args: argparse.Namespace) -> int:
     return 0 if rotation.dropped else FAILED
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    """The gateway's own schema (pending approvals), made with `[credentials] admin_url`."""
+    import asyncpg
+
+    from gateway.approvals import setup_store
+    from gateway.db.admin import connect_admin
+    from gateway.db.pool import CONNECTION_ERRORS
+
+    config = _load(args)
+    if config.credentials is None:
+        return _fail(f"{config.source}: setup needs a [credentials] section (admin_url: the admin login)")
+    credentials = config.credentials
+    login = urlsplit(config.database.url).username
+    if not login:
+        return _fail(f"{config.source}: database.url names no user (the login to grant the approvals table to)")
+    schema = config.approvals.schema
+
+    async def run() -> None:
+        connection = await connect_admin(config, credentials)
+        try:
+            await setup_store(connection, schema, login)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(run())
+    except (MissingSecret, asyncpg.PostgresError, *CONNECTION_ERRORS) as error:
+        print(f"gateway: setup failed, nothing changed: {error}", file=sys.stderr)
+        return FAILED
+    print(f"gateway setup: {schema}.approvals ready; login {login} may read and write it")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     config = _load(args)
     issuer = next((i for i in config.issuers if i.name == args.issuer), None)
@@ -380,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080)
     dev.add_argument("--reset", action="store_true", help="start over with a new demo database")
     dev.set_defaults(handler=cmd_dev)
+
+    setup = commands.add_parser(
+        "setup", help="create the gateway's own schema (pending approvals) with the [credentials] admin login"
+    )
+    _configuration_arguments(setup)
+    setup.set_defaults(handler=cmd_setup)
 
     check = commands.add_parser(
         "check", help="policy decision for one statement; with --database, the identity roles' excess privileges"

@@ -133,6 +133,21 @@ class IssuerConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalConfig:
+    """`approval = { approvers = [...], ttl = "1h" }` on a rule: what the rule allows runs only
+    once an identity among `approvers` approves it, within `ttl` of the request (see
+    docs/approvals.md)."""
+
+    approvers: tuple[str, ...]
+    ttl: Seconds = 3600.0
+
+    def combined(self, other: ApprovalConfig) -> ApprovalConfig:
+        """Several rules asking for approval of one statement: any of their approvers may
+        approve it, and the request lasts as long as the shortest of their ttls."""
+        return ApprovalConfig(tuple(sorted({*self.approvers, *other.approvers})), min(self.ttl, other.ttl))
+
+
+@dataclass(frozen=True)
 class RuleConfig:
     allow: tuple[StatementKind, ...]
     tables: tuple[str, ...]
@@ -140,6 +155,7 @@ class RuleConfig:
     # DROP, TRUNCATE, ALTER TABLE or REVOKE ... CASCADE reach objects no rule was asked about
     # (dependent views, foreign keys, other tables): only a ddl rule saying so allows it.
     cascade: bool = False
+    approval: ApprovalConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +212,14 @@ class PolicyConfig:
     # How long one read of the catalog may take; past it the read is abandoned, the snapshot
     # in use kept (decisions held after DDL go on with it).
     catalog_read_timeout: Seconds = 5.0
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    """`[approvals]`: where pending approvals live, a schema of the gateway's own that
+    `gateway setup` creates with the admin login (no identity role is granted anything there)."""
+
+    schema: str = "gateway"
 
 
 @dataclass(frozen=True)
@@ -265,6 +289,7 @@ class GatewayConfig:
     issuers: tuple[IssuerConfig, ...] = ()
     identities: tuple[IdentityConfig, ...] = ()
     credentials: CredentialsConfig | None = None
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     # Where the file was read from; not a TOML key.
     source: str = field(default="<memory>", metadata={"internal": True})
 
@@ -278,6 +303,10 @@ class GatewayConfig:
     def credential_roles(self) -> list[str]:
         """Every role a temporary login may be made a member of (`[identities.credentials]`)."""
         return sorted({role for i in self.identities if i.credentials is not None for role in i.database_roles()})
+
+    def asks_for_approval(self) -> bool:
+        """Whether some rule needs approval: the approvals table must then exist."""
+        return any(rule.approval is not None for identity in self.identities for rule in identity.rules)
 
     def secret_store(self) -> SecretStore:
         return SecretStore(Path(self.secrets_dir) if self.secrets_dir else None)
@@ -513,6 +542,9 @@ def _validate(config: GatewayConfig, source: str) -> None:
         _validate_issuer(issuer, path, fail)
 
     identity_names = set()
+    configured_identities = {identity.name for identity in config.identities}
+    if not SQL_NAME.match(config.approvals.schema):
+        fail("approvals.schema", "expected a plain schema name (letters, digits, _ and $)")
     for i, identity in enumerate(config.identities):
         path = f"identities[{i}]"
         if identity.name in identity_names:
@@ -546,6 +578,7 @@ def _validate(config: GatewayConfig, source: str) -> None:
                 if table not in rule.tables and f"{table.split('.')[0]}.*" not in rule.tables:
                     # Column rules narrow what a rule allows: on a table it does not cover, nothing.
                     fail(f"{path}.rules[{j}].columns.{table}", "expected a table this rule's tables cover")
+            _validate_rule_reach(rule, f"{path}.rules[{j}]", config.approvals.schema, configured_identities, fail)
     if config.policy.analysis_rate <= 0:
         fail("policy.analysis_rate", "expected a rate above zero")
     if config.policy.analysis_timeout <= 0:
@@ -557,6 +590,23 @@ def _validate(config: GatewayConfig, source: str) -> None:
 
 
 Fail = typing.Callable[[str, str], typing.NoReturn]
+
+
+def _validate_rule_reach(rule: RuleConfig, path: str, approvals_schema: str, identities: set[str], fail: Fail) -> None:
+    """No rule reaches the gateway's own schema (pending approvals hold other callers'
+    statements and claims); an approval names configured identities and a positive ttl."""
+    for k, table in enumerate(rule.tables):
+        if table.split(".", 1)[0] == approvals_schema:
+            fail(f"{path}.tables[{k}]", f'expected a table outside "{approvals_schema}", the gateway\'s own schema')
+    if rule.approval is None:
+        return
+    if not rule.approval.approvers:
+        fail(f"{path}.approval.approvers", "expected at least one identity name")
+    for k, name in enumerate(rule.approval.approvers):
+        if name not in identities:
+            fail(f"{path}.approval.approvers[{k}]", f'expected the name of an identity, got "{name}"')
+    if rule.approval.ttl <= 0:
+        fail(f"{path}.approval.ttl", "expected a duration above zero")
 
 
 def _validate_database_url(url: str, path: str, secret_key: str, fail: Fail) -> None:

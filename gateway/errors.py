@@ -72,10 +72,17 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
         "an identity without `[identities.credentials]` asked for database logins (`/v1/credentials`)",
     ),
     ErrorKind(
+        403,
+        "approval_not_allowed",
+        "the caller asked to approve or reject its own request (`POST /v1/approvals/{id}`): another "
+        "approver must decide",
+    ),
+    ErrorKind(
         404,
         "not_found",
         "no such path; a database login `DELETE /v1/credentials/{user}` names that was not issued to the "
-        "caller's identity, or is gone; on `/mcp`, an `Mcp-Session-Id` the caller did not open (initialize "
+        "caller's identity, or is gone; an approval request the caller neither made nor may approve; "
+        "on `/mcp`, an `Mcp-Session-Id` the caller did not open (initialize "
         "a new session), or a table `describe_table` does not find among those the identity may read",
     ),
     ErrorKind(
@@ -96,6 +103,16 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
         "serialization_failure",
         "sqlstate 40001 or 40P01, or 0A000 when a statement of a batch after the first was "
         "prepared before a table it reads changed its columns: safe to retry",
+    ),
+    ErrorKind(
+        409,
+        "approval_decided",
+        "the approval request was approved or rejected already: it runs at most once",
+    ),
+    ErrorKind(
+        410,
+        "approval_expired",
+        "the approval request passed its `ttl` before it was approved: it can no longer run (make the request again)",
     ),
     ErrorKind(
         413,
@@ -239,6 +256,34 @@ def credentials_not_allowed(identity: str) -> GatewayError:
         f'identity "{identity}" may not take database logins (it has no [identities.credentials])',
         status=403,
         code="credentials_not_allowed",
+    )
+
+
+def approval_not_found(approval_id: str) -> GatewayError:
+    return GatewayError(
+        f'no approval request "{approval_id}" that this identity made or may approve', status=404, code="not_found"
+    )
+
+
+def own_approval(approval_id: str) -> GatewayError:
+    return GatewayError(
+        f'approval request "{approval_id}" is your own: another of its approvers must decide it',
+        status=403,
+        code="approval_not_allowed",
+    )
+
+
+def approval_decided(approval_id: str, status: str) -> GatewayError:
+    return GatewayError(
+        f'approval request "{approval_id}" was decided already (it is {status})', status=409, code="approval_decided"
+    )
+
+
+def approval_expired(approval_id: str) -> GatewayError:
+    return GatewayError(
+        f'approval request "{approval_id}" expired before it was approved; it can no longer run',
+        status=410,
+        code="approval_expired",
     )
 
 

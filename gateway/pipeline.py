@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import logging
 import os
@@ -26,15 +27,23 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway import grants
+from gateway import grants, json_text
+from gateway.approvals import ApprovalRequest, ApprovalStore, Principal, decide
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
-from gateway.config import GatewayConfig
+from gateway.config import ApprovalConfig, GatewayConfig
 from gateway.credentials import CredentialBroker, IssuedCredential, Login, iso_time
 from gateway.db.catalog import NOTIFY_CATALOG_CHANGED, CatalogKeeper
 from gateway.db.pool import Database
 from gateway.db.session import StatementRun, Transaction, TransactionSettings
-from gateway.errors import GatewayError, bad_request, credentials_not_allowed, policy_denied, statement_refused
+from gateway.errors import (
+    GatewayError,
+    approval_not_found,
+    bad_request,
+    credentials_not_allowed,
+    policy_denied,
+    statement_refused,
+)
 from gateway.identity import Identity, IdentityResolver
 from gateway.limits import IdentityLimits
 from gateway.metrics import GatewayMetrics
@@ -76,6 +85,7 @@ class Call:
     authorization: str | None
     statements: list[Statement]
     options: TransactionOptions = TransactionOptions()
+    batch: bool = False  # answered as a batch (a result per statement), were it held for approval
 
 
 class Results(Protocol):
@@ -125,6 +135,16 @@ class Judged:
         refusal = self.refusal()
         reason = None if refusal is None else refusal.message
         return {**self.decision.as_json(), "allowed": refusal is None, "reason": reason}
+
+
+def _approval_of(judged: list[Judged]) -> ApprovalConfig | None:
+    """What approving the statements takes together, or None when none of them needs it."""
+    needed: ApprovalConfig | None = None
+    for item in judged:
+        approval = item.decision.approval
+        if approval is not None:
+            needed = approval if needed is None else needed.combined(approval)
+    return needed
 
 
 # Request and trace ids need to be unique, not secret: a seeded PRNG instead of a system
@@ -182,6 +202,7 @@ class Pipeline:
             config.policy.catalog_read_timeout,
         )
         self._open_scopes: set[RequestScope] = set()
+        self.approvals = ApprovalStore(database, config.approvals.schema)
         self.credentials = (
             None
             if config.credentials is None
@@ -387,18 +408,99 @@ class RequestScope:
             raise refusal
         return judged
 
-    async def execute(self, call: Call, results: Results) -> None:
+    async def execute(self, call: Call, results: Results) -> ApprovalRequest | None:
         """The sequence every request that runs statements follows: authenticate, judge each
         statement (all of them before any runs), admit, open the transaction, run each and
         hand it to `results`, commit. `close` then ends it: rollback of what was not
-        committed, the connection back, the audit record and the metrics."""
+        committed, the connection back, the audit record and the metrics. A call that a rule
+        holds for approval is stored instead of run, and its pending request returned."""
         await self.authenticate(call.authorization)
         judged = [await self.judge(statement) for statement in call.statements]
-        await self.open_transaction(call.options)
+        approval = _approval_of(judged)
+        if approval is not None:
+            return await self._hold_for_approval(call, approval)
+        await self._run_judged(call.options, judged, results)
+        return None
+
+    async def execute_approved(self, request: ApprovalRequest, results: Results) -> None:
+        """An approved request's statements, once: as its requester (the identity its claims,
+        as stored, resolve to now, which must still be the one that asked), judged again by
+        the current policy, then the same sequence as `execute`."""
+        self.record.approval = request.id
+        requester = request.requester
+        claims = json_text.loads(requester.claims_json.encode())
+        token = VerifiedToken(requester.issuer, claims, 0.0, requester.claims_json)
+        self.record.issuer, self.record.sub = requester.issuer, requester.subject
+        identity = self.pipeline.identities.resolve(requester.issuer, claims)
+        self.record.identity, self.record.role = identity.name, identity.role
+        if identity.name != requester.identity:
+            raise policy_denied(
+                f'the requester\'s claims now map to identity "{identity.name}", not "{requester.identity}"'
+            )
+        self.caller = Caller(token, identity)
+        statements = [Statement(item["sql"], item["params"]) for item in request.statements]
+        judged = [await self.judge(statement) for statement in statements]
+        await self._run_judged(TransactionOptions(**request.options), judged, results)
+
+    def _principal(self) -> Principal:
+        """The authenticated caller, as an approval request records who asked or decided."""
+        assert self.caller is not None
+        token, identity = self.caller.token, self.caller.identity
+        return Principal(identity.name, token.issuer, self.record.sub, identity.role, token.claims_json)
+
+    async def _hold_for_approval(self, call: Call, approval: ApprovalConfig) -> ApprovalRequest:
+        with _Phase(self.timings, "db"):
+            request = await self.pipeline.approvals.create(
+                self._principal(),
+                [{"sql": statement.sql, "params": statement.params} for statement in call.statements],
+                batch=call.batch,
+                options=dataclasses.asdict(call.options),
+                approval=approval,
+                tables=self.record.tables,
+                request_id=self.request_id,
+            )
+        self.record.approval = request.id
+        self.record.reason = f"awaits approval by {', '.join(approval.approvers)} until {request.expires_at}"
+        self.record.status = 202
+        return request
+
+    async def _run_judged(self, options: TransactionOptions, judged: list[Judged], results: Results) -> None:
+        await self.open_transaction(options)
         for item in judged:
             if await results.take(item, await self.run(item)):
                 return  # streamed: the results commit once they are read to the end
         await self.commit()
+
+    async def pending_approvals(self, authorization: str | None) -> list[ApprovalRequest]:
+        """Authenticate, then the unexpired pending requests the caller's identity may decide."""
+        caller = await self.authenticate(authorization)
+        self.record.kind = "approval.list"
+        return await self.pipeline.approvals.pending_for(caller.identity.name)
+
+    async def read_approval(self, authorization: str | None, approval_id: str) -> tuple[ApprovalRequest, bool]:
+        """Authenticate, then one request for its requester (True: its outcome may be shown)
+        or for one of its approvers (False); anyone else is told it does not exist."""
+        caller = await self.authenticate(authorization)
+        self.record.kind, self.record.approval = "approval.read", approval_id
+        request = await self.pipeline.approvals.get(approval_id)
+        if request is not None:
+            requester = self._principal()
+            if request.made_by(requester.identity, requester.issuer, requester.subject):
+                return request, True
+            if caller.identity.name in request.approvers:
+                return request, False
+        raise approval_not_found(approval_id)
+
+    async def decide_approval(
+        self, authorization: str | None, approval_id: str, approve: bool, comment: str | None
+    ) -> ApprovalRequest:
+        """Authenticate, then approve (the request is claimed to run now: `execute_approved`)
+        or reject it; the audit record is the decision's."""
+        await self.authenticate(authorization)
+        self.record.kind = "approval.approve" if approve else "approval.reject"
+        self.record.approval = approval_id
+        self.record.reason = comment
+        return await decide(self.pipeline.approvals, approval_id, approve, self._principal(), comment)
 
     async def issue_credential(self, authorization: str | None, ttl: float | None) -> IssuedCredential:
         """Authenticate, then a temporary database login for the caller's identity."""

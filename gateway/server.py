@@ -15,6 +15,8 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from gateway.api import Front, create_app
+from gateway.approvals import TABLE as APPROVALS_TABLE
+from gateway.approvals import ApprovalStore
 from gateway.config import CredentialsConfig, GatewayConfig, MetricsConfig, load_config
 from gateway.db.admin import AdminRoleError, check_admin_can_grant, check_admin_role, connect_admin
 from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
@@ -30,6 +32,11 @@ async def preflight(config: GatewayConfig) -> str | None:
         await database.open(size=1)
         if config.database.check_login_role:
             await database.check_login_role(config.identity_roles())
+        if config.asks_for_approval() and not await ApprovalStore(database, config.approvals.schema).exists():
+            return (
+                f"refusing to start: some rule has approval, but {config.approvals.schema}.{APPROVALS_TABLE} does "
+                "not exist (or the login may not use it): run `gateway setup --config FILE` with the admin login"
+            )
     except LoginRoleError as error:
         return f"refusing to start: {error}"
     except (GatewayError, *CONNECTION_ERRORS) as error:

@@ -175,6 +175,7 @@ def test_explain_of_an_allowed_statement(writer):
         "columns": ["public.orders.id", "public.orders.status"],
         "functions": ["lower"],
         "reason": None,
+        "approval": None,
     }
 
 

@@ -118,6 +118,7 @@ def test_check_prints_the_decision_as_json(capsys, config_path):
         "columns": ["public.orders.status"],
         "functions": ["lower"],
         "reason": None,
+        "approval": None,
     }
 
 

@@ -1196,7 +1196,7 @@ def test_cache_is_bounded_by_config():
 def test_decision_as_json_has_the_explain_shape(engine):
     _, decision = engine.decide(IDENTITIES["writer"], "select id, lower(status) from orders")
     body = decision.as_json()
-    assert set(body) == {"allowed", "identity", "kind", "tables", "columns", "functions", "reason"}
+    assert set(body) == {"allowed", "identity", "kind", "tables", "columns", "functions", "reason", "approval"}
     assert body["allowed"] is True
     assert body["identity"] == "writer"
     assert body["kind"] == "select"

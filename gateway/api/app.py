@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.api import credentials, mcp, native, neon
+from gateway.api import approvals, credentials, mcp, native, neon
 from gateway.api.exchange import JSON, declares_more_than
 from gateway.api.openapi import openapi_document
 from gateway.api.results import error_body
@@ -190,6 +190,9 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front
         Route(credentials.PATH, credentials.issue, methods=["POST"]),
         Route(credentials.PATH, credentials.active, methods=["GET"]),
         Route(credentials.USER_PATH, credentials.revoke, methods=["DELETE"]),
+        Route(approvals.PATH, approvals.pending, methods=["GET"]),
+        Route(approvals.ID_PATH, approvals.read, methods=["GET"]),
+        Route(approvals.ID_PATH, approvals.decide, methods=["POST"]),
         Route(neon.PATH, neon.sql, methods=["POST"]),
         Route(neon.PATH, neon.preflight, methods=["OPTIONS"]),
         Route(mcp.ENDPOINT, mcp_endpoint, methods=["POST"]),

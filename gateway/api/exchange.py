@@ -17,10 +17,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import json_text
-from gateway.api.results import ResultWriter, error_body
+from gateway.api.results import ResultWriter, error_body, whole_result
+from gateway.approvals import ApprovalRequest
 from gateway.db.session import StatementRun
 from gateway.errors import GatewayError, bad_request, internal_error, payload_too_large, query_cancelled
-from gateway.pipeline import Pipeline, RequestScope, Statement, trace_id_from
+from gateway.pipeline import Judged, Pipeline, RequestScope, Statement, trace_id_from
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -174,6 +175,37 @@ def account(scope: RequestScope, writer: ResultWriter, status: int) -> None:
     scope.record.rows += writer.rows_sent
     scope.record.bytes += writer.bytes_sent
     scope.record.status = status
+
+
+class WholeResults:
+    """Each statement's result read whole, all of them within the identity's limits together:
+    `/v1/batch`, MCP's query tool, and an approved request's statements."""
+
+    def __init__(self, scope: RequestScope, *, array_rows: bool) -> None:
+        self.scope = scope
+        self.array_rows = array_rows
+        self.parts: list[bytes] = []
+        self.bytes_sent = 0
+
+    async def take(self, judged: Judged, run: StatementRun) -> bool:
+        assert self.scope.caller is not None  # the pipeline runs nothing before authenticating
+        identity = self.scope.caller.identity
+        writer = ResultWriter(
+            run.columns,
+            array_rows=self.array_rows,
+            ndjson=False,
+            max_rows=identity.max_rows,
+            max_bytes=identity.max_response_bytes - self.bytes_sent,
+        )
+        self.parts.append(await whole_result(run, writer, judged.facts.kind))
+        self.bytes_sent += writer.bytes_sent
+        account(self.scope, writer, 200)
+        return False
+
+
+def awaiting_approval(scope: RequestScope, pending: ApprovalRequest) -> Response:
+    """202: the statement is held until an approver approves it (`/v1/approvals`)."""
+    return json_response(scope, {"approval": pending.summary()}, status=202)
 
 
 def scope_headers(scope: RequestScope) -> dict[str, str]:

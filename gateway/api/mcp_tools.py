@@ -17,13 +17,12 @@ from typing import Any
 import mcp_types as types
 import orjson
 
-from gateway.api.exchange import CUT_BY_SERVER, account, result_writer, statement_from, unforeseen
-from gateway.api.results import error_body, whole_result
+from gateway.api.exchange import CUT_BY_SERVER, WholeResults, statement_from, unforeseen
+from gateway.api.results import error_body
 from gateway.catalog import CatalogSnapshot
-from gateway.db.session import StatementRun
 from gateway.errors import GatewayError, bad_request, not_found
 from gateway.identity import Identity
-from gateway.pipeline import Call, Judged, RequestScope, Statement
+from gateway.pipeline import Call, RequestScope, Statement
 from gateway.policy.readable import ReadableRelation, readable_relation, readable_relations
 
 INSTRUCTIONS = """\
@@ -61,11 +60,14 @@ narrow the query (WHERE, fewer columns, LIMIT/OFFSET) to see the rest. A refused
 database error is a tool error whose text is {{"error": {{"code", "message", "sqlstate", \
 "detail", "hint", "position"}}}}: "message" says why (a refusal names the rule that would allow \
 it); correct the statement and call again. "rate_limited" and "overloaded" errors say when to \
-retry ("retryAfter", in seconds)."""
+retry ("retryAfter", in seconds). A statement a rule holds for approval is not run, and not an \
+error: the result is {{"approval": {{"id", "status": "pending", "expiresAt", "statement", \
+"identity"}}, "message"}}; it runs once an approver approves it."""
 
 EXPLAIN = f"""\
 The gateway's decision on one statement, without running it: {{"allowed", "reason" (why not, or \
-null), "kind", "tables", "columns", "functions"}}. The same arguments and the same checks as \
+null), "kind", "tables", "columns", "functions", "approval" (null, or who must approve it before \
+it runs: query then answers with a pending approval's id)}}. The same arguments and the same checks as \
 query, up to the database: a statement explain allows may still fail there (a constraint, a \
 value that does not fit its type).
 
@@ -118,7 +120,7 @@ async def run_tool(
         raise
     except Exception:
         return _tool_error(scope, unforeseen(scope))
-    scope.record.status = 200
+    scope.record.status = scope.record.status or 200  # 202: held for approval
     return types.CallToolResult(content=[types.TextContent(text=body.decode())], structured_content=orjson.loads(body))
 
 
@@ -139,24 +141,19 @@ def _statement(scope: RequestScope, arguments: dict[str, Any]) -> Statement:
 
 
 async def _query(scope: RequestScope, authorization: str | None, arguments: dict[str, Any]) -> bytes:
-    result = _WholeResult(scope)
-    await scope.execute(Call(authorization, [_statement(scope, arguments)]), result)
-    return result.body
-
-
-class _WholeResult:
-    """The statement's result read whole, within the caller's limits (cut short, it says
-    `truncated`), in `/v1/query`'s JSON shape; committed before the tool answers."""
-
-    def __init__(self, scope: RequestScope) -> None:
-        self.scope = scope
-        self.body = b""
-
-    async def take(self, judged: Judged, run: StatementRun) -> bool:
-        writer = result_writer(self.scope, run, array_rows=False, ndjson=False)
-        self.body = await whole_result(run, writer, judged.facts.kind)
-        account(self.scope, writer, 200)
-        return False
+    # Read whole within the caller's limits (cut short, it says `truncated`), in /v1/query's
+    # JSON shape; committed before the tool answers.
+    results = WholeResults(scope, array_rows=False)
+    pending = await scope.execute(Call(authorization, [_statement(scope, arguments)]), results)
+    if pending is not None:
+        # Not an error: the statement is held, and runs once an approver approves it.
+        message = (
+            f"The statement awaits approval (id {pending.id}) by {', '.join(pending.approvers)}; it runs once "
+            f"approved, before {pending.expires_at}. Its requester fetches the result with "
+            f"GET /v1/approvals/{pending.id}."
+        )
+        return orjson.dumps({"approval": pending.summary(), "message": message})
+    return results.parts[0]
 
 
 async def _explain(scope: RequestScope, authorization: str | None, arguments: dict[str, Any]) -> bytes:

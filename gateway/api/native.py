@@ -20,8 +20,10 @@ from gateway.api.exchange import (
     CLIENT_CLOSED_REQUEST,
     CUT_BY_SERVER,
     JSON,
+    WholeResults,
     account,
     answer,
+    awaiting_approval,
     close_shielded,
     json_response,
     read_json,
@@ -32,7 +34,7 @@ from gateway.api.exchange import (
     unforeseen,
     until_disconnect,
 )
-from gateway.api.results import NDJSON, ResultWriter, encoded_rows, whole_result
+from gateway.api.results import NDJSON, ResultWriter, encoded_rows
 from gateway.api.streaming import PacedBody, PacedStreamingResponse
 from gateway.db.session import ISOLATION_LEVELS, StatementRun
 from gateway.errors import GatewayError, bad_request
@@ -80,7 +82,9 @@ async def _query(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
     call = Call(request.headers.get("authorization"), [statement_from(body, _max_depth(scope))])
     result = _QueryResult(scope, array_rows=_row_mode(body), ndjson=_wants_ndjson(request))
-    await until_disconnect(request, scope.execute(call, result))
+    pending = await until_disconnect(request, scope.execute(call, result))
+    if pending is not None:
+        return awaiting_approval(scope, pending)
     media_type = NDJSON if result.ndjson else JSON
     if result.chunks is None:  # more than the first batch: streamed, committed at its end
         return PacedStreamingResponse(
@@ -153,35 +157,12 @@ async def batch(request: Request) -> Response:
 async def _batch_answer(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
     statements, options = _batch(body, _max_depth(scope))
-    call = Call(request.headers.get("authorization"), statements, options)
-    results = _BatchResults(scope, array_rows=_row_mode(body))
-    await until_disconnect(request, scope.execute(call, results))
+    call = Call(request.headers.get("authorization"), statements, options, batch=True)
+    results = WholeResults(scope, array_rows=_row_mode(body))
+    pending = await until_disconnect(request, scope.execute(call, results))
+    if pending is not None:
+        return awaiting_approval(scope, pending)
     return Response(results_body(results.parts), media_type=JSON, headers=scope_headers(scope))
-
-
-class _BatchResults:
-    """Each statement's result read whole, all of them within the identity's limits together."""
-
-    def __init__(self, scope: RequestScope, *, array_rows: bool) -> None:
-        self.scope = scope
-        self.array_rows = array_rows
-        self.parts: list[bytes] = []
-        self.bytes_sent = 0
-
-    async def take(self, judged: Judged, run: StatementRun) -> bool:
-        assert self.scope.caller is not None  # the pipeline runs nothing before authenticating
-        identity = self.scope.caller.identity
-        writer = ResultWriter(
-            run.columns,
-            array_rows=self.array_rows,
-            ndjson=False,
-            max_rows=identity.max_rows,
-            max_bytes=identity.max_response_bytes - self.bytes_sent,
-        )
-        self.parts.append(await whole_result(run, writer, judged.facts.kind))
-        self.bytes_sent += writer.bytes_sent
-        account(self.scope, writer, 200)
-        return False
 
 
 async def explain(request: Request) -> Response:

@@ -84,6 +84,14 @@ SCHEMAS: dict[str, Any] = {
             "columns": {"type": "array", "items": {"type": "string"}},
             "functions": {"type": "array", "items": {"type": "string"}},
             "reason": {"type": ["string", "null"]},
+            "approval": {
+                "type": ["object", "null"],
+                "description": "an allowed statement a rule holds for approval: who may approve, ttl in seconds",
+                "properties": {
+                    "approvers": {"type": "array", "items": {"type": "string"}},
+                    "ttl": {"type": "number"},
+                },
+            },
         },
     },
     "CredentialRequest": {
@@ -112,6 +120,42 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"user": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}},
     },
+    "ApprovalPending": {
+        "type": "object",
+        "description": "a statement a rule holds until an approver approves it (202)",
+        "properties": {
+            "approval": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["pending"]},
+                    "expiresAt": {"type": "string", "format": "date-time"},
+                    "statement": {"type": ["string", "null"], "description": "null for a batch"},
+                    "identity": {"type": "string"},
+                },
+            }
+        },
+    },
+    "Approval": {
+        "type": "object",
+        "description": "a request as its requester or an approver sees it; result and error only for its requester",
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "running", "done", "failed", "rejected", "expired"]},
+            "expiresAt": {"type": "string", "format": "date-time"},
+            "statement": {"type": ["string", "null"]},
+            "identity": {"type": "string"},
+            "statements": {"type": "array", "items": {"type": "object"}},
+            "requester": {"type": "object"},
+            "role": {"type": "string"},
+            "tables": {"type": "array", "items": {"type": "string"}},
+            "approvers": {"type": "array", "items": {"type": "string"}},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "decision": {"type": ["object", "null"]},
+            "result": {"description": "/v1/query's result (/v1/batch's for a batch) while the ttl lasts"},
+            "error": {"description": "the error body, when the approved run failed"},
+        },
+    },
     "Error": {
         "type": "object",
         "properties": {
@@ -133,6 +177,8 @@ SCHEMAS: dict[str, Any] = {
 }
 
 STATEMENT_ERRORS = ("400", "401", "403", "409", "413", "429", "500", "503", "504")
+HELD = {"202": {"description": "held until an approver approves it", **_json(_ref("ApprovalPending"))}}
+APPROVAL_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 
 def _paths() -> dict[str, Any]:
@@ -151,6 +197,7 @@ def _paths() -> dict[str, Any]:
                             "application/x-ndjson": {"schema": {"type": "string"}},
                         },
                     },
+                    **HELD,
                     **_errors(*STATEMENT_ERRORS),
                 },
             }
@@ -167,6 +214,7 @@ def _paths() -> dict[str, Any]:
                             {"type": "object", "properties": {"results": {"type": "array", "items": _ref("Result")}}}
                         ),
                     },
+                    **HELD,
                     **_errors(*STATEMENT_ERRORS),
                 },
             }
@@ -227,6 +275,63 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "204": {"description": "revoked"},
                     **_errors("401", "403", "404", "500", "503"),
+                },
+            },
+        },
+        "/v1/approvals": {
+            "get": {
+                "summary": "The unexpired pending requests the caller's identity may approve",
+                "security": secured,
+                "responses": {
+                    "200": {
+                        "description": "the requests, oldest first",
+                        **_json(
+                            {
+                                "type": "object",
+                                "properties": {"approvals": {"type": "array", "items": _ref("Approval")}},
+                            }
+                        ),
+                    },
+                    **_errors("401", "403", "500", "503"),
+                },
+            }
+        },
+        "/v1/approvals/{id}": {
+            "get": {
+                "summary": "One request: its requester sees the outcome (the result), its approvers the details",
+                "security": secured,
+                "parameters": APPROVAL_ID,
+                "responses": {
+                    "200": {
+                        "description": "the request",
+                        **_json({"type": "object", "properties": {"approval": _ref("Approval")}}),
+                    },
+                    **_errors("401", "403", "404", "500", "503"),
+                },
+            },
+            "post": {
+                "summary": 'Approve (it runs now, once, as its requester) or reject: {"decision", "comment"}',
+                "security": secured,
+                "parameters": APPROVAL_ID,
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["decision"],
+                            "properties": {
+                                "decision": {"type": "string", "enum": ["approve", "reject"]},
+                                "comment": {"type": "string"},
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {
+                        "description": "the request as decided (and run)",
+                        **_json({"type": "object", "properties": {"approval": _ref("Approval")}}),
+                    },
+                    **_errors("400", "401", "403", "404", "409", "410", "500", "503"),
                 },
             },
         },

@@ -3,7 +3,8 @@
 `GatewayClient` (blocking) and `AsyncGatewayClient` (asyncio) send `query`, `batch`,
 `stream` (NDJSON, row by row), `explain`, `whoami` and `credentials` (a temporary PostgreSQL
 login), with a bearer token from a token provider, and raise the gateway's errors as typed
-exceptions (`GatewayError` and one subclass per error code). This package owns the client
+exceptions (`GatewayError` and one subclass per error code); a statement held for approval
+raises `AwaitingApproval`, with the request's id. This package owns the client
 side only and imports nothing from the server.
 
     from gateway.client import GatewayClient, GcpIdentityToken
@@ -37,7 +38,7 @@ from gateway.client._errors import (
     TooManyCredentials,
     Unauthenticated,
 )
-from gateway.client._results import Column, DatabaseCredential, Explanation, QueryResult
+from gateway.client._results import AwaitingApproval, Column, DatabaseCredential, Explanation, QueryResult
 from gateway.client._sync import GatewayClient, RowStream
 from gateway.client._tokens import (
     EnvToken,
@@ -52,6 +53,7 @@ from gateway.client._tokens import (
 __all__ = [
     "AsyncGatewayClient",
     "AsyncRowStream",
+    "AwaitingApproval",
     "BadRequest",
     "Column",
     "CredentialsNotAllowed",

@@ -27,6 +27,24 @@ def columns_from(body: list[dict[str, Any]]) -> list[Column]:
     return [Column(column["name"], column["type"]) for column in body]
 
 
+class AwaitingApproval(Exception):
+    """Nothing ran: a rule holds the statement (or the batch) until an approver approves it
+    (a 202 answer). Its requester reads the outcome with `GET /v1/approvals/{id}` once
+    approved, before `expires_at`."""
+
+    def __init__(self, approval: dict[str, Any]) -> None:
+        super().__init__(f"awaits approval {approval['id']} until {approval['expiresAt']}")
+        self.id: str = approval["id"]
+        self.expires_at = datetime.fromisoformat(approval["expiresAt"])
+        self.statement: str | None = approval.get("statement")
+
+
+def _not_held(body: dict[str, Any]) -> dict[str, Any]:
+    if "approval" in body:
+        raise AwaitingApproval(body["approval"])
+    return body
+
+
 @dataclass(frozen=True)
 class QueryResult:
     """One statement's result. `rows` are dicts keyed by column name, or lists in column
@@ -40,11 +58,12 @@ class QueryResult:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> QueryResult:
+        body = _not_held(body)
         return cls(columns_from(body["columns"]), body["rows"], body["command"], body["rowCount"], body["truncated"])
 
 
 def batch_results(body: dict[str, Any]) -> list[QueryResult]:
-    return [QueryResult.from_json(result) for result in body["results"]]
+    return [QueryResult.from_json(result) for result in _not_held(body)["results"]]
 
 
 @dataclass(frozen=True)

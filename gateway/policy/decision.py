@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from gateway.catalog import CATALOG_SCHEMA, CatalogSnapshot
-from gateway.config import RuleConfig
+from gateway.config import ApprovalConfig, RuleConfig
 from gateway.identity import Identity
 from gateway.policy.analysis import SAFE_CAST_TYPES
 from gateway.policy.facts import UNDEFINED_TABLE, StatementFacts, TableAccess, TableName
@@ -55,6 +55,8 @@ class Decision:
     # A statement PostgreSQL itself would refuse: its SQLSTATE and 1-based error position.
     sqlstate: str | None = None
     position: int | None = None
+    # Allowed only once approved: some access is allowed by no rule but rules with `approval`.
+    approval: ApprovalConfig | None = None
 
     def as_json(self) -> dict:
         return {
@@ -65,6 +67,10 @@ class Decision:
             "columns": list(self.columns),
             "functions": list(self.functions),
             "reason": self.reason,
+            # What running it takes beyond the policy: who may approve it, within how long.
+            "approval": None
+            if self.approval is None
+            else {"approvers": list(self.approval.approvers), "ttl": self.approval.ttl},
         }
 
 
@@ -147,7 +153,35 @@ def _judge(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot |
             reason=refused.reason, category=refused.category, sqlstate=refused.sqlstate, position=refused.position
         )
     resets = facts.kind == "ddl" or any(runs_other_code) or _runs_session_code(identity, facts, catalog)
-    return Decision(True, identity.name, facts.kind, tuple(tables), functions, columns=columns, resets_session=resets)
+    approval = _approval_needed(identity, facts, catalog)
+    return Decision(
+        True,
+        identity.name,
+        facts.kind,
+        tuple(tables),
+        functions,
+        columns=columns,
+        resets_session=resets,
+        approval=approval,
+    )
+
+
+def _approval_needed(
+    identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot | None
+) -> ApprovalConfig | None:
+    """What approving the statement takes, or None when it runs without: an access that some
+    rule without `approval` covers needs none; one that only rules with `approval` cover needs
+    theirs. Several such accesses or rules combine (`ApprovalConfig.combined`)."""
+    needed: ApprovalConfig | None = None
+    for access in facts.accesses:
+        for qualified in resolve_table(access.table, identity.schemas, catalog):
+            covering = [rule for rule in identity.rules if rule_covers(rule, access.kind, qualified)]
+            if any(rule.approval is None for rule in covering):
+                continue
+            for rule in covering:
+                assert rule.approval is not None
+                needed = rule.approval if needed is None else needed.combined(rule.approval)
+    return needed
 
 
 def _runs_session_code(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot | None) -> bool:
