@@ -110,6 +110,7 @@ class Measurement:
     cpu_us: list[float] = field(default_factory=list)  # server CPU µs per request at --connections
     p50s_ms: list[float] = field(default_factory=list)  # p50 latency at concurrency 1
     holds_ms: list[float] = field(default_factory=list)  # pooled connection held per use (gateway)
+    database_cpu_us: list[float] = field(default_factory=list)  # PostgreSQL's CPU µs per request at --connections
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class BenchDatabase:
-    """The run's throw-away PostgreSQL: its temp dir (removed at the end), secrets and port."""
+    """The run's throw-away PostgreSQL: its temp dir (removed at the end), secrets, port and
+    the postmaster's pid (its backends are its children: their CPU is the database's)."""
 
     workdir: Path
     secrets: RunSecrets
     port: int
+    pid: int
 
 
 def start_database(stack: contextlib.ExitStack, table: str, table_sql: str) -> BenchDatabase:
@@ -178,7 +181,8 @@ def start_database(stack: contextlib.ExitStack, table: str, table_sql: str) -> B
     print(f"starting PostgreSQL in {workdir}")
     port = start_postgres(workdir / "pgdata", run_secrets.superuser_password, stack)
     asyncio.run(create_objects(port, run_secrets, table, table_sql))
-    return BenchDatabase(workdir, run_secrets, port)
+    pid = int((workdir / "pgdata" / "postmaster.pid").read_text().split()[0])
+    return BenchDatabase(workdir, run_secrets, port, pid)
 
 
 def start_postgres(datadir: Path, password: str, stack: contextlib.ExitStack) -> int:
@@ -451,15 +455,25 @@ def connection_hold(server: Server) -> tuple[float, float] | None:
     return float(samples["sum"]), float(samples["count"])
 
 
-def measure_load(server: Server, script: Path, measurement: Measurement, args: argparse.Namespace) -> str:
-    """One run at --connections: req/s, CPU per request and, from the gateway, hold time."""
+def measure_load(
+    server: Server, database_pid: int, script: Path, measurement: Measurement, args: argparse.Namespace
+) -> str:
+    """One run at --connections: req/s, the server's and PostgreSQL's CPU per request and, from
+    the gateway, hold time. The servers take turns, so PostgreSQL's CPU during a run is what
+    that server's requests cost it (with the little its background processes use)."""
     hold_before = connection_hold(server)
-    cpu_before = cpu_seconds(server.process.pid)
+    cpu_before, database_cpu_before = cpu_seconds(server.process.pid), cpu_seconds(database_pid)
     report = run_wrk(server, script, args.duration, connections=args.connections, threads=args.threads)
     cpu_used = cpu_seconds(server.process.pid) - cpu_before
+    database_cpu_used = cpu_seconds(database_pid) - database_cpu_before
+    completed = requests_completed(report)
     measurement.rates.append(requests_per_second(report))
-    measurement.cpu_us.append(cpu_used / requests_completed(report) * 1e6)
-    line = f"{measurement.rates[-1]:>8.0f} req/s, {measurement.cpu_us[-1]:>6.0f} µs CPU/request"
+    measurement.cpu_us.append(cpu_used / completed * 1e6)
+    measurement.database_cpu_us.append(database_cpu_used / completed * 1e6)
+    line = (
+        f"{measurement.rates[-1]:>8.0f} req/s, {measurement.cpu_us[-1]:>6.0f} µs CPU/request, "
+        f"PostgreSQL {measurement.database_cpu_us[-1]:>4.0f} µs CPU/request"
+    )
     hold_after = connection_hold(server)
     if hold_before is not None and hold_after is not None:
         held, uses = (after - before for after, before in zip(hold_after, hold_before, strict=True))
@@ -468,7 +482,7 @@ def measure_load(server: Server, script: Path, measurement: Measurement, args: a
     return line
 
 
-def measure(servers: list[Server], script: Path, args: argparse.Namespace) -> list[Measurement]:
+def measure(servers: list[Server], database_pid: int, script: Path, args: argparse.Namespace) -> list[Measurement]:
     """Warm each server up, then alternate them within every round, so drift in the machine's
     speed (a shared box moves by tens of percent) falls on both alike."""
     for server in servers:
@@ -477,7 +491,7 @@ def measure(servers: list[Server], script: Path, args: argparse.Namespace) -> li
     measurements = [Measurement(server.name) for server in servers]
     for number in range(1, args.rounds + 1):
         for server, measurement in zip(servers, measurements, strict=True):
-            line = measure_load(server, script, measurement, args)
+            line = measure_load(server, database_pid, script, measurement, args)
             print(f"  round {number}: {server.name:<8} -c{args.connections}: {line}")
         for server, measurement in zip(servers, measurements, strict=True):
             p50 = p50_ms(run_wrk(server, script, args.duration, connections=1, threads=1))
@@ -530,7 +544,7 @@ def compare(workers: int, database: BenchDatabase, token: str, args: argparse.Na
         for server in servers:
             wait_until_ready(server)
             check_query(server, token)
-        bare, gateway = measure(servers, script, args)
+        bare, gateway = measure(servers, database.pid, script, args)
         recorded = profile(servers[1], script, workers, args) if args.profile else None
         return Comparison(workers, bare, gateway, recorded)
 
@@ -559,7 +573,9 @@ def print_comparison(comparison: Comparison, args: argparse.Namespace) -> None:
         print(
             f"  {measurement.name:<8} req/s {per_round(measurement.rates, '.0f')} -> {median(measurement.rates):.0f}; "
             f"CPU µs/request {per_round(measurement.cpu_us, '.0f')} -> {median(measurement.cpu_us):.0f}; "
-            f"p50 ms {per_round(measurement.p50s_ms, '.3f')} -> {median(measurement.p50s_ms):.3f}"
+            f"p50 ms {per_round(measurement.p50s_ms, '.3f')} -> {median(measurement.p50s_ms):.3f}; "
+            f"PostgreSQL CPU µs/request {per_round(measurement.database_cpu_us, '.0f')} -> "
+            f"{median(measurement.database_cpu_us):.0f}"
         )
     holds = comparison.gateway.holds_ms
     print(f"  gateway connection held per use, ms: {per_round(holds, '.3f')} -> {median(holds):.3f}")
@@ -573,7 +589,7 @@ def print_comparison(comparison: Comparison, args: argparse.Namespace) -> None:
 TABLE_HEADER = (
     f"| workers | bare req/s | gateway req/s | ratio (bar >= {RATIO_BAR}) | bare CPU µs/req | gateway CPU µs/req "
     f"| CPU ratio (bar <= {CPU_RATIO_BAR}) | bare p50 ms | gateway p50 ms | added p50 ms (bar <= {ADDED_P50_BAR_MS}) "
-    "| connection held ms/req |"
+    "| connection held ms/req | gateway's PostgreSQL CPU µs/req |"
 )
 
 
@@ -584,7 +600,7 @@ def table_row(comparison: Comparison) -> str:
         f"{median(bare.rates):.0f}", f"{median(gateway.rates):.0f}", f"{comparison.ratio:.2f}",
         f"{median(bare.cpu_us):.0f}", f"{median(gateway.cpu_us):.0f}", f"{comparison.cpu_ratio:.2f}",
         f"{median(bare.p50s_ms):.3f}", f"{median(gateway.p50s_ms):.3f}", f"{comparison.added_p50_ms:.3f}",
-        f"{median(gateway.holds_ms):.3f}",
+        f"{median(gateway.holds_ms):.3f}", f"{median(gateway.database_cpu_us):.0f}",
     ]
     return "| " + " | ".join(cells) + " |"
 

@@ -48,6 +48,7 @@ def test_http_bench_prints_every_figure_with_its_bar_for_each_worker_count():
     assert header[0] == "workers"
     assert {"ratio (bar >= 0.8)", "CPU ratio (bar <= 1.3)", "added p50 ms (bar <= 0.3)"} <= set(header)
     assert "connection held ms/req" in header
+    assert "gateway's PostgreSQL CPU µs/req" in header
     assert [row[0] for row in rows] == ["1"]
     assert all(is_figure(cell) for cell in rows[0]), rows[0]
 

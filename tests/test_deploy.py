@@ -203,7 +203,7 @@ def test_compose_connections_fit_pgbouncer_and_postgresql():
     pgbouncer = configparser.ConfigParser(inline_comment_prefixes=(";",))
     pgbouncer.read(DEPLOY / "pgbouncer" / "pgbouncer.ini")
     settings = pgbouncer["pgbouncer"]
-    # each replica: its pool and the catalog listener's connection
+    # each replica: its pool, and at most one more for the catalog listener (README: Deployment)
     assert len(GATEWAY_SERVICES) * (database["pool_max"] + 1) <= int(settings["max_client_conn"])
     assert settings["pool_mode"] == "transaction"
     command = stack["services"]["postgres"]["command"]
