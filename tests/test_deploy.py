@@ -203,13 +203,16 @@ def test_compose_connections_fit_pgbouncer_and_postgresql():
     pgbouncer = configparser.ConfigParser(inline_comment_prefixes=(";",))
     pgbouncer.read(DEPLOY / "pgbouncer" / "pgbouncer.ini")
     settings = pgbouncer["pgbouncer"]
-    # each replica: its pool, and at most one more for the catalog listener (README: Deployment)
-    assert len(GATEWAY_SERVICES) * (database["pool_max"] + 1) <= int(settings["max_client_conn"])
     assert settings["pool_mode"] == "transaction"
+    # PgBouncer's clients: every replica's pool (README: Deployment, Database connections)
+    assert len(GATEWAY_SERVICES) * database["pool_max"] <= int(settings["max_client_conn"])
+    # PostgreSQL's: PgBouncer's server connections, and each replica's catalog listener, which
+    # goes to listen_url (behind a transaction pooler, without it nothing listens)
+    listeners = len(GATEWAY_SERVICES) if "listen_url" in database else 0
     command = stack["services"]["postgres"]["command"]
     max_connections = int(command[command.index("-c") + 1].split("=")[1])
     reserved = 3  # PostgreSQL's superuser_reserved_connections
-    assert int(settings["max_db_connections"]) <= max_connections - reserved
+    assert int(settings["max_db_connections"]) + listeners <= max_connections - reserved
 
 
 def test_haproxy_configuration_is_valid_and_checks_readyz():
