@@ -29,6 +29,7 @@ from gateway.config import (
     redacted,
     url_has_password,
 )
+from gateway.embedded import EmbeddedPostgresError
 from gateway.secrets import MissingSecret, SecretStore
 
 if TYPE_CHECKING:
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, CatalogError, CatalogUnavailable) as error:
+    except (ConfigError, CatalogError, CatalogUnavailable, EmbeddedPostgresError) as error:
         return _fail(str(error))
     except argparse.ArgumentTypeError as error:
         return _fail(str(error))

@@ -25,7 +25,7 @@ import platformdirs
 
 from gateway.auth import mint_hs256_token
 from gateway.config import GatewayConfig, load_config
-from gateway.embedded import LocalPostgres, find_bindir, free_loopback_port
+from gateway.embedded import LocalPostgres, demo_bindir, free_loopback_port
 
 DEV_DATABASE = "app"
 DEV_LOGIN = "gateway_login"
@@ -170,7 +170,7 @@ def _run_locked(home: Path, port: int, reset: bool) -> int:
     if not _port_is_free(host, port):  # before the database starts and the banner claims the port
         print(f"gateway dev: {host}:{port} is in use; choose another port with --port", file=sys.stderr)
         return 1
-    cluster = LocalPostgres(home / "pgdata", find_bindir())
+    cluster = LocalPostgres(home / "pgdata", demo_bindir())
     if reset:
         cluster.stop()
         shutil.rmtree(home, ignore_errors=True)

@@ -31,10 +31,10 @@ from conftest import (
     credentials_section,
     eventually,
 )
-from gateway.client import AwaitingApproval, GatewayClient, StaticToken
 from gateway.config import ConfigError, PolicyConfig, parse_config
 from gateway.identity import Identity
 from gateway.policy import PolicyEngine
+from gateway_client import AwaitingApproval, GatewayClient, StaticToken
 
 # A table of its own, so that what an approved statement wrote can be counted.
 LOG_TABLE = """

@@ -1,4 +1,4 @@
-"""The Python client (`gateway.client`) against a running gateway: both row modes, batches,
+"""The Python client (`gateway_client`) against a running gateway: both row modes, batches,
 NDJSON streams, every error as its typed exception, retries that honour `Retry-After`, the
 token providers (environment, rotated file, GCP metadata server, GitHub Actions — the last
 two as loopback stand-ins), and the async client doing the same."""
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.client import (
+from gateway_client import (
     AsyncGatewayClient,
     BadRequest,
     Column,

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from gateway.client import EnvToken, GatewayClient, GithubActionsToken
+from gateway_client import EnvToken, GatewayClient, GithubActionsToken
 
 CUSTOMERS_SQL = "select id, name, country from customers order by id"
 
