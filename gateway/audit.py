@@ -1,6 +1,6 @@
 """One audit record per request, as a JSON line, on its own sink (stdout, a file, or off).
 
-Owns the record's fields (SPEC §6), writing them, the optional hash chain (each record
+Owns the record's fields, writing them, the optional hash chain (each record
 carries the SHA-256 of the line before it, so a removed or edited line is detectable) and
 its verification, and reopening a file sink for log rotation. Never the token, parameter
 values or any secret: the record is built from named fields only.

@@ -1,5 +1,5 @@
 """The `gateway` command: serve, dev, setup, check, token, config validate, catalog dump,
-grants plan and apply, rotate-login, audit verify (SPEC §7).
+grants plan and apply, rotate-login, audit verify.
 
 Owns argument parsing and exit codes; each command calls into the package and prints.
 Exit codes: 0 success (or "allowed"), 1 denied or failed (`check --database`: also when an

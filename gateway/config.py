@@ -622,7 +622,7 @@ def _validate_database_url(url: str, path: str, secret_key: str, fail: Fail) -> 
 
 def _validate_credentials(credentials: CredentialsConfig, database: DatabaseConfig, fail: Fail) -> None:
     _validate_database_url(credentials.admin_url, "credentials.admin_url", "admin_password_secret", fail)
-    # The query login must never be able to create roles (SPEC §5): one login cannot be both.
+    # The query login must never be able to create roles: one login cannot be both.
     if urlsplit(credentials.admin_url).username == urlsplit(database.url).username:
         fail("credentials.admin_url", "expected a login of its own, not database.url's")
     if not url_database(database.url):

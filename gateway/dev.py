@@ -164,13 +164,13 @@ def run_dev(port: int = 8080, reset: bool = False) -> int:
 
 
 def _run_locked(home: Path, port: int, reset: bool) -> int:
-    from gateway.server import serve
-
     host = load_config(_packaged("gateway.dev.toml")).server.host
     if not _port_is_free(host, port):  # before the database starts and the banner claims the port
         print(f"gateway dev: {host}:{port} is in use; choose another port with --port", file=sys.stderr)
         return 1
     cluster = LocalPostgres(home / "pgdata", demo_bindir())
+    from gateway.server import serve  # imported once the server binaries are known to be there: a slow import
+
     if reset:
         cluster.stop()
         shutil.rmtree(home, ignore_errors=True)

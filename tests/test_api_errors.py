@@ -1,4 +1,4 @@
-"""Every status code the native API produces (SPEC §4 error table), each with its stable
+"""Every status code the native API produces (the one error table, `gateway/errors.py`), each with its stable
 `error.code`, the JSON error shape and no internals in the body; and the process keeps
 serving after each of them."""
 

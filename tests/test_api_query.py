@@ -1,4 +1,4 @@
-"""The native API over HTTP (SPEC §4): /v1/query row modes and response shape, command tags,
+"""The native API over HTTP: /v1/query row modes and response shape, command tags,
 the headers every response carries, /v1/explain, /v1/whoami, health, and JSON answers for
 unknown paths and methods."""
 

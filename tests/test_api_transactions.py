@@ -1,4 +1,4 @@
-"""What runs inside the per-request transaction (SPEC §5): batches all or nothing, isolation
+"""What runs inside the per-request transaction: batches all or nothing, isolation
 levels, read-only transactions, row-level security on the verified claims, the identity's
 role, and no session state surviving from one request to the next on a shared connection."""
 

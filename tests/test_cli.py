@@ -1,4 +1,4 @@
-"""The `gateway` command (SPEC §7), run in-process: `check` (with and without a catalog
+"""The `gateway` command, run in-process: `check` (with and without a catalog
 snapshot), `token` and `config validate`. Those that need a database are in
 `test_policy_database.py`.
 

@@ -1,4 +1,4 @@
-"""The statement policy (SPEC §3): a corpus of statements, each with the identity that sends
+"""The statement policy: a corpus of statements, each with the identity that sends
 it, whether it must be allowed and, when not, the category of the denial.
 
 Everyday driver SQL must pass; attacks must fail closed with a reason a developer can act on.

@@ -288,7 +288,7 @@ class Database:
             return False
 
     async def check_login_role(self, identity_roles: list[str]) -> None:
-        """Refuse a login that could act with privileges of its own (SPEC §5)."""
+        """Refuse a login that could act with privileges of its own."""
         async with self.connection() as connection:
             await check_login_role(connection, identity_roles)
 

@@ -1,4 +1,4 @@
-"""The per-request transaction on one pooled connection (SPEC §5).
+"""The per-request transaction on one pooled connection.
 
 Owns the setup message (transaction mode, role, claims, timeouts, pinned search_path,
 standard_conforming_strings, request tag — all transaction-local, sent as ONE simple-query
@@ -377,7 +377,7 @@ def connection_lost(error: BaseException) -> bool:
 
 
 def translate_error(error: BaseException) -> GatewayError:
-    """A PostgreSQL or driver error as the caller should see it (SPEC §4 error table)."""
+    """A PostgreSQL or driver error as the caller should see it (through the one error table, `gateway/errors.py`)."""
     if isinstance(error, GatewayError):
         return error
     if isinstance(error, asyncpg.PostgresError):

@@ -1,4 +1,4 @@
-"""The gateway's error answers as typed exceptions, one class per `error.code` (SPEC §4).
+"""The gateway's error answers as typed exceptions, one class per `error.code`.
 
 Owns the exception hierarchy and turning an error body into one of them. Transport
 failures (connection refused, reset) stay httpx's own exceptions.
