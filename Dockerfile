@@ -19,7 +19,8 @@ COPY gateway ./gateway
 COPY clients/python ./clients/python
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python .
 
-# Runtime: those wheels only (no index, no compiler, no sources), as an unprivileged user.
+# Runtime: those wheels only (no index, no compiler, no sources), as an unprivileged user. The
+# wheels are mounted for the install, not copied into a layer (BuildKit, Docker's default builder).
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
