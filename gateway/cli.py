@@ -21,7 +21,7 @@ import orjson
 
 from gateway import __version__
 from gateway.auth import mint_hs256_token
-from gateway.catalog import CatalogError, CatalogSnapshot, dump_snapshot, load_snapshot
+from gateway.catalog import CatalogError, CatalogSnapshot, absent_rule_tables, dump_snapshot, load_snapshot
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -133,6 +133,8 @@ def _print_privilege_report(
     database logins of."""
     from gateway.grants import excess_message, plan_grants
 
+    for warning in absent_rule_tables(config.identities, privileges.relations):
+        print(f"gateway: warning: {warning}", file=sys.stderr)
     plans = plan_grants(config, privileges, roles).roles
     _print_json({**(head or {}), "roles": [plan.as_json() for plan in plans]})
     for plan in plans:
