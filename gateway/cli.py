@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from gateway.dev import run_dev
 
-    return run_dev(port=args.port, reset=args.reset)
+    return run_dev(port=args.port, reset=args.reset, config_path=Path(args.config) if args.config else None)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -460,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="zero-setup demo on an embedded PostgreSQL")
     dev.add_argument("--port", type=int, default=8080, help="port the gateway listens on (default: 8080)")
     dev.add_argument("--reset", action="store_true", help="start over with a new demo database")
+    dev.add_argument(
+        "--config",
+        metavar="FILE",
+        help="your own configuration, served against the embedded database (its [database] is replaced)",
+    )
     dev.set_defaults(handler=cmd_dev)
 
     setup = commands.add_parser(

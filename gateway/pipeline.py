@@ -226,7 +226,7 @@ class Pipeline:
             identities=IdentityResolver.from_config(config),
             policy=PolicyEngine(config.policy, limit_misses=True, workers=workers),
             database=Database(config.database, secrets, on_hold=metrics.connection_hold.observe),
-            audit=AuditSink(config.audit.sink, chain=config.audit.chain),
+            audit=AuditSink(config.audit.sink, chain=config.audit.chain, summary=config.audit.summary),
             metrics=metrics,
         )
 
