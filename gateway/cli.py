@@ -280,7 +280,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         return FAILED
     sys.stdout.write(sql)
     print(
-        f"gateway init: wrote {path} and its dev signing secret; run the SQL above as an admin, then "
+        f"gateway init: wrote {path} and its dev signing secret; run the printed SQL as an admin, then "
         f"`gateway check --config {path} --database`",
         file=sys.stderr,
     )

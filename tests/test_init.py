@@ -4,12 +4,8 @@ with a token from `gateway token`."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,11 +17,10 @@ LOGIN = "init_login"
 ROLE = "init_reader"
 
 
-def gateway_command(folder: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *argv],
-        cwd=folder, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
-    )
+def gateway_command(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def init_url(database: PgServer, tls_files: TlsFiles) -> str:
@@ -43,14 +38,15 @@ def cleanup_roles(superuser: Superuser) -> Iterator[None]:
 
 
 def test_init_writes_a_starter_that_validates_checks_and_serves(
-    tmp_path, database, tls_files, superuser, cleanup_roles
+    tmp_path, monkeypatch, capsys, database, tls_files, superuser, cleanup_roles
 ):
-    admin = {"PGPASSWORD": database.superuser_password}
-    made = gateway_command(
-        tmp_path, "init", "--database", init_url(database, tls_files), "--login", LOGIN, "--role", ROLE,
-        "--schema", "public", env=admin,
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PGPASSWORD", database.superuser_password)
+    code, sql, err = gateway_command(
+        capsys, "init", "--database", init_url(database, tls_files), "--login", LOGIN, "--role", ROLE,
+        "--schema", "public",
     )
-    assert made.returncode == 0, made.stderr
+    assert code == 0, err
     config_path = tmp_path / "gateway.toml"
     text = config_path.read_text()
     starter = tomllib.loads(text)
@@ -65,29 +61,27 @@ def test_init_writes_a_starter_that_validates_checks_and_serves(
 
     # Validates (the dev secret is there; the login's password is the user's to give).
     (tmp_path / "secrets" / "DB_PASSWORD").write_text("init-login-password\n")
-    validated = gateway_command(tmp_path, "config", "validate", "--config", "gateway.toml")
-    assert validated.returncode == 0, validated.stderr
+    code, _, err = gateway_command(capsys, "config", "validate", "--config", "gateway.toml")
+    assert code == 0, err
 
     # Its SQL, run as an admin, gives the role exactly its rules: check --database passes.
-    assert f"GRANT SELECT ON TABLE public.orders TO {ROLE};" in made.stdout
-    superuser.execute(made.stdout + f"ALTER ROLE {LOGIN} PASSWORD 'init-login-password';")
-    checked = gateway_command(tmp_path, "check", "--config", "gateway.toml", "--database")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"GRANT SELECT ON TABLE public.orders TO {ROLE};" in sql
+    superuser.execute(sql + f"ALTER ROLE {LOGIN} PASSWORD 'init-login-password';")
+    code, out, err = gateway_command(capsys, "check", "--config", "gateway.toml", "--database")
+    assert code == 0, out + err
 
     # Served, with a token from `gateway token` for the starter's identity.
+    code, token, err = gateway_command(capsys, "token", "--config", "gateway.toml", "--issuer", "dev",
+                                       "--sub", "reader")
+    assert code == 0, err
+    headers = {"Authorization": f"Bearer {token.strip()}"}
     gateway = start_gateway(config_path.read_text(), tmp_path, {})
     try:
-        token = gateway_command(tmp_path, "token", "--config", "gateway.toml", "--issuer", "dev", "--sub", "reader")
-        assert token.returncode == 0, token.stderr
-        response = httpx.post(
-            f"{gateway.url}/v1/query", headers={"Authorization": f"Bearer {token.stdout.strip()}"},
-            json={"sql": "select count(*) as n from public.customers"}, timeout=10,
-        )
+        response = httpx.post(f"{gateway.url}/v1/query", headers=headers,
+                              json={"sql": "select count(*) as n from public.customers"}, timeout=10)
         assert response.status_code == 200, response.text
-        written = httpx.post(
-            f"{gateway.url}/v1/query", headers={"Authorization": f"Bearer {token.stdout.strip()}"},
-            json={"sql": "delete from public.customers"}, timeout=10,
-        )
+        written = httpx.post(f"{gateway.url}/v1/query", headers=headers,
+                             json={"sql": "delete from public.customers"}, timeout=10)
         assert written.status_code == 403, written.text
     finally:
         gateway.stop()
