@@ -1,5 +1,5 @@
-"""The `gateway` command: serve, dev, setup, check, token, config validate, catalog dump,
-grants plan and apply, rotate-login, audit verify (SPEC §7).
+"""The `gateway` command: serve, dev, init, setup, check, token, config validate, catalog
+dump, grants plan and apply, rotate-login, audit verify, --version (SPEC §7).
 
 Owns argument parsing and exit codes; each command calls into the package and prints.
 Exit codes: 0 success (or "allowed"), 1 denied or failed (`check --database`: also when an
@@ -322,7 +322,12 @@ def cmd_rotate_login(args: argparse.Namespace) -> int:
     from gateway.db.rotation import RotationFailed, rotate_login
 
     config = _load(args)
-    wait = config.database.max_connection_age + ROTATION_SETTLE if args.wait is None else duration_argument(args.wait)
+    wait = config.database.max_connection_age + ROTATION_SETTLE
+    if args.wait is not None:
+        try:
+            wait = duration_argument(args.wait)
+        except ValueError as error:
+            return _fail(f"--wait: expected {error}, got {args.wait!r}")
     try:
         rotation = asyncio.run(rotate_login(config, wait, say=lambda line: print(f"gateway rotate-login: {line}")))
     except (RotationFailed, MissingSecret, *CONNECTION_ERRORS) as error:

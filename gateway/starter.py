@@ -93,6 +93,8 @@ def starter_text(options: StarterOptions, settings: DatabaseConfig, relations: M
     )
     example = next(name for name, shape in relations.items() if shape.kind == "table") if relations else "public.t"
     tls = f'sslrootcert = "{settings.sslrootcert}"\n' if settings.sslrootcert else ""
+    verified = settings.sslmode == "verify-full"
+    tls_advice = "" if verified else '   # "verify-full" with sslrootcert for a database off this machine'
     return f"""# Starter configuration from `gateway init`, read from database "{database}".
 # Every setting, with a comment: wrangler-like-config/gateway.toml in the gateway's repository.
 # Check it: gateway config validate --config gateway.toml
@@ -104,7 +106,7 @@ secrets_dir = "{SECRETS_DIR}"          # a secret NAME is read from the file {SE
 [database]
 url = "{_login_url(settings, options.login)}"   # the gateway's own login; no password here
 password_secret = "{DB_PASSWORD_SECRET}"   # its password: the file {SECRETS_DIR}/{DB_PASSWORD_SECRET}, else the env
-sslmode = "{settings.sslmode}"   # use "verify-full" (with sslrootcert) for a database off this machine
+sslmode = "{settings.sslmode}"{tls_advice}
 {tls}
 # A shared-secret issuer for trying things out: `gateway token --config gateway.toml --issuer dev
 # --sub reader` mints a token. Its secret was generated into {SECRETS_DIR}/{DEV_SECRET}.

@@ -157,6 +157,7 @@ def test_gateway_dev_runs_a_users_configuration_on_the_embedded_database(tmp_pat
     try:
         text = log.read_text()
         assert f"configuration: {config}" in text
+        assert f"secrets (database passwords, token signing secret): {tmp_path / 'dev' / 'secrets.json'}" in text
         # The rule's table the database lacks is a warning at start, not a refusal.
         assert 'identity \\"billing\\": rule table public.invoices is not in the database' in text
         assert _query(port, token, "select name from customers order by id").status_code == 200
