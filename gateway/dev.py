@@ -19,6 +19,7 @@ import secrets as random_source
 import shutil
 import socket
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TextIO
@@ -36,7 +37,6 @@ DEV_LOGIN = "gateway_login"
 DEMO_ROLES = ("demo_reader", "demo_writer")
 TOKEN_TTL_SECONDS = 24 * 3600
 DB_PASSWORD_SECRET = "GATEWAY_DEV_DB_PASSWORD"
-SIGNING_SECRET = "GATEWAY_DEV_SECRET"
 AUDIT_FILE = "audit.jsonl"
 # The demo's printed token is of tenant "acme": row-level security on orders keys on it.
 DEMO_CLAIMS = {"orders-worker": {"tenant": "acme"}}
@@ -184,9 +184,23 @@ def _superuser_url(port: int, password: str | None = None) -> str:
     return f"postgresql://{who}@127.0.0.1:{port}/{DEV_DATABASE}"
 
 
-def dev_tokens(config: GatewayConfig, demo: bool) -> list[tuple[str, str]]:
-    """(identity, token) for each identity of an HS256 issuer matched by `sub` alone, which a
-    token of that subject reaches; the demo's carries its tenant claim."""
+@dataclass(frozen=True)
+class DevToken:
+    identity: str
+    token: str
+    ttl: float  # seconds
+    claims: dict[str, str]
+
+    def describe(self) -> str:
+        lifetime = f"{self.ttl / 3600:g}h" if self.ttl % 3600 == 0 else f"{self.ttl:g}s"
+        extra = "".join(f', {name} "{value}"' for name, value in self.claims.items())
+        return f'  identity "{self.identity}"{extra}; token valid {lifetime}:\n\n{self.token}\n'
+
+
+def dev_tokens(config: GatewayConfig, demo: bool) -> list[DevToken]:
+    """A token for each identity of an HS256 issuer matched by `sub` alone (which a token of
+    that subject reaches), valid 24 hours or the issuer's max_token_lifetime if shorter; the
+    demo's carries its tenant claim."""
     tokens = []
     store = config.secret_store()
     for identity in config.identities:
@@ -195,16 +209,17 @@ def dev_tokens(config: GatewayConfig, demo: bool) -> list[tuple[str, str]]:
         if issuer.hs256_secret is None or set(identity.match) != {"sub"} or not isinstance(sub, str):
             continue
         claims = DEMO_CLAIMS.get(identity.name, {}) if demo else {}
-        secret = store.get(issuer.hs256_secret)
-        tokens.append((identity.name, mint_hs256_token(issuer, secret, sub, TOKEN_TTL_SECONDS, claims)))
+        ttl = min(TOKEN_TTL_SECONDS, issuer.max_token_lifetime)
+        token = mint_hs256_token(issuer, store.get(issuer.hs256_secret), sub, ttl, claims)
+        tokens.append(DevToken(identity.name, token, ttl, claims))
     return tokens
 
 
-def banner(config: GatewayConfig, tokens: list[tuple[str, str]], home: Path, psql_url: str) -> str:
+def banner(config: GatewayConfig, tokens: list[DevToken], home: Path, psql_url: str) -> str:
     base = f"http://{config.server.host}:{config.server.port}"
     body = '{"sql": "select id, status, total from orders where status = $1", "params": ["new"]}'
-    listed = "\n".join(f'  identity "{name}", token valid 24h:\n\n{token}\n' for name, token in tokens)
-    token = tokens[0][1] if tokens else "<token>"
+    listed = "\n".join(token.describe() for token in tokens)
+    token = tokens[0].token if tokens else "<token>"
     return f"""
 edge-sql-gateway dev is running at {base}
   configuration: {config.source}
@@ -251,8 +266,6 @@ def run_dev(port: int = 8080, reset: bool = False, config_path: Path | None = No
 
 
 def _run_locked(home: Path, port: int, reset: bool, config_path: Path | None) -> int:
-    from gateway.server import serve
-
     source = config_path or _packaged("gateway.dev.toml")
     try:
         dev_config(source, 0, port, home)  # a configuration error is reported before anything starts
@@ -283,6 +296,8 @@ def _run_locked(home: Path, port: int, reset: bool, config_path: Path | None) ->
         supply_secrets(config, passwords)
         tokens = dev_tokens(config, demo=config_path is None)
         print(banner(config, tokens, home, _superuser_url(db_port, passwords["superuser"])), flush=True)
+        from gateway.server import serve  # the web stack, imported once there is something to serve
+
         return serve(config, host=config.server.host, port=port, workers=1, config_path=None, env=None)
     finally:
         cluster.stop()
