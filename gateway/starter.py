@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets as random_source
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.catalog import RelationShape
-from gateway.config import SQL_NAME, ConfigError, DatabaseConfig, GatewayConfig, parse_config
+from gateway.config import SQL_NAME, ConfigError, DatabaseConfig, GatewayConfig, SslMode, parse_config
 from gateway.db.catalog import read_catalog
 from gateway.db.privileges import read_privileges
 from gateway.grants import grants_for_new_role, identities_by_role, plan_role, quoted
@@ -53,10 +54,13 @@ def inspection_settings(url: str, password_secret: str | None) -> DatabaseConfig
         raise ConfigError(f"--database: unsupported URL parameters {', '.join(unknown)} (known: sslmode, sslrootcert)")
     if not parts.path.strip("/"):
         raise ConfigError(f"--database: the URL names no database: {url!r}")
+    sslmode = query.get("sslmode", DEFAULT_SSLMODE)
+    if sslmode not in typing.get_args(SslMode):
+        raise ConfigError(f"--database: sslmode={sslmode}: expected one of {', '.join(typing.get_args(SslMode))}")
     return DatabaseConfig(
         url=urlunsplit(parts._replace(query="")),
         password_secret=password_secret,
-        sslmode=query.get("sslmode", DEFAULT_SSLMODE),  # type: ignore[arg-type]
+        sslmode=sslmode,  # type: ignore[arg-type]
         sslrootcert=str(Path(query["sslrootcert"]).resolve()) if "sslrootcert" in query else None,
         check_login_role=False,
     )

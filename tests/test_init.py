@@ -24,9 +24,7 @@ def gateway_command(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int
 
 
 def init_url(database: PgServer, tls_files: TlsFiles) -> str:
-    return f"{database.url('postgres')}?sslmode=verify-full&sslrootcert={tls_files.ca}".replace(
-        f"@{database.host}:", "@localhost:"
-    )
+    return f"{database.url('postgres', host='localhost')}?sslmode=verify-full&sslrootcert={tls_files.ca}"
 
 
 @pytest.fixture
@@ -96,11 +94,16 @@ def test_init_refuses_to_replace_a_file(tmp_path, monkeypatch, capsys, database)
     assert (tmp_path / "gateway.toml").read_text() == "# mine\n"
 
 
-def test_init_refuses_a_password_in_the_url(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("url", "error"), [
+    (f"postgresql://admin:hunter2@localhost/{TEST_DATABASE}", "must not contain a password"),
+    (f"postgresql://admin@localhost/{TEST_DATABASE}?sslmode=verify", "sslmode=verify: expected one of disable,"),
+    (f"postgresql://admin@localhost/{TEST_DATABASE}?options=-c", "unsupported URL parameters options"),
+    ("postgresql://admin@localhost", "the URL names no database"),
+])
+def test_init_refuses_a_url_it_cannot_use_before_connecting(tmp_path, monkeypatch, capsys, url, error):
     monkeypatch.chdir(tmp_path)
-    code = main(["init", "--database", f"postgresql://admin:hunter2@localhost/{TEST_DATABASE}"])
-    assert code == 2
-    assert "must not contain a password" in capsys.readouterr().err
+    assert main(["init", "--database", url]) == 2
+    assert error in capsys.readouterr().err
     assert not (tmp_path / "gateway.toml").exists()
 
 
