@@ -70,6 +70,8 @@ def check_role_names(options: StarterOptions) -> None:
     for flag, name in (("--login", options.login), ("--role", options.role)):
         if not SQL_NAME.match(name):
             raise ConfigError(f"{flag}: {name!r} is not a plain role name (letters, digits, _ and $)")
+    if options.login == options.role:
+        raise ConfigError("--login and --role must differ: the login holds no privileges of its own")
 
 
 def _relations(shapes: Mapping[str, Mapping[str, RelationShape]], schemas: tuple[str, ...]) -> dict[str, RelationShape]:

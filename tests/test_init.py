@@ -85,6 +85,12 @@ def test_init_writes_a_starter_that_validates_checks_and_serves(
         gateway.stop()
 
 
+def test_init_refuses_a_login_that_is_also_the_identity_role(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "--database", f"postgresql://admin@localhost/{TEST_DATABASE}", "--role", "gateway_login"]) == 2
+    assert "--login and --role must differ" in capsys.readouterr().err
+
+
 def test_init_refuses_to_replace_a_file(tmp_path, monkeypatch, capsys, database):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gateway.toml").write_text("# mine\n")
