@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 FLUSH_DELAY = 0.05
+SUMMARY_REASON = 100  # characters of a denial's reason on a summary line; the record has all of it
 GENESIS = "0" * 64  # the `prev` of the first record of a chain that starts in an empty file
 
 
@@ -87,9 +88,10 @@ class AuditSink:
     """Writes records to `target`: "stdout", "off", or a file path (`{pid}` in it becomes the
     process id, so several workers can each keep an unbroken chain)."""
 
-    def __init__(self, target: str, *, chain: bool = False) -> None:
+    def __init__(self, target: str, *, chain: bool = False, summary: bool = False) -> None:
         self.target = target
         self.chain = chain
+        self.summary = summary
         self._prev = GENESIS
         self._stream: IO[bytes] | None = None
         self._flush_pending = False
@@ -118,9 +120,13 @@ class AuditSink:
         self._open()
 
     def write(self, record: AuditRecord) -> None:
-        if self._stream is None:
+        if self._stream is None and not self.summary:
             return
         fields = record.finished()
+        if self.summary:
+            sys.stderr.write(summary_line(fields) + "\n")
+        if self._stream is None:
+            return
         if self.chain:
             fields["prev"] = self._prev
         line = orjson.dumps(fields)
@@ -151,6 +157,18 @@ class AuditSink:
         self.flush()
         if self._stream is not None and self._stream is not sys.stdout.buffer:
             self._stream.close()
+
+
+def summary_line(fields: dict[str, Any]) -> str:
+    """A record as a terminal shows it: `200 orders-worker POST /v1/query 3.1ms 1 row`, and the
+    reason of a denial or failure."""
+    rows = fields["rows"]
+    who = fields["identity"] or fields["sub"] or "-"
+    line = f"{fields['status']} {who} {fields['endpoint']} {fields['durationMs']:.1f}ms {rows} row{'s' * (rows != 1)}"
+    reason = fields["reason"]
+    if not reason or fields["status"] < 400:
+        return line
+    return f"{line}: {reason if len(reason) <= SUMMARY_REASON else reason[: SUMMARY_REASON - 1] + '…'}"
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,9 @@ class ApprovalsConfig:
 class AuditConfig:
     sink: str = "stdout"  # "stdout", "off", or a file path (relative to the config file; {pid} allowed)
     chain: bool = False  # each record carries the SHA-256 of the one before
+    # Also one short line per request on stderr (status, identity, endpoint, ms, rows), for a
+    # terminal to read while the records go to the sink; `gateway dev` sets it.
+    summary: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from gateway import grants, json_text
 from gateway.approvals import ApprovalRequest, ApprovalStore, Principal, decide
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
+from gateway.catalog import absent_rule_tables
 from gateway.config import ApprovalConfig, GatewayConfig
 from gateway.credentials import CredentialBroker, IssuedCredential, Login, iso_time
 from gateway.db.catalog import NOTIFY_CATALOG_CHANGED, CatalogKeeper
@@ -225,7 +226,7 @@ class Pipeline:
             identities=IdentityResolver.from_config(config),
             policy=PolicyEngine(config.policy, limit_misses=True, workers=workers),
             database=Database(config.database, secrets, on_hold=metrics.connection_hold.observe),
-            audit=AuditSink(config.audit.sink, chain=config.audit.chain),
+            audit=AuditSink(config.audit.sink, chain=config.audit.chain, summary=config.audit.summary),
             metrics=metrics,
         )
 
@@ -237,6 +238,8 @@ class Pipeline:
         if self.config.database.check_login_role:
             await self.database.check_login_role(self.config.identity_roles())
         await self.catalog.start()
+        for warning in absent_rule_tables(self.config.identities, self.catalog.present_relations()):
+            logger.warning(warning)
         await grants.report_excess_privileges(self.config, self.database, self.metrics)
         await self.verifier.start(on_fetch=self._count_key_fetch)
         if self.credentials is not None:

@@ -264,6 +264,11 @@ class CatalogKeeper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def present_relations(self) -> set[tuple[str, str]]:
+        """(schema, relation) of every relation in the snapshot in use."""
+        relations = self.snapshot.relations if self.snapshot else {}
+        return {(schema, name) for schema, names in relations.items() for name in names}
+
     def want_refresh(self) -> None:
         """A refresh soon (SIGHUP, a notification)."""
         self._wanted.set()

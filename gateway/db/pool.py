@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import asyncpg
 
@@ -153,10 +154,23 @@ class Database:
             return await self.connect_as(again, **options)
 
     async def connect_as(self, login: Login, **options: Any) -> asyncpg.Connection:
-        """A connection outside the pool as `login`, with the pool's TLS settings."""
-        return await asyncpg.connect(
-            self.dsn(), user=login.user, password=login.password, timeout=self.config.connect_timeout, **options
-        )
+        """A connection outside the pool as `login`, with the pool's TLS settings. A missing
+        TLS file or a host name that does not resolve is a ConnectionError naming it (the
+        ssl module's and the resolver's own errors name neither)."""
+        self._check_tls_files()
+        try:
+            return await asyncpg.connect(
+                self.dsn(), user=login.user, password=login.password, timeout=self.config.connect_timeout, **options
+            )
+        except socket.gaierror as error:
+            host = urlsplit(self.config.url).hostname
+            raise ConnectionError(f"cannot resolve the database host {host!r}: {error.strerror}") from None
+
+    def _check_tls_files(self) -> None:
+        for key in ("sslrootcert", "sslcert"):
+            path = getattr(self.config, key)
+            if path and not Path(path).is_file():
+                raise ConnectionError(f"database.{key}: {path}: no such file")
 
     async def _pool_connect(self, *dsn: str, **options: Any) -> asyncpg.Connection:
         """The pool's way to connect (it passes the DSN it was made with: built here anew)."""
