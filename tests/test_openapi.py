@@ -6,8 +6,11 @@ a 5xx.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
+from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -99,3 +102,59 @@ def test_the_document_has_every_route_of_the_app(gateway: GatewayProcess, http: 
     document = http.get(f"{gateway.url}/openapi.json").json()
     documented = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
     assert documented == set(OPERATIONS)
+
+
+def test_the_document_is_valid_openapi_3_1(api_schema: Any) -> None:
+    api_schema.validate()  # against the OpenAPI 3.1 meta-schema
+
+
+class _Links(HTMLParser):
+    """Every URL the page would load or link to, and whether it holds a script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.scripts += tag == "script"
+        self.urls += [value for name, value in attrs if name in ("href", "src", "action") and value]
+
+
+def test_the_reference_page_loads_everything_from_the_gateway(gateway: GatewayProcess, http: httpx.Client) -> None:
+    page = http.get(f"{gateway.url}/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    links = _Links()
+    links.feed(page.text)
+    assert links.scripts == 0  # a page for reading: nothing runs
+    assert links.urls
+    for url in links.urls:
+        assert urlsplit(url).scheme == "" and not url.startswith("//"), url  # nothing from elsewhere
+        if not url.startswith("#"):
+            asset = http.get(f"{gateway.url}{url}")
+            assert asset.status_code == 200, url
+    style = http.get(f"{gateway.url}/docs/reference.css")
+    assert style.headers["content-type"].startswith("text/css")
+    assert "url(" not in style.text and "@import" not in style.text  # no fonts or images to fetch
+
+
+def test_the_reference_page_describes_every_operation_and_status(gateway: GatewayProcess, http: httpx.Client) -> None:
+    document = http.get(f"{gateway.url}/openapi.json").json()
+    page = http.get(f"{gateway.url}/docs").text
+    anchors = {url[1:] for url in _links_of(page) if url.startswith("#")}
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            (section,) = [part for part in page.split("<section ")[1:] if f"<code>{html.escape(path)}</code>" in part
+                          and f">{method.upper()}</span>" in part]
+            assert section.split('"')[1] in anchors, (method, path)  # the index links to it
+            assert html.escape(operation["summary"]) in section
+            for status in operation["responses"]:
+                assert f">{status}</span>" in section, (method, path, status)
+
+
+def _links_of(page: str) -> list[str]:
+    links = _Links()
+    links.feed(page)
+    return links.urls

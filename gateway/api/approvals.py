@@ -25,7 +25,7 @@ from gateway.api.exchange import (
     results_body,
     unforeseen,
 )
-from gateway.api.openapi import Answer, Operation, Schema
+from gateway.api.openapi import NULLABLE_STRING, STRINGS, Answer, Operation, Schema, listed
 from gateway.api.results import ERROR_BODY_SCHEMA, error_body
 from gateway.approvals import ApprovalRequest
 from gateway.errors import GatewayError, bad_request
@@ -37,13 +37,19 @@ ID_PATH = "/v1/approvals/{id}"
 EXECUTION_ENDPOINT = "approved statement"
 DECISIONS = {"approve": True, "reject": False}
 
-STRINGS = {"type": "array", "items": {"type": "string"}}
-NULLABLE_STRING = {"type": ["string", "null"]}
 # `ApprovalRequest.details()`, and for its requester the outcome (`_view`).
 APPROVAL_SCHEMA: Schema = {
     "type": "object",
-    "required": [*APPROVAL_SUMMARY_SCHEMA["required"], "statements", "requester", "role", "tables", "approvers",
-                 "createdAt", "decision"],
+    "required": [
+        *APPROVAL_SUMMARY_SCHEMA["required"],
+        "statements",
+        "requester",
+        "role",
+        "tables",
+        "approvers",
+        "createdAt",
+        "decision",
+    ],
     "properties": {
         **APPROVAL_SUMMARY_SCHEMA["properties"],
         "statements": {
@@ -64,8 +70,13 @@ APPROVAL_SCHEMA: Schema = {
             "required": ["by", "at", "comment"],
             "properties": {"by": {"type": "string"}, "at": {"type": "string"}, "comment": NULLABLE_STRING},
         },
-        "result": {"description": "for its requester: /v1/query's result (/v1/batch's for a batch) while the ttl lasts"},
-        "error": {"anyOf": [{"type": "null"}, ERROR_BODY_SCHEMA], "description": "for its requester: why the run failed"},
+        "result": {
+            "description": "for its requester: /v1/query's result (/v1/batch's for a batch) while the ttl lasts"
+        },
+        "error": {
+            "anyOf": [{"type": "null"}, ERROR_BODY_SCHEMA],
+            "description": "for its requester: why the run failed",
+        },
     },
 }
 ONE_APPROVAL = {"type": "object", "required": ["approval"], "properties": {"approval": APPROVAL_SCHEMA}}
@@ -76,7 +87,7 @@ PENDING = Operation(
     {
         200: Answer.json(
             "the requests, oldest first",
-            {"type": "object", "required": ["approvals"], "properties": {"approvals": {"type": "array", "items": APPROVAL_SCHEMA}}},
+            listed("approvals", APPROVAL_SCHEMA),
         )
     },
     CALLER_ERRORS,

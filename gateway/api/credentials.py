@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.exchange import answer, decode_json, json_response, read_body, scope_headers
-from gateway.api.openapi import Answer, Operation
+from gateway.api.openapi import Answer, Operation, listed
 from gateway.config import parse_duration
 from gateway.errors import bad_request
 from gateway.pipeline import RequestScope
@@ -57,7 +57,7 @@ ACTIVE = Operation(
     {
         200: Answer.json(
             "the logins, soonest expiry first",
-            {"type": "object", "required": ["credentials"], "properties": {"credentials": {"type": "array", "items": ACTIVE_SCHEMA}}},
+            listed("credentials", ACTIVE_SCHEMA),
         )
     },
     CALLER_ERRORS,

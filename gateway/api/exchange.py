@@ -271,7 +271,9 @@ def error_schema(codes: list[str]) -> Schema:
     return {
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {**ERROR_BODY_SCHEMA, "properties": {**ERROR_BODY_SCHEMA["properties"], "code": {"enum": codes}}}},
+        "properties": {
+            "error": {**ERROR_BODY_SCHEMA, "properties": {**ERROR_BODY_SCHEMA["properties"], "code": {"enum": codes}}}
+        },
     }
 
 

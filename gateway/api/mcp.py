@@ -60,7 +60,12 @@ MESSAGE_SCHEMA = {
     },
     "examples": [
         {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "query", "arguments": {"sql": "select 1 as one"}}},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": "select 1 as one"}},
+        },
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
     ],
 }
@@ -68,11 +73,16 @@ MESSAGE_SCHEMA = {
 RPC_ANSWER_SCHEMA = {
     "type": "object",
     "required": ["jsonrpc"],
-    "properties": {"jsonrpc": {"const": "2.0"}, "id": JSON_RPC_ID, "result": {"type": "object"}, "error": {
-        "type": "object",
-        "required": ["code", "message"],
-        "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
-    }},
+    "properties": {
+        "jsonrpc": {"const": "2.0"},
+        "id": JSON_RPC_ID,
+        "result": {"type": "object"},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+        },
+    },
 }
 OPERATION = Operation(
     "Model Context Protocol over Streamable HTTP: tools query, explain, list_tables, describe_table",

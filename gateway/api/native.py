@@ -37,7 +37,7 @@ from gateway.api.exchange import (
     unforeseen,
     until_disconnect,
 )
-from gateway.api.openapi import Answer, Operation, Schema
+from gateway.api.openapi import STRINGS, Answer, Operation, Schema, listed
 from gateway.api.results import NDJSON, RESULT_SCHEMA, ResultWriter, encoded_rows
 from gateway.api.streaming import PacedBody, PacedStreamingResponse
 from gateway.db.session import ISOLATION_LEVELS, StatementRun
@@ -100,7 +100,6 @@ def _wants_ndjson(request: Request) -> bool:
 
 # ---------------------------------------------------------------------------- what the endpoints answer
 
-STRINGS = {"type": "array", "items": {"type": "string"}}
 DECISION_SCHEMA: Schema = {
     "type": "object",
     "required": ["allowed", "identity", "kind", "tables", "columns", "functions", "reason", "approval"],
@@ -131,7 +130,14 @@ WHOAMI_SCHEMA: Schema = {
         "schemas": STRINGS,
         "limits": {
             "type": "object",
-            "required": ["readOnly", "maxRows", "maxResponseBytes", "statementTimeoutMs", "ratePerSecond", "concurrency"],
+            "required": [
+                "readOnly",
+                "maxRows",
+                "maxResponseBytes",
+                "statementTimeoutMs",
+                "ratePerSecond",
+                "concurrency",
+            ],
             "properties": {
                 "readOnly": {"type": "boolean"},
                 "maxRows": {"type": "integer"},
@@ -161,7 +167,7 @@ BATCH = Operation(
     {
         200: Answer.json(
             "one result per statement, sent after COMMIT",
-            {"type": "object", "required": ["results"], "properties": {"results": {"type": "array", "items": RESULT_SCHEMA}}},
+            listed("results", RESULT_SCHEMA),
         ),
         202: HELD,
     },

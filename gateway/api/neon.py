@@ -29,7 +29,16 @@ from gateway.api.exchange import (
     statement_schema,
     until_disconnect,
 )
-from gateway.api.openapi import Answer, Operation, Schema, by_status, describe, shared_headers
+from gateway.api.openapi import (
+    NULLABLE_STRING,
+    Answer,
+    Operation,
+    Schema,
+    by_status,
+    describe,
+    listed,
+    shared_headers,
+)
 from gateway.api.results import parse_command_tag
 from gateway.db.session import RowField, StatementRun, row_description
 from gateway.db.types import json_to_pg_text, neon_json_converter, row_converter
@@ -116,7 +125,12 @@ REQUEST_SCHEMA = {
     ],
     "examples": [
         {"query": "select $1::int4 as n", "params": ["7"]},
-        {"queries": [{"query": "select 1 as one"}, {"query": "select $1::text as t", "params": ["x"], "arrayMode": True}]},
+        {
+            "queries": [
+                {"query": "select 1 as one"},
+                {"query": "select $1::text as t", "params": ["x"], "arrayMode": True},
+            ]
+        },
     ],
 }
 FLAG = {"type": "string", "description": "only the exact value true turns it on"}
@@ -230,7 +244,10 @@ FIELD_SCHEMA = {
     "required": ["name", "dataTypeID", "tableID", "columnID", "dataTypeSize", "dataTypeModifier", "format"],
     "properties": {
         "name": {"type": "string"},
-        **{key: {"type": "integer"} for key in ("dataTypeID", "tableID", "columnID", "dataTypeSize", "dataTypeModifier")},
+        **{
+            key: {"type": "integer"}
+            for key in ("dataTypeID", "tableID", "columnID", "dataTypeSize", "dataTypeModifier")
+        },
         "format": {"const": "text"},
     },
 }
@@ -336,7 +353,6 @@ def error_json(error: GatewayError) -> bytes:
     return orjson.dumps(body)
 
 
-NULLABLE_STRING = {"type": ["string", "null"]}
 STATEMENT_ERROR_SCHEMA = {
     "type": "object",
     "required": ["message", "code", *ERROR_KEYS],
@@ -371,7 +387,7 @@ OPERATION = Operation(
             {
                 "anyOf": [
                     RESULT_SCHEMA,
-                    {"type": "object", "required": ["results"], "properties": {"results": {"type": "array", "items": RESULT_SCHEMA}}},
+                    listed("results", RESULT_SCHEMA),
                 ]
             },
             ("Neon-Request-Id",),

@@ -21,6 +21,8 @@ from gateway.errors import ERROR_TABLE, ErrorKind
 
 JSON = "application/json"
 Schema = dict[str, Any]
+STRINGS: Schema = {"type": "array", "items": {"type": "string"}}
+NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 
 # Every answer carries the request's id (gateway.api.app.Front, the endpoints).
 ALWAYS_SENT = ("X-Request-Id",)
@@ -46,6 +48,11 @@ class Answer:
 
 # A wire format's error answers: the error kinds an operation names -> its answers by status.
 ErrorShape = Callable[[Sequence[ErrorKind]], dict[int, Answer]]
+
+
+def listed(key: str, items: Schema) -> Schema:
+    """`{"<key>": [<items>...]}`, the shape of every answer that is a list."""
+    return {"type": "object", "required": [key], "properties": {key: {"type": "array", "items": items}}}
 
 
 def kinds_of(codes: Sequence[str]) -> list[ErrorKind]:
@@ -139,7 +146,10 @@ def _operation(route: ApiRoute, native_errors: ErrorShape) -> Schema:
     if parameters:
         result["parameters"] = parameters
     if operation.request is not None:
-        result["requestBody"] = {"required": operation.request_required, "content": {JSON: {"schema": operation.request}}}
+        result["requestBody"] = {
+            "required": operation.request_required,
+            "content": {JSON: {"schema": operation.request}},
+        }
     result["security"] = [{"bearer": []}] if operation.secured else []
     return result
 
@@ -152,7 +162,9 @@ def build_document(routes: Sequence[BaseRoute], native_errors: ErrorShape) -> Sc
         if isinstance(route, ApiRoute):
             paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, native_errors)
         elif getattr(route, "include_in_schema", False):
-            raise TypeError(f"route {getattr(route, 'path', route)!r} is not an ApiRoute: its operation is undocumented")
+            raise TypeError(
+                f"route {getattr(route, 'path', route)!r} is not an ApiRoute: its operation is undocumented"
+            )
     return {
         "openapi": "3.1.0",
         "info": {

@@ -73,7 +73,7 @@ def _responses(operation: dict[str, Any]) -> str:
             f'<li><span class="status s{_text(status)[0]}">{_text(status)}</span> '
             f"{_text(answer['description'])}<br><small>headers: {headers}</small>{contents}</li>"
         )
-    return f"<h4>Responses</h4><ul class=\"responses\">{''.join(items)}</ul>"
+    return f'<h4>Responses</h4><ul class="responses">{"".join(items)}</ul>'
 
 
 def _operation(path: str, method: str, operation: dict[str, Any]) -> str:
@@ -116,9 +116,7 @@ def render(document: dict[str, Any]) -> bytes:
 
 
 async def page(request: Request) -> Response:
-    return Response(
-        request.app.state.reference, media_type="text/html", headers={"Content-Security-Policy": POLICY}
-    )
+    return Response(request.app.state.reference, media_type="text/html", headers={"Content-Security-Policy": POLICY})
 
 
 async def style(request: Request) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from gateway.api.openapi import NULLABLE_STRING
 from gateway.db.session import Column, StatementRun
 from gateway.db.types import json_converter, row_converter
 from gateway.errors import GatewayError
@@ -38,7 +39,6 @@ def command_and_count(tag: str, kind: str | None, rows_sent: int) -> tuple[str, 
     return command or (kind or "").upper(), rows_sent if count is None else count
 
 
-NULLABLE_STRING = {"type": ["string", "null"]}
 # `error_body`'s shape; `code` is one of the error table's (each operation narrows it).
 ERROR_BODY_SCHEMA = {
     "type": "object",
