@@ -18,8 +18,11 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from starlette.routing import Route
 
 from conftest import ADMIN_SECRET, ISSUED_PASSWORDS, GatewayProcess, PgServer, credentials_section
+from gateway.api.exchange import error_answers
+from gateway.api.openapi import Answer, ApiRoute, Operation, build_document
 from gateway.api.results import NDJSON
 
 OPERATIONS = [
@@ -159,6 +162,22 @@ def test_the_document_has_every_route_of_the_app(gateway: GatewayProcess, http: 
     document = http.get(f"{gateway.url}/openapi.json").json()
     documented = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
     assert documented == set(OPERATIONS)
+
+
+def test_a_route_without_its_operation_stops_the_app_from_being_built() -> None:
+    async def endpoint(request: Any) -> None: ...
+
+    with pytest.raises(TypeError, match="undocumented"):
+        build_document([Route("/v1/new", endpoint, methods=["GET"])], error_answers)
+    build_document([Route("/v1/new", endpoint, methods=["GET"], include_in_schema=False)], error_answers)
+
+
+def test_an_operation_naming_a_code_outside_the_error_table_is_refused() -> None:
+    async def endpoint(request: Any) -> None: ...
+
+    operation = Operation("a new thing", {200: Answer("done")}, ("no_such_code",))
+    with pytest.raises(ValueError, match="no_such_code"):
+        build_document([ApiRoute("/v1/new", endpoint, "GET", operation)], error_answers)
 
 
 def test_the_document_is_valid_openapi_3_1(api_schema: Any) -> None:
