@@ -1,6 +1,6 @@
-"""The Starlette application: routes, middleware, lifespan, health and readiness, and the
-JSON shape of errors raised outside an endpoint (unknown paths, oversized bodies, internal
-failures).
+"""The Starlette application: routes (each with its operation in the API document, built
+here once), middleware, lifespan, health and readiness, and the JSON shape of errors raised
+outside an endpoint (unknown paths, oversized bodies, internal failures).
 """
 
 from __future__ import annotations
@@ -139,7 +139,11 @@ OPENAPI = Operation(
 )
 DOCS = Operation(
     "The reference of this API, as a page for people",
-    {200: Answer("an HTML page, made from this document", {"text/html": {"type": "string"}})},
+    {
+        200: Answer(
+            "an HTML page, made from this document", {"text/html": {"type": "string"}}, ("Content-Security-Policy",)
+        )
+    },
     secured=False,
 )
 
