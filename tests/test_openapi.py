@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -22,7 +23,7 @@ from starlette.routing import Route
 
 from conftest import ADMIN_SECRET, ISSUED_PASSWORDS, GatewayProcess, PgServer, credentials_section
 from gateway.api.exchange import error_answers
-from gateway.api.openapi import Answer, ApiRoute, Operation, build_document
+from gateway.api.openapi import JSON, Answer, ApiRoute, Operation, build_document
 from gateway.api.results import NDJSON
 
 OPERATIONS = [
@@ -216,10 +217,13 @@ def test_the_reference_page_loads_everything_from_the_gateway(gateway: GatewayPr
     assert "url(" not in style.text and "@import" not in style.text  # no fonts or images to fetch
 
 
-def test_the_reference_page_describes_every_operation_and_status(gateway: GatewayProcess, http: httpx.Client) -> None:
+def test_the_reference_page_describes_every_operation_status_and_example(
+    gateway: GatewayProcess, http: httpx.Client
+) -> None:
     document = http.get(f"{gateway.url}/openapi.json").json()
     page = http.get(f"{gateway.url}/docs").text
     anchors = {url[1:] for url in _links_of(page) if url.startswith("#")}
+    examples_shown = 0
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
             (section,) = [part for part in page.split("<section ")[1:] if f"<code>{html.escape(path)}</code>" in part
@@ -228,6 +232,11 @@ def test_the_reference_page_describes_every_operation_and_status(gateway: Gatewa
             assert html.escape(operation["summary"]) in section
             for status in operation["responses"]:
                 assert f">{status}</span>" in section, (method, path, status)
+            body = operation.get("requestBody", {}).get("content", {}).get(JSON, {}).get("schema", {})
+            for example in body.get("examples", []):
+                assert html.escape(orjson.dumps(example).decode()) in section, (method, path)
+                examples_shown += 1
+    assert examples_shown >= 8  # query, batch, explain, sql, mcp, credentials, approvals
 
 
 def _links_of(page: str) -> list[str]:

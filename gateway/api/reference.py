@@ -32,6 +32,10 @@ def _schema(schema: dict[str, Any]) -> str:
     return f"<pre>{_text(orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode())}</pre>"
 
 
+def _example(example: Any) -> str:
+    return f'<pre class="example">{_text(orjson.dumps(example).decode())}</pre>'
+
+
 def _anchor(method: str, path: str) -> str:
     return f"{method}-{path.strip('/').replace('/', '-').replace('{', '').replace('}', '') or 'root'}"
 
@@ -55,6 +59,7 @@ def _request(operation: dict[str, Any]) -> str:
         return ""
     parts = [
         f"<details><summary><code>{_text(media)}</code></summary>{_schema(content['schema'])}</details>"
+        + "".join(_example(example) for example in content["schema"].get("examples", []))
         for media, content in body["content"].items()
     ]
     needed = "required" if body.get("required") else "optional"
