@@ -286,6 +286,20 @@ def test_no_identity_reaches_the_approvals_table(as_, superuser_of):
         assert error.sqlstate == "42501"  # insufficient_privilege
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_sql_refuses_a_statement_that_needs_approval_and_holds_nothing(as_, superuser_of, batch):
+    """The Neon protocol has no answer for a held statement: refused as a denial (the driver's
+    400 with 42501), naming who would approve and where to send it; nothing waits."""
+    query = {"query": "insert into public.approval_log (note) values ($1)", "params": [f"via-sql-{batch}"]}
+    response = as_("clerk").post("/sql", {"queries": [query]} if batch else query)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["code"] == "42501"
+    assert "approval by approver, clerk" in error["message"] and "/v1/query" in error["message"]
+    assert logged(superuser_of, f"via-sql-{batch}") == 0
+    assert superuser_of.fetchval("SELECT count(*) FROM gateway.approvals WHERE statements::text LIKE '%via-sql%'") == 0
+
+
 # ---------------------------------------------------------------------------- MCP and audit
 
 

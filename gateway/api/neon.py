@@ -221,7 +221,8 @@ async def sql(request: Request) -> Response:
 
 async def _sql(request: Request, scope: RequestScope) -> Response:
     neon = decode(request.headers, await read_json(request), scope.pipeline.config.server.max_param_depth)
-    call = Call(request.headers.get("authorization"), [query.statement for query in neon.queries], neon.transaction)
+    statements = [query.statement for query in neon.queries]
+    call = Call(request.headers.get("authorization"), statements, neon.transaction, may_hold=False)
     results = ResultEncoder(scope, neon.raw_text, [query.array_mode for query in neon.queries])
     await until_disconnect(request, scope.execute(call, results))
     parts = results.parts
