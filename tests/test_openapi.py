@@ -19,6 +19,12 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette.routing import Route
 
 from conftest import ADMIN_SECRET, ISSUED_PASSWORDS, GatewayProcess, PgServer, credentials_section
@@ -108,6 +114,18 @@ def authorizations(gateway: GatewayProcess, mint: Callable[..., str], http: http
 @pytest.fixture(scope="module")
 def api_schema(gateway: GatewayProcess) -> Any:
     return schemathesis.openapi.from_url(f"{gateway.url}/openapi.json", config=CONFIG, timeout=10)
+
+
+# What an answer is checked for when another module's test made the request itself.
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_headers_conformance,
+               response_schema_conformance]
+
+
+def assert_documented(gateway: GatewayProcess, method: str, path: str, response: httpx.Response) -> None:
+    """`response` is an answer the document gives for this operation: its status, content type,
+    required headers and body schema (for answers other modules' tests reach, such as a 202)."""
+    document = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json", config=CONFIG, timeout=10)
+    document[path][method].Case().validate_response(response, checks=CONFORMANCE)
 
 
 def check(cases: st.SearchStrategy, callers: st.SearchStrategy, count: int) -> None:
