@@ -47,14 +47,14 @@ RESPONSE_HEADERS = (SESSION_HEADER,)
 MAX_CLIENT_NAME = 64  # characters of a client's name kept (audit records, session ids)
 INTERNAL_ERROR = 500
 
-JSON_RPC_ID = {"type": ["string", "integer", "null"]}
+# What every JSON-RPC 2.0 message has; the SDK reads (and judges) the rest.
+ENVELOPE = {"jsonrpc": {"const": "2.0"}, "id": {"type": ["string", "integer", "null"]}}
 MESSAGE_SCHEMA = {
     "type": "object",
     "description": "a JSON-RPC 2.0 message of the Model Context Protocol: initialize, tools/list, tools/call, ...",
     "required": ["jsonrpc"],
     "properties": {
-        "jsonrpc": {"const": "2.0"},
-        "id": JSON_RPC_ID,
+        **ENVELOPE,
         "method": {"type": "string"},
         "params": {"type": "object"},
     },
@@ -74,8 +74,7 @@ RPC_ANSWER_SCHEMA = {
     "type": "object",
     "required": ["jsonrpc"],
     "properties": {
-        "jsonrpc": {"const": "2.0"},
-        "id": JSON_RPC_ID,
+        **ENVELOPE,
         "result": {"type": "object"},
         "error": {
             "type": "object",
