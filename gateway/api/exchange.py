@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -277,7 +277,7 @@ def error_schema(codes: list[str]) -> Schema:
     }
 
 
-def error_answers(kinds: list[ErrorKind]) -> dict[int, Answer]:
+def error_answers(kinds: Sequence[ErrorKind]) -> dict[int, Answer]:
     """The native wire format's errors: each with its status in the error table, as `error_response` writes it."""
     return {
         status: Answer.json(describe(group), error_schema([kind.code for kind in group]), shared_headers(group))

@@ -9,6 +9,7 @@ written as PostgreSQL's text output, and errors as the PostgreSQL-shaped 400s th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -365,7 +366,7 @@ STATEMENT_ERROR_SCHEMA = {
 }
 
 
-def error_answers(kinds: list[ErrorKind]) -> dict[int, Answer]:
+def error_answers(kinds: Sequence[ErrorKind]) -> dict[int, Answer]:
     """`/sql`'s errors as `error_json` writes them: a statement's failures are the 400s the
     driver reads, in PostgreSQL's shape; the others keep their status, with a short body."""
     answers = {}
