@@ -87,6 +87,9 @@ class Call:
     statements: list[Statement]
     options: TransactionOptions = TransactionOptions()
     batch: bool = False  # answered as a batch (a result per statement), were it held for approval
+    # False for a wire format that has no answer for a held request (the Neon protocol): a
+    # statement a rule holds for approval is refused there, and nothing is held.
+    may_hold: bool = True
 
 
 class Results(Protocol):
@@ -421,6 +424,11 @@ class RequestScope:
         judged = [await self.judge(statement) for statement in call.statements]
         approval = _approval_of(judged)
         if approval is not None:
+            if not call.may_hold:
+                raise policy_denied(
+                    f"this needs approval by {', '.join(approval.approvers)}, which this endpoint cannot wait for: "
+                    "send it to /v1/query or /v1/batch, which hold it and answer 202 with the request's id"
+                )
             return await self._hold_for_approval(call, approval)
         await self._run_judged(call.options, judged, results)
         return None

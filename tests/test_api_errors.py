@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
+from test_openapi import assert_documented
 
 from conftest import LOGIN_ROLE, SLOW_SQL, eventually
 
@@ -32,6 +33,7 @@ def assert_error(response, status: int, code: str) -> dict:
     assert error["requestId"] == response.headers["x-request-id"]
     for leak in ("Traceback", 'File "', "asyncpg", "gateway/", LOGIN_ROLE):
         assert leak not in response.text, response.text
+    assert_documented(response)
     return error
 
 
