@@ -3,9 +3,11 @@ reads the text.
 
 Owns the size cap, the characters and tokens refused outright (NUL, non-ASCII whitespace,
 `U&` identifiers and strings), the parameter numbers used, and the text handed to sqlglot,
-which differs from the caller's only in a space after each `$n` parameter: sqlglot 27.21+
-reads `$1,$2` as the start of a dollar-quoted string. The parameter positions are PostgreSQL's,
-so nothing inside a string, identifier or comment is touched. The caller's text is what runs;
+which differs from the caller's only in a space after each `$n` parameter (sqlglot 27.21+
+reads `$1,$2` as the start of a dollar-quoted string) and in blanks over the options of an
+identity column's sequence (`GENERATED ... AS IDENTITY (SEQUENCE NAME s CACHE 1)`, which
+sqlglot cannot read; PostgreSQL's reading judges them). The positions are PostgreSQL's, so
+nothing inside a string, identifier or comment is touched. The caller's text is what runs;
 this copy is only ever analysed.
 """
 
@@ -28,6 +30,8 @@ UNICODE_ESCAPE_TOKENS = frozenset({"UIDENT", "USCONST"})
 UNICODE_ESCAPE_START = re.compile(r"[uU]&['\"]")
 # PostgreSQL's `param`: `$` and a decimal integer, digits optionally grouped by underscores.
 PARAM_TEXT = re.compile(r"\$[0-9]+(?:_[0-9]+)*")
+# A text without the word has no identity column options.
+IDENTITY_WORD = re.compile(r"identity", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def scan(sql: str, param_locations: Collection[int]) -> ScannedText:
     character beyond ASCII, byte offsets run ahead of character offsets, so the sets differ
     then too."""
     params = list(PARAM_TEXT.finditer(sql))
-    if {param.start() for param in params} == set(param_locations):
+    if {param.start() for param in params} == set(param_locations) and not IDENTITY_WORD.search(sql):
         return _spaced(sql, [(param.start(), param.end()) for param in params])
     return _scanned(sql)
 
@@ -82,7 +86,23 @@ def _scanned(sql: str) -> ScannedText:
             # pglast gives character offsets into the text (libpg_query's byte offsets,
             # converted), the last one inclusive.
             params.append((token.start, token.end + 1))
-    return _spaced(sql, params)
+    return _spaced(_without_identity_options(sql, tokens), params)
+
+
+def _without_identity_options(sql: str, tokens: list) -> str:
+    """The text with each `AS IDENTITY (...)` option list blanked, parentheses included; the
+    same length, so every position stays PostgreSQL's."""
+    for index, token in enumerate(tokens[1:-1], start=1):
+        if token.name != "IDENTITY_P" or tokens[index - 1].name != "AS" or tokens[index + 1].name != "ASCII_40":
+            continue
+        depth = 0
+        for closing in tokens[index + 1 :]:
+            depth += {"ASCII_40": 1, "ASCII_41": -1}.get(closing.name, 0)
+            if depth == 0:
+                start, end = tokens[index + 1].start, closing.end + 1
+                sql = sql[:start] + " " * (end - start) + sql[end:]
+                break
+    return sql
 
 
 def _spaced(sql: str, params: list[tuple[int, int]]) -> ScannedText:
