@@ -37,6 +37,17 @@ STATEMENT_TITLES = {
     "ExplainStmt": "EXPLAIN",
 }
 
+# PostgreSQL's other parse nodes a reason may have to name, as SQL writes them.
+NODE_TITLES = {
+    "RangeTableFunc": "XMLTABLE",
+    "JsonTable": "JSON_TABLE",
+    "RangeSubselect": "a subquery in FROM",
+    "RangeFunction": "a function in FROM",
+    "RangeVar": "a table name",
+    "JoinExpr": "a join",
+    "RangeTableSample": "TABLESAMPLE",
+}
+
 # sqlglot classes whose words are not what SQL calls them.
 SYNTAX_TITLES = {
     "Command": "a statement the analyser reads only as an opaque command",
@@ -62,6 +73,13 @@ def statement_title(node_name: str) -> str:
     if node_name in STATEMENT_TITLES:
         return STATEMENT_TITLES[node_name]
     return words(node_name.removesuffix("Stmt")).upper()
+
+
+def node_title(node_name: str) -> str:
+    """Any PostgreSQL parse node as SQL: a statement as `statement_title`, others by name."""
+    if node_name.endswith("Stmt"):
+        return statement_title(node_name)
+    return NODE_TITLES.get(node_name) or words(node_name)
 
 
 def syntax_title(class_name: str) -> str:
