@@ -69,6 +69,15 @@ CONFIG: dict[str, Any] = {
             "schemas": ["app", "public"],
             "rules": [{"allow": ["ddl", "select"], "tables": ["app.*"]}, {"allow": ["select"], "tables": ["public.*"]}],
         },
+        {
+            # No schemas: the path is pg_catalog, pg_temp, and a new unqualified name goes to
+            # pg_catalog, where no rule reaches.
+            "name": "pathless",
+            "issuer": "dev",
+            "role": "app_owner",
+            "schemas": [],
+            "rules": [{"allow": ["ddl", "select"], "tables": ["public.*"]}],
+        },
     ],
 }
 IDENTITIES = {
@@ -192,6 +201,13 @@ def test_an_unqualified_new_table_may_be_created_in_any_schema_of_the_path(engin
     assert decision.tables == ("app.events", "public.events")
     assert decision.reason.startswith("DDL on public.events is not allowed")
     assert decide(engine, "app-migrator", "CREATE TABLE app.events (id int)").allowed
+
+
+def test_without_schemas_an_unqualified_new_table_is_judged_in_pg_catalog(engine):
+    decision = decide(engine, "pathless", "CREATE TABLE events (id int)")
+    assert decision.tables == ("pg_catalog.events",)
+    assert not decision.allowed
+    assert decide(engine, "pathless", "CREATE TABLE public.events (id int)").allowed
 
 
 def test_an_unqualified_new_table_is_judged_where_it_is_created_not_where_the_name_resolves():

@@ -1,6 +1,6 @@
 """Names -> what PostgreSQL will reach, for one identity: relations and functions along the
-pinned search path `pg_catalog, <schemas>, pg_temp`, and column references through their
-query levels.
+lookup order of the pinned search path, `pg_catalog, <schemas>, pg_temp`, and column references
+through their query levels.
 
 Owns resolution only, with the catalog snapshot when there is one. Without one, or for a
 name the snapshot does not know, every place the name could lead is returned, so the rules
@@ -40,7 +40,8 @@ def resolve_access(access: TableAccess, schemas: tuple[str, ...], catalog: Catal
     is searched first but never created in: the path the gateway sets does not name it), not
     to the schema where the snapshot finds the name: every schema of the path is a candidate."""
     if access.creates and access.table.schema is None:
-        return [f"{schema}.{access.table.name}" for schema in schemas]
+        # Without schemas the path is `pg_catalog, pg_temp`, and pg_catalog is where it goes.
+        return [f"{schema}.{access.table.name}" for schema in schemas or (CATALOG_SCHEMA,)]
     return resolve_table(access.table, schemas, catalog)
 
 
