@@ -52,9 +52,10 @@ PG_STATEMENT_KINDS = {
     "CreateSchemaStmt": "ddl",
 }
 
-# DDL touches relations only (tables, views, indexes), never schemas, functions, sequences,
-# databases or roles, whose names no table rule can cover: the field holding the object type
-# of each DDL statement, and the types accepted.
+# DDL changes relations only (tables, views, indexes), never schemas, functions, sequences,
+# databases or roles, whose names no table rule can cover (CREATE TYPE ... AS ENUM and CREATE
+# SCHEMA, which only create, are judged as `schema.type` and `schema.*`): the field holding
+# the object type of each DDL statement, and the types accepted.
 RELATION_OBJECT_TYPES = frozenset({"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_INDEX"})
 PG_DDL_OBJECT_TYPES: dict[str, tuple[str, frozenset[str]]] = {
     "CreateTableAsStmt": ("objtype", frozenset({"OBJECT_TABLE"})),
