@@ -118,6 +118,14 @@ MIGRATION_DDL = [
     'CREATE SCHEMA IF NOT EXISTS "drizzle"',
     'CREATE TABLE IF NOT EXISTS "drizzle"."__drizzle_migrations" (id SERIAL PRIMARY KEY, hash text NOT NULL, '
     "created_at bigint)",
+    # ... and in the migrations after the first.
+    'ALTER TABLE "events" DROP CONSTRAINT "events_author_id_authors_id_fk"',
+    'ALTER TABLE "events" DROP CONSTRAINT IF EXISTS "events_kind_key"',
+    'ALTER TABLE "events" ALTER COLUMN "title" SET DATA TYPE varchar(200)',
+    'ALTER TABLE "events" ALTER COLUMN "rating" DROP DEFAULT',
+    'ALTER TABLE "events" ALTER COLUMN "rating" SET NOT NULL',
+    'ALTER TABLE "events" DROP COLUMN "rating"',
+    'DROP INDEX "events_title_idx"',
 ]
 
 
@@ -126,6 +134,14 @@ def test_migration_ddl_is_allowed_by_a_ddl_rule_on_its_schema(engine, sql):
     decision = decide(engine, "migrator", sql)
     assert decision.allowed, decision.reason
     assert decision.kind == "ddl"
+
+
+def test_dropping_a_constraint_is_ddl_on_its_table_and_cascade_needs_the_rule_to_say_so(engine):
+    decision = decide(engine, "events-owner", "ALTER TABLE public.events DROP CONSTRAINT events_fk")
+    assert decision.allowed, decision.reason
+    assert decision.tables == ("public.events",)
+    cascading = decide(engine, "events-owner", "ALTER TABLE public.events DROP CONSTRAINT events_pkey CASCADE")
+    assert cascading.category == "cascade"
 
 
 def test_an_identity_column_is_ddl_on_its_table_only(engine):
@@ -256,6 +272,8 @@ WORDING_STATEMENTS = [
     "CLUSTER orders",
     "IMPORT FOREIGN SCHEMA s FROM SERVER x INTO public",
     "CREATE TABLE t (a int) INHERITS (orders)",
+    'ALTER TABLE "events" RENAME COLUMN "a" TO "b"',
+    "ALTER TYPE mood ADD VALUE 'meh'",
     "SELECT * FROM XMLTABLE('/a' PASSING '<a/>' COLUMNS x int)",
     "SELECT * FROM JSON_TABLE('[1]'::jsonb, '$[*]' COLUMNS (x int PATH '$'))",
 ]

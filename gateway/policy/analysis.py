@@ -692,6 +692,7 @@ class _SqlglotView:
         self._targets: dict[int, set[str]] = {}
         self._locked: set[int] = set()
         self._created: set[int] = set()  # the relation a CREATE makes
+        self._constraint_names: set[int] = set()  # tables that are not: see `_mark_statement_targets`
         self.accesses: set[TableAccess] = set()
         self.names: set[TableName] = set()
         self.writes: list[str] = []
@@ -722,6 +723,9 @@ class _SqlglotView:
         elif isinstance(node, exp.Create):
             self._mark(node.this, "ddl")
             self._created.add(id(node.this.this if isinstance(node.this, exp.Schema) else node.this))
+        elif isinstance(node, exp.Drop) and str(node.args.get("kind")).upper() == "CONSTRAINT":
+            # ALTER TABLE ... DROP CONSTRAINT c: sqlglot holds the constraint's name as a table.
+            self._constraint_names.update(id(name) for name in node.args.get("tables") or [])
         elif isinstance(node, exp.Drop):
             for table in node.args.get("tables") or [node.this]:
                 self._mark(table, "ddl")
@@ -778,7 +782,7 @@ class _SqlglotView:
             self._mark_statement_targets(node)
             if role.write and (write := _write_statement(node)) is not None:
                 self.writes.append(write)
-        if role.table and record and isinstance(node.this, exp.Identifier):
+        if role.table and record and isinstance(node.this, exp.Identifier) and id(node) not in self._constraint_names:
             self._record_table(node, ctes)
         with_ = node.args.get("with_")
         if with_ is None and not role.scoping:
