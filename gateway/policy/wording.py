@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 
-# Readable names for the utility statements callers try most (PostgreSQL's root nodes).
+# Readable names for the utility statements callers try most (PostgreSQL's root nodes), where
+# the node's name in words is not the SQL (`CheckPointStmt` -> CHECKPOINT).
 STATEMENT_TITLES = {
     "VariableSetStmt": "SET and RESET",
     "VariableShowStmt": "SHOW",
@@ -23,18 +24,10 @@ STATEMENT_TITLES = {
     "CreateSeqStmt": "CREATE SEQUENCE",
     "VacuumStmt": "VACUUM and ANALYZE",
     "SecLabelStmt": "SECURITY LABEL",
-    "CreateEnumStmt": "CREATE TYPE ... AS ENUM",
     "CompositeTypeStmt": "CREATE TYPE ... AS (composite)",
     "CreateRangeStmt": "CREATE TYPE ... AS RANGE",
     "DefineStmt": "CREATE AGGREGATE, OPERATOR, TYPE or COLLATION",
     "CreateFunctionStmt": "CREATE FUNCTION and CREATE PROCEDURE",
-    "CreateSchemaStmt": "CREATE SCHEMA",
-    "CreateDomainStmt": "CREATE DOMAIN",
-    "CreateExtensionStmt": "CREATE EXTENSION",
-    "CreateRoleStmt": "CREATE ROLE",
-    "DoStmt": "DO",
-    "CopyStmt": "COPY",
-    "ExplainStmt": "EXPLAIN",
 }
 
 # PostgreSQL's other parse nodes a reason may have to name, as SQL writes them.
@@ -52,12 +45,7 @@ NODE_TITLES = {
 SYNTAX_TITLES = {
     "Command": "a statement the analyser reads only as an opaque command",
     "ComputedColumnConstraint": "a generated column (GENERATED ALWAYS AS (...) STORED)",
-    "GeneratedAsIdentityColumnConstraint": "an identity column (GENERATED ... AS IDENTITY)",
     "GeneratedAsRowColumnConstraint": "a system-versioned column (GENERATED ... AS ROW)",
-    "Anonymous": "a function call",
-    "PropertyEQ": "an option",
-    "Pivot": "PIVOT",
-    "Into": "INTO",
 }
 
 _CAMEL_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z][a-z0-9]*|[a-z0-9]+")
