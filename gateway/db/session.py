@@ -91,7 +91,10 @@ class TransactionSettings:
 
     @cached_property
     def _fixed_settings(self) -> str:
-        path = ", ".join(["pg_catalog", *(f'"{schema}"' for schema in self.schemas), "pg_temp"])
+        # PostgreSQL searches pg_catalog first when the path does not name it, and creates
+        # what a statement names without a schema in the path's first schema: named, pg_catalog
+        # would be that schema (where creating is always refused). Without schemas, it stays.
+        path = ", ".join([*(f'"{schema}"' for schema in self.schemas or ("pg_catalog",)), "pg_temp"])
         settings = {
             "role": self.role,
             "search_path": path,
