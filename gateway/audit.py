@@ -85,11 +85,13 @@ def _last_line(path: Path) -> bytes | None:
 
 class AuditSink:
     """Writes records to `target`: "stdout", "off", or a file path (`{pid}` in it becomes the
-    process id, so several workers can each keep an unbroken chain)."""
+    process id, so several workers can each keep an unbroken chain). Each record names the
+    replica that wrote it (`[server] replica`)."""
 
-    def __init__(self, target: str, *, chain: bool = False) -> None:
+    def __init__(self, target: str, *, chain: bool = False, replica: str | None = None) -> None:
         self.target = target
         self.chain = chain
+        self.replica = replica
         self._prev = GENESIS
         self._stream: IO[bytes] | None = None
         self._flush_pending = False
@@ -121,6 +123,7 @@ class AuditSink:
         if self._stream is None:
             return
         fields = record.finished()
+        fields["replica"] = self.replica
         if self.chain:
             fields["prev"] = self._prev
         line = orjson.dumps(fields)

@@ -106,6 +106,26 @@ class GatewayMetrics:
             multiprocess_mode="livemax",
         )
 
+        # Only with `[limits] redis_url`: 1 while rates and concurrency are counted in Redis
+        # across replicas, 0 while this process counts alone because Redis does not answer.
+        self.shared_limits_up = Gauge(
+            "gateway_shared_limits_up",
+            "1 while limits are counted in Redis across replicas, 0 while counted per process (Redis unreachable)",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.shared_limits_outages = Counter(
+            "gateway_shared_limits_outages",
+            "Times Redis stopped answering and limits fell back to per-process counting",
+            registry=registry,
+        )
+
+    def shared_limits_state(self, up: bool) -> None:
+        """Redis answers (again), or stopped answering."""
+        self.shared_limits_up.set(1 if up else 0)
+        if not up:
+            self.shared_limits_outages.inc()
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(...)`, remembered: prometheus-client looks labels up under a lock
         on every call, and this runs several times per request."""

@@ -50,6 +50,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import Decision, PolicyEngine, StatementFacts
 from gateway.policy.workers import AnalysisPool
 from gateway.secrets import SecretStore
+from gateway.shared_limits import SharedLimits
 
 FETCH_BATCH_ROWS = 5000
 # After the grace period the process exits within a second. Cut requests get this long to
@@ -182,6 +183,7 @@ class Pipeline:
         database: Database,
         audit: AuditSink,
         metrics: GatewayMetrics,
+        limits: IdentityLimits | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
@@ -189,7 +191,7 @@ class Pipeline:
         self.policy = policy
         self.database = database
         self.audit = audit
-        self.limits = IdentityLimits(config)
+        self.limits = limits or IdentityLimits(config)
         self.metrics = metrics
         # One per identity, role (several with a role claim) and transaction mode: a small,
         # bounded set.
@@ -219,14 +221,21 @@ class Pipeline:
             config.policy.max_statement_bytes,
             on_timeout=metrics.analysis_timeouts.inc,
         )
+        shared = (
+            None
+            if config.limits.redis_url is None
+            else SharedLimits(config, secrets, on_state=metrics.shared_limits_state)
+        )
+        limits = IdentityLimits(config, shared)
         return cls(
             config,
             verifier=TokenVerifier.from_config(config, secrets),
             identities=IdentityResolver.from_config(config),
-            policy=PolicyEngine(config.policy, limit_misses=True, workers=workers),
+            policy=PolicyEngine(config.policy, limit_misses=True, workers=workers, misses=limits.misses),
             database=Database(config.database, secrets, on_hold=metrics.connection_hold.observe),
-            audit=AuditSink(config.audit.sink, chain=config.audit.chain),
+            audit=AuditSink(config.audit.sink, chain=config.audit.chain, replica=config.server.replica),
             metrics=metrics,
+            limits=limits,
         )
 
     async def start(self) -> None:
@@ -237,6 +246,7 @@ class Pipeline:
         if self.config.database.check_login_role:
             await self.database.check_login_role(self.config.identity_roles())
         await self.catalog.start()
+        await self.limits.start()
         await grants.report_excess_privileges(self.config, self.database, self.metrics)
         await self.verifier.start(on_fetch=self._count_key_fetch)
         if self.credentials is not None:
@@ -278,6 +288,7 @@ class Pipeline:
             if self.policy.workers is not None:
                 await self.policy.workers.stop()
             await self.catalog.stop()
+            await self.limits.stop()
             await self.verifier.close()
             await self.database.close()
             self.audit.close()
