@@ -211,6 +211,9 @@ class SharedLimits:
 
     async def _probe(self) -> None:
         """While Redis is unreachable, one ping every `redis_retry`; the first answer ends the outage."""
+        # Connections from before the outage may have been closed by a restarted server: each
+        # would fail once more, and count as another outage.
+        await self.client.connection_pool.disconnect()
         while True:
             await asyncio.sleep(self.retry)
             try:

@@ -1,0 +1,271 @@
+"""Limits shared in Redis (`[limits] redis_url`), against a real redis-server: one token bucket
+and one set of concurrency leases per identity for every replica, leases of a dead replica
+expiring while a live one's are renewed, the password from a secret; and, with Redis stopped
+under load, each replica counting alone (one log line, the metric, `/readyz`) until Redis
+answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Api, GatewayProcess, RedisServer, eventually
+from gateway.config import ConfigError, parse_config
+from gateway.limits import RateBuckets
+from gateway.secrets import SecretStore
+from gateway.shared_limits import ADMITTED, AT_CONCURRENCY, OVER_RATE, SharedLimits
+
+
+def limits_config(redis: RedisServer | None = None, **limits: Any) -> dict[str, Any]:
+    section = {"redis_url": redis.url, **limits} if redis is not None else limits
+    return {"name": "shared", "database": {"url": "postgresql://gw@db.example/app"}, "limits": section}
+
+
+def replica(redis: RedisServer, *, states: list[bool] | None = None, **limits: Any) -> SharedLimits:
+    """One replica's view of the shared limits, as `gateway serve` builds it."""
+    config = parse_config(limits_config(redis, **limits))
+    on_state = states.append if states is not None else lambda up: None
+    return SharedLimits(config, SecretStore(), on_state=on_state)
+
+
+async def started(*replicas: SharedLimits) -> None:
+    for shared in replicas:
+        await shared.start()
+
+
+async def stopped(*replicas: SharedLimits) -> None:
+    for shared in replicas:
+        await shared.stop()
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(("limits", "expected"), [
+    ({"redis_url": "redis://:hunter2@127.0.0.1:6379/0"}, "must not contain a password; name it with"),
+    ({"redis_url": "redis://127.0.0.1:6379/0?password=hunter2"}, "must not contain a password"),
+    ({"redis_url": "http://127.0.0.1:6379"}, "expected a redis://, rediss:// or unix:// URL"),
+    ({"redis_password_secret": "REDIS_PASSWORD"}, "limits.redis_password_secret: only with limits.redis_url"),
+    ({"redis_url": "redis://127.0.0.1", "redis_timeout": 0}, "limits.redis_timeout: expected a duration above"),
+    ({"redis_url": "redis://127.0.0.1", "lease_ttl": "0s"}, "limits.lease_ttl: expected a duration above zero"),
+    ({"redis_url": "redis://127.0.0.1", "redis_password_secret": "/etc/x"}, "expected the name of a secret"),
+])
+def test_limits_settings_are_checked(limits, expected):
+    with pytest.raises(ConfigError, match="limits") as raised:
+        parse_config(limits_config(**limits))
+    assert expected in str(raised.value)
+
+
+def test_the_replica_is_named_after_the_host_unless_configured():
+    assert parse_config(limits_config()).server.replica == socket.gethostname()
+    named = parse_config({**limits_config(), "server": {"replica": "edge-1.eu"}})
+    assert named.server.replica == "edge-1.eu"
+    with pytest.raises(ConfigError, match=r"server\.replica"):
+        parse_config({**limits_config(), "server": {"replica": "a b"}})
+
+
+# ---------------------------------------------------------------------------- counted across replicas
+
+
+def test_replicas_take_from_one_token_bucket(start_redis):
+    redis = start_redis()
+
+    async def scenario() -> list[tuple[int, float] | None]:
+        a, b = replica(redis), replica(redis)
+        await started(a, b)
+        try:
+            # rate 4/s: a burst of 4, whichever replica takes them
+            return [await shared.admit("paced", 4, 100, shared.lease_id()) for shared in (a, b, a, b, a)]
+        finally:
+            await stopped(a, b)
+
+    answers = asyncio.run(scenario())
+    assert [answer[0] for answer in answers if answer] == [ADMITTED] * 4 + [OVER_RATE]
+    assert 0 < answers[-1][1] <= 0.26  # the next token, at 4/s
+
+
+def test_replicas_share_the_concurrency_cap_and_a_released_lease_frees_a_place(start_redis):
+    redis = start_redis()
+
+    async def scenario() -> None:
+        a, b = replica(redis), replica(redis)
+        await started(a, b)
+        try:
+            first, second = a.lease_id(), b.lease_id()
+            assert await a.admit("capped", None, 2, first) == (ADMITTED, 0.0)
+            assert await b.admit("capped", None, 2, second) == (ADMITTED, 0.0)
+            assert await a.admit("capped", None, 2, a.lease_id()) == (AT_CONCURRENCY, 2.0)
+            b.release(second)
+            await wait_until(lambda: b.admit("capped", None, 2, b.lease_id()), (ADMITTED, 0.0))
+        finally:
+            await stopped(a, b)
+
+    asyncio.run(scenario())
+
+
+async def wait_until(call: Callable[[], Any], expected: Any, deadline: float = 5.0) -> None:
+    give_up = time.monotonic() + deadline
+    while (answer := await call()) != expected:
+        assert time.monotonic() < give_up, f"still {answer!r}, not {expected!r}"
+        await asyncio.sleep(0.02)
+
+
+def test_a_dead_replicas_leases_expire_and_a_live_ones_are_renewed(start_redis):
+    redis = start_redis()
+
+    async def scenario() -> None:
+        live, dead, other = (replica(redis, lease_ttl="300ms") for _ in range(3))
+        await started(live, other)  # `dead` never starts its renewal: as if its process were gone
+        try:
+            assert (await live.admit("held", None, 2, live.lease_id()))[0] == ADMITTED
+            assert (await dead.admit("held", None, 2, dead.lease_id()))[0] == ADMITTED
+            assert (await other.admit("held", None, 2, other.lease_id()))[0] == AT_CONCURRENCY
+            await asyncio.sleep(0.9)  # three ttls: the live lease was renewed, the dead one expired
+            assert await other.admit("held", None, 2, "third") == (ADMITTED, 0.0)
+            assert await other.admit("held", None, 2, other.lease_id()) == (AT_CONCURRENCY, 2.0)
+        finally:
+            await stopped(live, other)
+            await dead.client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_new_statement_texts_are_counted_across_replicas(start_redis):
+    redis = start_redis()
+
+    async def scenario() -> list[float]:
+        a, b = replica(redis), replica(redis)
+        await started(a, b)
+        try:
+            buckets = [RateBuckets("misses", a), RateBuckets("misses", b)]
+            return [await buckets[n % 2].take("reader", 2) for n in range(3)]
+        finally:
+            await stopped(a, b)
+
+    first, second, third = asyncio.run(scenario())
+    assert first == second == 0 and third > 0
+
+
+def test_the_redis_password_comes_from_a_secret(start_redis, monkeypatch):
+    redis = start_redis(password="s3cret-for-redis")
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", "s3cret-for-redis")
+
+    async def scenario() -> bool:
+        shared = replica(redis, redis_password_secret="TEST_REDIS_PASSWORD")
+        await shared.start()
+        try:
+            return shared.up and (await shared.admit("paced", 1, 1, shared.lease_id())) == (ADMITTED, 0.0)
+        finally:
+            await shared.stop()
+
+    assert asyncio.run(scenario())
+
+
+def test_without_redis_every_call_answers_none_until_it_is_back(start_redis, caplog):
+    redis = start_redis()
+    states: list[bool] = []
+
+    async def scenario() -> None:
+        shared = replica(redis, states=states, redis_retry="100ms")
+        await shared.start()
+        try:
+            redis.stop()
+            for _ in range(5):
+                assert await shared.admit("paced", 10, 10, shared.lease_id()) is None
+            assert await shared.take_token("misses:paced", 10) is None
+            assert states == [True, False]  # one outage, not one per call
+            redis.start()
+            await wait_until(lambda: asyncio.sleep(0, shared.up), True)  # the probe found it
+            assert states == [True, False, True]
+            assert await shared.admit("paced", 10, 10, shared.lease_id()) == (ADMITTED, 0.0)
+        finally:
+            await shared.stop()
+
+    asyncio.run(scenario())
+    warnings = [record.getMessage() for record in caplog.records if record.name == "gateway.limits"]
+    assert len(warnings) == 2 and "did not answer" in warnings[0] and "answers again" in warnings[1]
+
+
+# ---------------------------------------------------------------------------- a gateway losing Redis under load
+
+PACED = """
+[[identities]]
+name = "paced"
+issuer = "dev"
+match = { sub = "paced" }
+role = "demo_reader"
+rate = "20/s"
+
+  [[identities.rules]]
+  allow = ["select"]
+  tables = ["public.orders"]
+"""
+
+
+def metric(gateway: GatewayProcess, name: str) -> float:
+    for line in httpx.get(f"{gateway.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def limits_state(gateway: GatewayProcess) -> str:
+    response = httpx.get(f"{gateway.url}/readyz", timeout=5)
+    assert response.status_code == 200, response.text  # counting alone is no reason to stop serving
+    return response.json()["checks"]["limits"]
+
+
+class Load:
+    """Requests as fast as one thread sends them, every status kept, until stopped."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.statuses.append(self.api.query("select id from orders where id = $1", 1).status_code)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_redis_stopped_under_load_the_gateway_counts_alone_then_shares_again(
+        start_redis, launch_gateway, gateway_config, call_as):
+    redis = start_redis()
+    config = gateway_config(PACED + f'\n[limits]\nredis_url = "{redis.url}"\nredis_retry = "200ms"\n')
+    gateway = launch_gateway(config_text=config.replace("[server]\n", '[server]\nreadyz_cache = "50ms"\n', 1))
+    with Load(call_as(gateway, "paced")) as load:
+        eventually(lambda: 429 in load.statuses, "the rate limit to refuse some requests")
+        assert limits_state(gateway) == "shared" and metric(gateway, "gateway_shared_limits_up") == 1
+        redis.stop()
+        eventually(lambda: limits_state(gateway) == "per_replica", "/readyz to say limits are per replica")
+        assert metric(gateway, "gateway_shared_limits_up") == 0
+        assert metric(gateway, "gateway_shared_limits_outages_total") == 1
+        during = len(load.statuses)
+        eventually(lambda: load.statuses[during:].count(429) >= 3 and 200 in load.statuses[during:],
+                   "the rate limit to hold, counted by the replica alone")
+        redis.start()
+        eventually(lambda: limits_state(gateway) == "shared", "/readyz to say limits are shared again")
+        assert metric(gateway, "gateway_shared_limits_up") == 1
+        after = len(load.statuses)
+        eventually(lambda: 429 in load.statuses[after:], "the shared rate limit to refuse again")
+    assert set(load.statuses) == {200, 429}  # never a 5xx
+    warnings = [line for line in gateway.output().splitlines() if '"gateway.limits"' in line]
+    assert len(warnings) == 2, warnings  # one when Redis went, one when it came back
+    assert "did not answer" in warnings[0] and "answers again" in warnings[1]
