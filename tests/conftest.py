@@ -327,6 +327,17 @@ def credentials_section(server: PgServer, user: str = ADMIN_ROLE, **settings: st
     return "\n" + "\n".join(lines) + "\n"
 
 
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, and SIGKILL if the process has not exited within `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class GatewayProcess:
     url: str
@@ -337,13 +348,7 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 def gateway_config_text(server: PgServer, tls: TlsFiles, **overrides: Any) -> str:
@@ -768,13 +773,8 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 5)
 
 
 @pytest.fixture

@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from test_approvals import setup_command
+from test_approvals import IDENTITIES as APPROVAL_IDENTITIES
+from test_approvals import LOG_TABLE, setup_command
 from test_credentials import DROP_TEMPORARY_LOGINS
+from test_credentials import IDENTITIES as CREDENTIAL_IDENTITIES
 
 from conftest import (
     ADMIN_ROLE,
@@ -62,40 +64,6 @@ concurrency = 2
   [[identities.rules]]
   allow = ["select"]
   tables = ["public.customers"]
-
-[[identities]]
-name = "clerk"
-issuer = "dev"
-match = { sub = "clerk" }
-role = "demo_writer"
-
-  [[identities.rules]]
-  allow = ["insert"]
-  tables = ["public.ledger"]
-  approval = { approvers = ["approver"], ttl = "1h" }
-
-[[identities]]
-name = "approver"
-issuer = "dev"
-match = { sub = "approver" }
-role = "demo_reader"
-
-  [[identities.rules]]
-  allow = ["select"]
-  tables = ["public.customers"]
-
-[[identities]]
-name = "analyst"
-issuer = "dev"
-match = { sub = "analyst" }
-role = "demo_reader"
-
-  [[identities.rules]]
-  allow = ["select"]
-  tables = ["public.orders"]
-
-  [identities.credentials]
-  max_active = 2
 """
 
 
@@ -105,7 +73,10 @@ def config_for(gateway_config: Callable[..., str], database: PgServer,
     """The pair's configuration, `replica` naming one of them: the shared Redis, statements that
     wait for locks as long as a test holds them, and the approvals and credentials features."""
     limits = f'\n[limits]\nredis_url = "{module_redis.url}"\nredis_timeout = "1s"\nredis_retry = "200ms"\n'
-    common = gateway_config(IDENTITIES + credentials_section(database) + limits, lock_timeout="30s")
+    # One analysis worker each: three replicas start on the machine at once.
+    limits += "\n[policy]\nanalysis_workers = 1\n"
+    identities = IDENTITIES + APPROVAL_IDENTITIES + CREDENTIAL_IDENTITIES
+    common = gateway_config(identities + credentials_section(database) + limits, lock_timeout="30s")
     server = '[server]\nreplica = "{}"\nreadyz_cache = "50ms"\n'
     return lambda replica: common.replace("[server]\n", server.format(replica), 1)
 
@@ -113,9 +84,10 @@ def config_for(gateway_config: Callable[..., str], database: PgServer,
 @pytest.fixture(scope="module")
 def set_up(database: PgServer, config_for: Callable[[str], str], gateway_env: dict[str, str],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """`gateway setup` (the approvals table), undone afterwards with any temporary login left."""
+    """`gateway setup` (the approvals table) and the table approved statements write to, undone
+    afterwards with any temporary login left."""
     superuser = Superuser(database)
-    superuser.execute(f"GRANT CREATE ON DATABASE {TEST_DATABASE} TO {ADMIN_ROLE}")
+    superuser.execute(LOG_TABLE + f"GRANT CREATE ON DATABASE {TEST_DATABASE} TO {ADMIN_ROLE}")
     env = {**os.environ, **gateway_env, ADMIN_SECRET: database.admin_password}
     done = setup_command(config_for("setup"), tmp_path_factory.mktemp("setup"), env)
     assert done.returncode == 0, done.stderr
@@ -123,23 +95,26 @@ def set_up(database: PgServer, config_for: Callable[[str], str], gateway_env: di
         yield
     finally:
         superuser.execute(DROP_TEMPORARY_LOGINS)
-        superuser.execute(f"DROP SCHEMA IF EXISTS gateway CASCADE; REVOKE CREATE ON DATABASE {TEST_DATABASE} "
-                          f"FROM {ADMIN_ROLE}")
+        superuser.execute("DROP SCHEMA IF EXISTS gateway CASCADE; DROP TABLE public.approval_log;"
+                          f"REVOKE CREATE ON DATABASE {TEST_DATABASE} FROM {ADMIN_ROLE}")
         superuser.close()
 
 
 @pytest.fixture(scope="module")
-def launch_replica(set_up: None, launch_gateway: Callable[..., GatewayProcess], config_for: Callable[[str], str],
-                   database: PgServer) -> Callable[[str], GatewayProcess]:
-    return lambda name: launch_gateway(config_text=config_for(name), env={ADMIN_SECRET: database.admin_password})
+def replicas(set_up: None, launch_gateway: Callable[..., GatewayProcess], config_for: Callable[[str], str],
+             database: PgServer) -> Iterator[dict[str, GatewayProcess]]:
+    """Replicas A and B, and C, which a test stops; stopped with the module."""
+    names = ("replica-a", "replica-b", "replica-c")
+    env = {ADMIN_SECRET: database.admin_password}
+    started = [launch_gateway(config_text=config_for(name), env=env) for name in names]
+    yield dict(zip(names, started, strict=True))
+    for replica in started:
+        replica.stop()
 
 
 @pytest.fixture(scope="module")
-def pair(launch_replica: Callable[[str], GatewayProcess]) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    replicas = launch_replica("replica-a"), launch_replica("replica-b")
-    yield replicas
-    for replica in replicas:
-        replica.stop()
+def pair(replicas: dict[str, GatewayProcess]) -> tuple[GatewayProcess, GatewayProcess]:
+    return replicas["replica-a"], replicas["replica-b"]
 
 
 @pytest.fixture
@@ -221,7 +196,7 @@ def test_an_approval_asked_on_one_replica_is_decided_on_the_other(spread, superu
     clerk_on_a, _ = spread("clerk")
     _, approver_on_b = spread("approver")
     note = f"approved-across-{time.monotonic_ns()}"
-    held = clerk_on_a.query("insert into public.ledger (note) values ($1)", note)
+    held = clerk_on_a.query("insert into public.approval_log (note) values ($1)", note)
     assert held.status_code == 202, held.text
     approval = held.json()["approval"]["id"]
     assert approval in [item["id"] for item in approver_on_b.get("/v1/approvals").json()["approvals"]]
@@ -229,7 +204,7 @@ def test_an_approval_asked_on_one_replica_is_decided_on_the_other(spread, superu
     assert decided.status_code == 200 and decided.json()["approval"]["status"] == "done", decided.text
     fetched = clerk_on_a.get(f"/v1/approvals/{approval}").json()["approval"]
     assert fetched["status"] == "done" and fetched["result"]["rowCount"] == 1
-    assert superuser.fetchval("select count(*) from public.ledger where note = $1", note) == 1
+    assert superuser.fetchval("select count(*) from public.approval_log where note = $1", note) == 1
 
 
 def test_a_login_issued_on_one_replica_is_listed_and_revoked_on_the_other(spread):
@@ -246,8 +221,8 @@ def test_a_login_issued_on_one_replica_is_listed_and_revoked_on_the_other(spread
 # ---------------------------------------------------------------------------- a replica stopped under load
 
 
-def test_a_replica_stopped_under_a_write_load_loses_no_acknowledged_write(pair, launch_replica, call_as, superuser):
-    leaving = launch_replica("replica-c")
+def test_a_replica_stopped_under_a_write_load_loses_no_acknowledged_write(replicas, pair, call_as, superuser):
+    leaving = replicas["replica-c"]
     apis = [call_as(pair[0], "writer", tenant="acme"), call_as(leaving, "writer", tenant="acme")]
     acknowledged: dict[int, list[str]] = {0: [], 1: []}
     other_answers: list[int | str] = []
