@@ -18,7 +18,7 @@ import time
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, rate_limited
 from gateway.identity import Identity
-from gateway.shared_limits import OVER_RATE, SharedLimits, bucket_capacity
+from gateway.shared_limits import AT_CONCURRENCY, OVER_RATE, SharedLimits, bucket_capacity
 
 
 class TokenBucket:
@@ -123,7 +123,7 @@ class Admission:
         outcome, value = answer
         if outcome == OVER_RATE:
             raise over_rate(identity, value)
-        if value:
+        if outcome == AT_CONCURRENCY:
             raise at_concurrency(identity, int(value))
         self._lease = lease
         return True

@@ -15,14 +15,16 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from gateway.config import GatewayConfig
-from gateway.secrets import SecretStore
+from gateway.secrets import MissingSecret, SecretStore
 
 logger = logging.getLogger("gateway.limits")
 
@@ -77,8 +79,9 @@ return #KEYS
 
 ADMITTED, OVER_RATE, AT_CONCURRENCY = 0, 1, 2
 ALONE = "counting rates and concurrency in this replica alone until it does"
-# What a failed call to Redis raises: its own errors, the network's, and the deadline.
-REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+# What a failed call to Redis raises: its own errors, the network's, the deadline, and a
+# password secret that cannot be read as a connection opens.
+REDIS_FAILURES = (RedisError, OSError, TimeoutError, MissingSecret)
 
 
 def _why(error: BaseException) -> str:
@@ -89,6 +92,41 @@ def _why(error: BaseException) -> str:
 def bucket_capacity(rate: float) -> float:
     """A bucket's burst: one second's worth of tokens, and at least one."""
     return max(1.0, rate)
+
+
+class SecretPassword(CredentialProvider):
+    """Redis's password from a secret, read as each connection opens: a rotated secret file
+    takes effect without a restart, as the database's password does."""
+
+    def __init__(self, secrets: SecretStore, name: str, username: str | None) -> None:
+        self.secrets = secrets
+        self.name = name
+        self.username = username
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self.secrets.get(self.name)
+        return (password,) if self.username is None else (self.username, password)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+
+def _client(url: str, secrets: SecretStore, password_secret: str | None, timeout: float, name: str) -> Redis:
+    """redis-py's asyncio client, without retries of its own: a failed call falls back at once,
+    and the probe tries again. With a password, the URL's user goes to the credentials."""
+    provider = None
+    if password_secret is not None:
+        parts = urlsplit(url)
+        provider = SecretPassword(secrets, password_secret, parts.username)
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return Redis.from_url(
+        url,
+        credential_provider=provider,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        client_name=name,
+    )
 
 
 class SharedLimits:
@@ -104,15 +142,12 @@ class SharedLimits:
     ) -> None:
         limits = config.limits
         assert limits.redis_url is not None
-        password = None if limits.redis_password_secret is None else secrets.get(limits.redis_password_secret)
-        # No retries inside redis-py: a failed call falls back at once, and the probe retries.
-        self.client = Redis.from_url(
+        self.client = _client(
             limits.redis_url,
-            password=password,
-            socket_timeout=limits.redis_timeout,
-            socket_connect_timeout=limits.redis_timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"gateway:{config.server.replica}",
+            secrets,
+            limits.redis_password_secret,
+            limits.redis_timeout,
+            f"gateway:{config.server.replica}",
         )
         # Keys carry the gateway's name: replicas of one gateway share them, other gateways
         # on the same Redis do not.

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from conftest import RedisServer
 from gateway.config import ConfigError, parse_config
@@ -152,15 +153,41 @@ def test_new_statement_texts_are_counted_across_replicas(start_redis):
     assert first == second == 0 and third > 0
 
 
-def test_the_redis_password_comes_from_a_secret(start_redis, monkeypatch):
-    redis = start_redis(password="s3cret-for-redis")
-    monkeypatch.setenv("TEST_REDIS_PASSWORD", "s3cret-for-redis")
+def test_the_redis_password_comes_from_a_secret_read_as_each_connection_opens(start_redis, tmp_path):
+    redis = start_redis(password="first-redis-password")
+    (tmp_path / "REDIS_PASSWORD").write_text("first-redis-password\n")
 
-    async def scenario() -> bool:
-        shared = replica(redis, redis_password_secret="TEST_REDIS_PASSWORD")
+    async def scenario() -> None:
+        config = parse_config(limits_config(redis, redis_password_secret="REDIS_PASSWORD"))
+        shared = SharedLimits(config, SecretStore(tmp_path))
         await shared.start()
         try:
-            return shared.up and (await shared.admit("paced", 1, 1, shared.lease_id())) == (ADMITTED, 0.0)
+            assert shared.up and await shared.admit("paced", 1, 1, shared.lease_id()) == (ADMITTED, 0.0)
+            await shared.client.config_set("requirepass", "second-redis-password")
+            (tmp_path / "REDIS_PASSWORD").write_text("second-redis-password\n")
+            await shared.client.connection_pool.disconnect()  # the next call opens a new connection
+            assert await shared.take_token("misses:paced", 1) == 0
+        finally:
+            await shared.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_user_named_in_the_url_logs_in_with_the_secrets_password(start_redis, tmp_path):
+    redis = start_redis(password="default-user-password")
+    (tmp_path / "REDIS_PASSWORD").write_text("limits-user-password")
+
+    async def scenario() -> bool:
+        admin = Redis.from_url(redis.url, password="default-user-password")
+        await admin.acl_setuser("limits", enabled=True, passwords=["+limits-user-password"], keys=["*"],
+                                commands=["+@all"])
+        await admin.aclose()
+        url = redis.url.replace("redis://", "redis://limits@")
+        config = parse_config(limits_config(redis_url=url, redis_password_secret="REDIS_PASSWORD"))
+        shared = SharedLimits(config, SecretStore(tmp_path))
+        await shared.start()
+        try:
+            return shared.up and await shared.client.acl_whoami() == "limits"
         finally:
             await shared.stop()
 
