@@ -17,8 +17,10 @@ import pytest
 from redis.asyncio import Redis
 
 from conftest import RedisServer
-from gateway.config import ConfigError, parse_config
-from gateway.limits import RateBuckets
+from gateway.config import ConfigError, GatewayConfig, parse_config
+from gateway.errors import GatewayError
+from gateway.identity import Identity
+from gateway.limits import IdentityLimits, RateBuckets
 from gateway.secrets import SecretStore
 from gateway.shared_limits import ADMITTED, AT_CONCURRENCY, OVER_RATE, SharedLimits
 
@@ -137,6 +139,50 @@ def test_a_dead_replicas_leases_expire_and_a_live_ones_are_renewed(start_redis):
     asyncio.run(scenario())
 
 
+def admission_config(redis: RedisServer) -> GatewayConfig:
+    """One identity of concurrency 3 holding at most one of this process's connections, whose
+    next request waits for it 100 ms."""
+    return parse_config({
+        **limits_config(redis),
+        "database": {"url": "postgresql://gw@db.example/app", "acquire_timeout": "100ms"},
+        "issuers": [{"name": "dev", "issuer": "dev", "audience": "gw", "hs256_secret": "KEY"}],
+        "identities": [{"name": "shared", "issuer": "dev", "role": "app", "concurrency": 3, "max_connections": 1}],
+    })
+
+
+def test_a_request_refused_its_connection_gives_its_lease_back(start_redis):
+    redis = start_redis()
+    config = admission_config(redis)
+    identity = Identity.from_config(config.identities[0])
+
+    async def scenario() -> tuple[str, int, int]:
+        shared = SharedLimits(config, SecretStore())
+        limits = IdentityLimits(config, shared)
+        await limits.start()
+        try:
+            async with limits.admit(identity):
+                with pytest.raises(GatewayError) as refused:
+                    async with limits.admit(identity):
+                        pass
+                leases = shared.prefix + "leases:shared"
+                held = await wait_for_count(shared, leases, 1)
+            return refused.value.message, held, await wait_for_count(shared, leases, 0)
+        finally:
+            await limits.stop()
+
+    message, held_while_refused, held_after = asyncio.run(scenario())
+    assert "holds all 1 database connections" in message
+    assert (held_while_refused, held_after) == (1, 0)
+
+
+async def wait_for_count(shared: SharedLimits, key: str, expected: int) -> int:
+    """The leases under `key` once they are `expected` (released in the background), or as they are after 5s."""
+    give_up = time.monotonic() + 5
+    while (count := await shared.client.zcard(key)) != expected and time.monotonic() < give_up:
+        await asyncio.sleep(0.02)
+    return count
+
+
 def test_new_statement_texts_are_counted_across_replicas(start_redis):
     redis = start_redis()
 
@@ -207,6 +253,8 @@ def test_without_redis_every_call_answers_none_until_it_is_back(start_redis, cap
                 assert await shared.admit("paced", 10, 10, shared.lease_id()) is None
             assert await shared.take_token("misses:paced", 10) is None
             assert states == [True, False]  # one outage, not one per call
+            misses = RateBuckets("misses", shared)  # counted in the process meanwhile
+            assert [await misses.take("paced", 1) > 0 for _ in range(2)] == [False, True]
             redis.start()
             await wait_until(lambda: asyncio.sleep(0, shared.up), True)  # the probe found it
             assert states == [True, False, True]
