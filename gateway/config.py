@@ -285,6 +285,8 @@ class LimitsConfig:
     redis_timeout: Seconds = 0.2
     # While Redis is unreachable, how often it is tried again.
     redis_retry: Seconds = 1.0
+    # Connections to Redis per process; a call waits for one within redis_timeout.
+    redis_connections: int = 16
     # A request's concurrency lease lasts this long unless renewed (every third of it while
     # the request runs): a replica that dies frees its leases within this time.
     lease_ttl: Seconds = 30.0
@@ -650,6 +652,8 @@ def _validate_limits(limits: LimitsConfig, fail: Fail) -> None:
     for key in ("redis_timeout", "redis_retry", "lease_ttl"):
         if getattr(limits, key) <= 0:
             fail(f"limits.{key}", "expected a duration above zero")
+    if limits.redis_connections < 1:
+        fail("limits.redis_connections", "expected at least 1")
     if limits.redis_url is None:
         if limits.redis_password_secret is not None:
             fail("limits.redis_password_secret", "only with limits.redis_url")

@@ -14,16 +14,17 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, LimitsConfig
 from gateway.secrets import MissingSecret, SecretStore
 
 logger = logging.getLogger("gateway.limits")
@@ -111,22 +112,25 @@ class SecretPassword(CredentialProvider):
         return self.get_credentials()
 
 
-def _client(url: str, secrets: SecretStore, password_secret: str | None, timeout: float, name: str) -> Redis:
-    """redis-py's asyncio client, without retries of its own: a failed call falls back at once,
-    and the probe tries again. With a password, the URL's user goes to the credentials."""
+def _client(url: str, secrets: SecretStore, limits: LimitsConfig, name: str) -> Redis:
+    """redis-py's asyncio client over at most `redis_connections` connections (`SharedLimits`
+    lets no more calls run at once), without retries of its own: a failed call falls back at
+    once, and the probe tries again. With a password, the URL's user goes to the credentials."""
     provider = None
-    if password_secret is not None:
+    if limits.redis_password_secret is not None:
         parts = urlsplit(url)
-        provider = SecretPassword(secrets, password_secret, parts.username)
+        provider = SecretPassword(secrets, limits.redis_password_secret, parts.username)
         url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    return Redis.from_url(
+    pool = ConnectionPool.from_url(
         url,
+        max_connections=limits.redis_connections,
         credential_provider=provider,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
+        socket_timeout=limits.redis_timeout,
+        socket_connect_timeout=limits.redis_timeout,
         retry=Retry(NoBackoff(), 0),
         client_name=name,
     )
+    return Redis.from_pool(pool)
 
 
 class SharedLimits:
@@ -142,13 +146,7 @@ class SharedLimits:
     ) -> None:
         limits = config.limits
         assert limits.redis_url is not None
-        self.client = _client(
-            limits.redis_url,
-            secrets,
-            limits.redis_password_secret,
-            limits.redis_timeout,
-            f"gateway:{config.server.replica}",
-        )
+        self.client = _client(limits.redis_url, secrets, limits, f"gateway:{config.server.replica}")
         # Keys carry the gateway's name: replicas of one gateway share them, other gateways
         # on the same Redis do not.
         self.prefix = f"gateway:{config.name}:"
@@ -160,13 +158,18 @@ class SharedLimits:
         self._admit = self.client.register_script(ADMIT_SCRIPT)
         self._renew = self.client.register_script(RENEW_SCRIPT)
         self._leases: dict[str, str] = {}  # lease id -> its key, for renewal
+        self._releasing: dict[str, list[str]] = {}  # key -> lease ids to give back in the next call
+        self._release_scheduled = False
         self._tasks: set[asyncio.Task] = set()  # releases under way, the probe, the renewer
+        # Calls wait here for a connection, within their deadline. (Not redis-py's blocking
+        # pool: on Python 3.11 a waiter cancelled by its deadline can swallow the wake-up meant
+        # for the next one, which then times out with connections free.)
+        self._connections = asyncio.Semaphore(limits.redis_connections)
 
     async def start(self) -> None:
         """Counting in Redis if it answers now, else in the process until it does."""
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.client.ping()
+            await self._attempt(self.client.ping)
         except REDIS_FAILURES as error:
             logger.warning("redis at the limits' redis_url did not answer at start (%s): %s", _why(error), ALONE)
             self._mark(up=False)
@@ -190,7 +193,7 @@ class SharedLimits:
         or (AT_CONCURRENCY, leases held); None when Redis did not answer."""
         keys = [self.prefix + "rate:" + identity, self.prefix + "leases:" + identity]
         args = [rate or 0, bucket_capacity(rate or 1), concurrency, lease, self.lease_ms]
-        answer = await self._call(self._admit(keys=keys, args=args))
+        answer = await self._call(partial(self._admit, keys=keys, args=args))
         if answer is None:
             return None
         if answer[0] == ADMITTED:
@@ -202,17 +205,33 @@ class SharedLimits:
         """0 when a token was taken from the shared bucket, else the seconds until one comes;
         None when Redis did not answer."""
         keys = [self.prefix + bucket] * 2  # no lease: the second key is not used
-        answer = await self._call(self._admit(keys=keys, args=[rate, bucket_capacity(rate), 0, "", 0]))
+        answer = await self._call(partial(self._admit, keys=keys, args=[rate, bucket_capacity(rate), 0, "", 0]))
         if answer is None:
             return None
         return 0.0 if answer[0] == ADMITTED else answer[1] / 1000
 
     def release(self, lease: str) -> None:
         """Give a lease back, in the background: the request's answer does not wait for it.
-        Should Redis not answer, the lease expires within `lease_ttl`."""
+        Leases given back meanwhile go together in the next call (one at a time, so releases
+        never crowd out admissions). Should Redis not answer, they expire within `lease_ttl`."""
         key = self._leases.pop(lease, None)
-        if key is not None and self.up:
-            self._spawn(self._call(self.client.zrem(key, lease)))
+        if key is None or not self.up:
+            return
+        self._releasing.setdefault(key, []).append(lease)
+        if not self._release_scheduled:
+            self._release_scheduled = True
+            self._spawn(self._release_pending())
+
+    async def _release_pending(self) -> None:
+        try:
+            while self._releasing and self.up:
+                batch, self._releasing = self._releasing, {}
+                pipeline = self.client.pipeline(transaction=False)
+                for key, leases in batch.items():
+                    pipeline.zrem(key, *leases)
+                await self._call(pipeline.execute)
+        finally:
+            self._release_scheduled = False
 
     async def _renew_leases(self) -> None:
         """Leases of long requests last as long as their requests: renewed together, in one
@@ -221,13 +240,17 @@ class SharedLimits:
             await asyncio.sleep(self.lease_ms / 3000)
             leases = dict(self._leases)
             if leases and self.up:
-                await self._call(self._renew(keys=list(leases.values()), args=[self.lease_ms, *leases]))
+                await self._call(partial(self._renew, keys=list(leases.values()), args=[self.lease_ms, *leases]))
 
-    async def _call(self, call: Awaitable[T]) -> T | None:
-        """The call's answer within the deadline; None, and the outage noted, when there is none."""
+    async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
+        """The call's answer, a connection and the answer both within the deadline."""
+        async with asyncio.timeout(self.timeout), self._connections:
+            return await call()
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """`_attempt`, or None, and the outage noted, when Redis does not answer."""
         try:
-            async with asyncio.timeout(self.timeout):
-                return await call
+            return await self._attempt(call)
         except REDIS_FAILURES as error:
             self._lost(error)
             return None
@@ -252,8 +275,7 @@ class SharedLimits:
         while True:
             await asyncio.sleep(self.retry)
             try:
-                async with asyncio.timeout(self.timeout):
-                    await self.client.ping()
+                await self._attempt(self.client.ping)
             except REDIS_FAILURES:
                 continue
             logger.warning("redis answers again: rates and concurrency are counted across replicas again")

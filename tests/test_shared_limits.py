@@ -57,6 +57,7 @@ async def stopped(*replicas: SharedLimits) -> None:
     ({"redis_password_secret": "REDIS_PASSWORD"}, "limits.redis_password_secret: only with limits.redis_url"),
     ({"redis_url": "redis://127.0.0.1", "redis_timeout": 0}, "limits.redis_timeout: expected a duration above"),
     ({"redis_url": "redis://127.0.0.1", "lease_ttl": "0s"}, "limits.lease_ttl: expected a duration above zero"),
+    ({"redis_url": "redis://127.0.0.1", "redis_connections": 0}, "limits.redis_connections: expected at least 1"),
     ({"redis_url": "redis://127.0.0.1", "redis_password_secret": "/etc/x"}, "expected the name of a secret"),
 ])
 def test_limits_settings_are_checked(limits, expected):
@@ -117,6 +118,23 @@ async def wait_until(call: Callable[[], Any], expected: Any, deadline: float = 5
     while (answer := await call()) != expected:
         assert time.monotonic() < give_up, f"still {answer!r}, not {expected!r}"
         await asyncio.sleep(0.02)
+
+
+def test_a_burst_waits_for_the_few_connections_instead_of_failing(start_redis):
+    redis = start_redis()
+    states: list[bool] = []
+
+    async def scenario() -> list[tuple[int, float] | None]:
+        shared = replica(redis, states=states, redis_connections=2, redis_timeout="5s")
+        await shared.start()
+        try:
+            return await asyncio.gather(*(shared.admit("burst", None, 100, shared.lease_id()) for _ in range(60)))
+        finally:
+            await shared.stop()
+
+    answers = asyncio.run(scenario())
+    assert answers == [(ADMITTED, 0.0)] * 60
+    assert states == [True]  # never taken for an outage
 
 
 def test_a_dead_replicas_leases_expire_and_a_live_ones_are_renewed(start_redis):
