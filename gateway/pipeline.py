@@ -214,7 +214,7 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
         secrets = secrets or config.secret_store()
-        metrics = GatewayMetrics()
+        metrics = GatewayMetrics(shared_limits=config.limits.redis_url is not None)
         workers = AnalysisPool(
             config.policy.analysis_workers,
             config.policy.analysis_timeout,

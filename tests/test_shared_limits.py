@@ -21,6 +21,7 @@ from gateway.config import ConfigError, GatewayConfig, parse_config
 from gateway.errors import GatewayError
 from gateway.identity import Identity
 from gateway.limits import IdentityLimits, RateBuckets
+from gateway.metrics import GatewayMetrics
 from gateway.secrets import SecretStore
 from gateway.shared_limits import ADMITTED, AT_CONCURRENCY, OVER_RATE, SharedLimits
 
@@ -72,6 +73,14 @@ def test_the_replica_is_named_after_the_host_unless_configured():
     assert named.server.replica == "edge-1.eu"
     with pytest.raises(ConfigError, match=r"server\.replica"):
         parse_config({**limits_config(), "server": {"replica": "a b"}})
+
+
+def test_the_shared_limits_metrics_exist_only_with_redis():
+    assert b"gateway_shared_limits_up" not in GatewayMetrics().render()[0]
+    with_redis = GatewayMetrics(shared_limits=True)
+    with_redis.shared_limits_state(False)
+    body = with_redis.render()[0].decode()
+    assert "gateway_shared_limits_up 0.0" in body and "gateway_shared_limits_outages_total 1.0" in body
 
 
 # ---------------------------------------------------------------------------- counted across replicas
