@@ -95,9 +95,9 @@ def set_up(database: PgServer, config_for: Callable[[str], str], gateway_env: di
     superuser = Superuser(database)
     superuser.execute(LOG_TABLE + f"GRANT CREATE ON DATABASE {TEST_DATABASE} TO {ADMIN_ROLE}")
     env = {**os.environ, **gateway_env, ADMIN_SECRET: database.admin_password}
-    done = setup_command(config_for("setup"), tmp_path_factory.mktemp("setup"), env)
-    assert done.returncode == 0, done.stderr
     try:
+        done = setup_command(config_for("setup"), tmp_path_factory.mktemp("setup"), env)
+        assert done.returncode == 0, done.stderr
         yield
     finally:
         superuser.execute(DROP_TEMPORARY_LOGINS)
