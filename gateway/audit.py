@@ -86,12 +86,14 @@ def _last_line(path: Path) -> bytes | None:
 
 class AuditSink:
     """Writes records to `target`: "stdout", "off", or a file path (`{pid}` in it becomes the
-    process id, so several workers can each keep an unbroken chain)."""
+    process id, so several workers can each keep an unbroken chain). Each record names the
+    replica that wrote it (`[server] replica`)."""
 
-    def __init__(self, target: str, *, chain: bool = False, summary: bool = False) -> None:
+    def __init__(self, target: str, *, chain: bool = False, summary: bool = False, replica: str | None = None) -> None:
         self.target = target
         self.chain = chain
         self.summary = summary
+        self.replica = replica
         self._prev = GENESIS
         self._stream: IO[bytes] | None = None
         self._flush_pending = False
@@ -123,6 +125,7 @@ class AuditSink:
         if self._stream is None and not self.summary:
             return
         fields = record.finished()
+        fields["replica"] = self.replica
         if self.summary:
             sys.stderr.write(summary_line(fields) + "\n")
         if self._stream is None:

@@ -51,6 +51,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import Decision, PolicyEngine, StatementFacts
 from gateway.policy.workers import AnalysisPool
 from gateway.secrets import SecretStore
+from gateway.shared_limits import SharedLimits
 
 FETCH_BATCH_ROWS = 5000
 # After the grace period the process exits within a second. Cut requests get this long to
@@ -186,6 +187,7 @@ class Pipeline:
         database: Database,
         audit: AuditSink,
         metrics: GatewayMetrics,
+        limits: IdentityLimits | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
@@ -193,7 +195,7 @@ class Pipeline:
         self.policy = policy
         self.database = database
         self.audit = audit
-        self.limits = IdentityLimits(config)
+        self.limits = limits or IdentityLimits(config)
         self.metrics = metrics
         # One per identity, role (several with a role claim) and transaction mode: a small,
         # bounded set.
@@ -216,21 +218,33 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
         secrets = secrets or config.secret_store()
-        metrics = GatewayMetrics()
+        metrics = GatewayMetrics(shared_limits=config.limits.redis_url is not None)
         workers = AnalysisPool(
             config.policy.analysis_workers,
             config.policy.analysis_timeout,
             config.policy.max_statement_bytes,
             on_timeout=metrics.analysis_timeouts.inc,
         )
+        shared = (
+            None
+            if config.limits.redis_url is None
+            else SharedLimits(config, secrets, on_state=metrics.shared_limits_state)
+        )
+        limits = IdentityLimits(config, shared)
         return cls(
             config,
             verifier=TokenVerifier.from_config(config, secrets),
             identities=IdentityResolver.from_config(config),
-            policy=PolicyEngine(config.policy, limit_misses=True, workers=workers),
+            policy=PolicyEngine(config.policy, limit_misses=True, workers=workers, misses=limits.misses),
             database=Database(config.database, secrets, on_hold=metrics.connection_hold.observe),
-            audit=AuditSink(config.audit.sink, chain=config.audit.chain, summary=config.audit.summary),
+            audit=AuditSink(
+                config.audit.sink,
+                chain=config.audit.chain,
+                summary=config.audit.summary,
+                replica=config.server.replica,
+            ),
             metrics=metrics,
+            limits=limits,
         )
 
     async def start(self) -> None:
@@ -243,6 +257,7 @@ class Pipeline:
         await self.catalog.start()
         for warning in absent_rule_tables(self.config.identities, self.catalog.present_relations()):
             logger.warning(warning)
+        await self.limits.start()
         await grants.report_excess_privileges(self.config, self.database, self.metrics)
         await self.verifier.start(on_fetch=self._count_key_fetch)
         if self.credentials is not None:
@@ -284,6 +299,7 @@ class Pipeline:
             if self.policy.workers is not None:
                 await self.policy.workers.stop()
             await self.catalog.stop()
+            await self.limits.stop()
             await self.verifier.close()
             await self.database.close()
             self.audit.close()

@@ -66,7 +66,7 @@ async def _admin_preflight(config: GatewayConfig, credentials: CredentialsConfig
 def app_from_environment() -> Front:
     """The app for uvicorn's worker processes, which re-read the configuration file."""
     config = load_config(os.environ["GATEWAY_CONFIG"], env=os.environ.get("GATEWAY_ENV") or None)
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, config.server.replica)
     return create_app(config)
 
 
@@ -86,7 +86,7 @@ def start_metrics_listener(config: MetricsConfig, app: Front | None) -> WSGIServ
 def serve(
     config: GatewayConfig, *, host: str, port: int, workers: int, config_path: str | None, env: str | None
 ) -> int:
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, config.server.replica)
     if workers > 1 and config.metrics.listen is not None and not os.environ.get(MULTIPROCESS_DIR):
         print(
             f"gateway: [metrics] listen with --workers {workers} needs {MULTIPROCESS_DIR}, an empty directory "

@@ -149,7 +149,8 @@ DOCS = Operation(
 
 
 class Readiness:
-    """`GET /readyz`: database reachable and issuers loaded. A check takes a pool connection,
+    """`GET /readyz`: database reachable and issuers loaded (and, with `[limits] redis_url`,
+    where limits are counted, which does not change readiness). A check takes a pool connection,
     so its answer is kept for `server.readyz_cache`, and calls arriving while one runs wait
     for its answer instead of each taking a connection."""
 
@@ -172,7 +173,11 @@ class Readiness:
     async def _check(self) -> tuple[int, bytes]:
         database_ok = await self.pipeline.database.ping()
         issuers = self.pipeline.verifier.issuer_status()
-        checks = {"database": "ok" if database_ok else "unreachable", "issuers": issuers}
+        checks: dict[str, object] = {"database": "ok" if database_ok else "unreachable", "issuers": issuers}
+        shared = self.pipeline.limits.shared
+        if shared is not None:
+            # Not a reason to stop taking requests: each replica then enforces the limits alone.
+            checks["limits"] = "shared" if shared.up else "per_replica"
         ready = database_ok and all(state in READY_STATES for state in issuers.values())
         return 200 if ready else 503, orjson.dumps({"status": "ready" if ready else "not_ready", "checks": checks})
 
