@@ -19,7 +19,7 @@ from gateway.approvals import TABLE as APPROVALS_TABLE
 from gateway.approvals import ApprovalStore
 from gateway.config import CredentialsConfig, GatewayConfig, MetricsConfig, load_config
 from gateway.db.admin import AdminRoleError, check_admin_can_grant, check_admin_role, connect_admin
-from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
+from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError, PoolerError
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROCESS_DIR, multiprocess_registry
@@ -37,7 +37,7 @@ async def preflight(config: GatewayConfig) -> str | None:
                 f"refusing to start: some rule has approval, but {config.approvals.schema}.{APPROVALS_TABLE} does "
                 "not exist (or the login may not use it): run `gateway setup --config FILE` with the admin login"
             )
-    except LoginRoleError as error:
+    except (LoginRoleError, PoolerError) as error:
         return f"refusing to start: {error}"
     except (GatewayError, *CONNECTION_ERRORS) as error:
         return f"cannot reach the database: {error}"
