@@ -106,6 +106,11 @@ class DatabaseConfig:
     # "pgbouncer": the URL reaches PostgreSQL through PgBouncer in transaction pooling mode, where
     # consecutive transactions of one connection may run on different server sessions.
     pooler: Pooler = "none"
+    # Where the one connection that LISTENs for catalog changes goes, when not to `url`: a URL
+    # that reaches PostgreSQL directly (or through a session pool), with the same login and TLS
+    # settings. Behind a transaction pooler without it, nothing listens: the catalog is re-read
+    # every `policy.catalog_refresh`.
+    listen_url: str | None = None
 
 
 @dataclass(frozen=True)

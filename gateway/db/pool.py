@@ -11,6 +11,7 @@ a connection per request lives in `gateway.db.session`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import tempfile
 import time
@@ -123,6 +124,15 @@ class Database:
         """Whether consecutive transactions of a connection may run on different server
         sessions (`pooler = "pgbouncer"`): nothing is prepared or set outside a transaction."""
         return self.config.pooler == "pgbouncer"
+
+    def listening_database(self) -> Database | None:
+        """Where a connection that LISTENs goes: `listen_url` when set, else the pool's URL,
+        and nowhere behind a transaction pooler, which runs each transaction on whichever
+        server session is free (notifications reach the session that listened, not this
+        connection)."""
+        if self.config.listen_url is not None:
+            return Database(dataclasses.replace(self.config, url=self.config.listen_url), self.secrets)
+        return None if self.transaction_pooling else self
 
     # -------------------------------------------------------------- connecting
 
