@@ -1,6 +1,6 @@
 """A real PgBouncer (the Debian package) on a loopback port, in front of the suite's
 PostgreSQL: transaction pooling, TLS on both hops (clients see a certificate made at test
-time; PgBouncer verifies PostgreSQL's with verify-full), and SCRAM verifiers copied from
+time, by the suite's CA; PgBouncer verifies PostgreSQL's with verify-full), and SCRAM verifiers copied from
 PostgreSQL into its auth_file, so that it passes each client's SCRAM login through.
 """
 
@@ -28,7 +28,6 @@ class PgBouncer:
     port: int
     folder: Path
     process: subprocess.Popen
-    ca: Path  # the CA that signed the certificate PgBouncer shows its clients
 
     def url(self, user: str, database: str) -> str:
         return f"postgresql://{user}@localhost:{self.port}/{database}"
@@ -56,17 +55,16 @@ async def scram_verifiers(superuser: asyncpg.Connection, users: list[str]) -> st
 
 
 def start_pgbouncer(
-    *, server_port: int, database: str, server_ca: Path, auth_lines: str, pool_size: int, **settings: str
+    *, server_port: int, database: str, ca: trustme.CA, server_ca: Path, auth_lines: str, pool_size: int,
+    **settings: str,
 ) -> PgBouncer:
-    """PgBouncer for `database` on the PostgreSQL at localhost:`server_port`; extra `settings`
-    go into its [pgbouncer] section."""
+    """PgBouncer for `database` on the PostgreSQL at localhost:`server_port`, showing clients a
+    certificate for localhost from `ca`; extra `settings` go into its [pgbouncer] section."""
     # A short private path the server account can reach (pytest's are root's own, 0700).
     folder = Path(tempfile.mkdtemp(prefix="gw-pgb-"))
     account = _server_account()
-    ca = trustme.CA()
     certificate = ca.issue_cert("localhost")
     files = {
-        "ca.pem": ca.cert_pem.bytes(),
         "server.pem": certificate.cert_chain_pems[0].bytes(),
         "server.key": certificate.private_key_pem.bytes(),
         "postgres-ca.pem": server_ca.read_bytes(),
@@ -107,7 +105,7 @@ def start_pgbouncer(
     process = subprocess.Popen(
         [PGBOUNCER, str(folder / "pgbouncer.ini")], cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, **user
     )
-    bouncer = PgBouncer(port, folder, process, folder / "ca.pem")
+    bouncer = PgBouncer(port, folder, process)
     deadline = time.monotonic() + START_SECONDS
     while "process up" not in _read(folder / "pgbouncer.log"):
         if process.poll() is not None or time.monotonic() > deadline:
