@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import trustme
 
+from conftest import stop_process
 from gateway.embedded import _make_traversable, _server_account, free_loopback_port
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
@@ -36,13 +37,7 @@ class PgBouncer:
         return (self.folder / "pgbouncer.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

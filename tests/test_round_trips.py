@@ -1,8 +1,8 @@
 """A transaction's BEGIN and settings go out with its first statement (`Portal.first` with a
 prelude) when the statement was prepared on the connection before: one round trip for the
-statement and its setup, one for COMMIT; with its Parse when it is new to the connection. What that must not change: every row of a result
-longer than its first batch, the isolation level asked for, and the connection's state after
-a statement that failed.
+statement and its setup, one for COMMIT; with its Parse when it is new to the connection.
+What that must not change: every row of a result longer than its first batch, the isolation
+level asked for, and the connection's state after a statement that failed.
 """
 
 from __future__ import annotations

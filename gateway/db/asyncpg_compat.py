@@ -2,7 +2,8 @@
 
 asyncpg's public API cannot do a few things the gateway needs: open a portal and read it in
 batches with one round trip per batch (its cursor adds a round trip or yields row by row),
-look a prepared statement up in its cache by name resolution, repeat a cancel request that
+look a prepared statement up in its cache by name resolution, prepare one in the round trip
+that begins its transaction (behind a transaction pooler), repeat a cancel request that
 did not take, read the RowDescription the server sent and the settings it reported, give a
 pooled connection back without a task per call, close idle connections past their age, and
 exchange records and arrays as PostgreSQL's text. Each of those reaches into asyncpg here and
@@ -125,8 +126,8 @@ def _is_row_description(items: list) -> bool:
 
 def prelude_messages(statements: list[str]) -> bytes:
     """Parse, Bind and Execute of each statement on the unnamed statement and portal, with no
-    Sync: what `Portal.first` sends ahead of its own Bind/Execute/Sync, so that all of them run
-    in one round trip. The last statement must return no rows and complete as `SELECT 0`
+    Sync: what `Portal.first` sends ahead of its own Bind/Execute/Sync, or `prepared_statement`
+    ahead of its Parse/Describe, so that all of them run in one round trip. The last statement must return no rows and complete as `SELECT 0`
     (PRELUDE_TAG); each must take no parameters and return no rows (asyncpg would read them as
     the statement's)."""
     out = bytearray()
