@@ -8,11 +8,13 @@ the pooler refusing to start.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import asyncpg
 import pytest
 import trustme
 from pgbouncer_server import PgBouncer, scram_verifiers, start_pgbouncer
@@ -35,7 +37,7 @@ from conftest import (
 )
 from gateway.config import GatewayConfig, parse_config
 from gateway.db.catalog import CatalogKeeper
-from gateway.db.pool import Database
+from gateway.db.pool import Database, PoolerError, check_pooler
 from gateway.server import preflight
 
 SERVER_CONNECTIONS = 2  # PgBouncer's pool: fewer than the gateway's connections and requests
@@ -284,6 +286,23 @@ def test_without_the_pooler_setting_the_gateway_refuses_to_start(bouncer, gatewa
     assert refusal is not None and 'refusing to start: the database URL reaches PostgreSQL through a connection ' \
         'pooler or proxy' in refusal and 'set pooler = "pgbouncer"' in refusal
     assert run(preflight(loaded(bounced_config(gateway_config, bouncer, pooler="pgbouncer")))) is None
+
+
+def test_a_session_pooler_is_taken_at_its_word(bouncer, database: PgServer, tls_files: TlsFiles):
+    """The start-up check compares process ids: it cannot tell a session pooler from a
+    transaction pooler, so `pooler = "session"` skips it, and `"none"` refuses both."""
+
+    async def check(pooler: str) -> None:
+        connection = await asyncpg.connect(bouncer.url(LOGIN_ROLE, TEST_DATABASE), password=database.login_password,
+                                           ssl=ssl.create_default_context(cafile=str(tls_files.ca)))
+        try:
+            await check_pooler(connection, pooler)
+        finally:
+            await connection.close()
+
+    run(check("session"))
+    with pytest.raises(PoolerError):
+        run(check("none"))
 
 
 def test_behind_pgbouncer_nothing_listens_through_it(bounced: GatewayProcess):

@@ -127,9 +127,9 @@ def _is_row_description(items: list) -> bool:
 def prelude_messages(statements: list[str]) -> bytes:
     """Parse, Bind and Execute of each statement on the unnamed statement and portal, with no
     Sync: what `Portal.first` sends ahead of its own Bind/Execute/Sync, or `prepared_statement`
-    ahead of its Parse/Describe, so that all of them run in one round trip. The last statement must return no rows and complete as `SELECT 0`
-    (PRELUDE_TAG); each must take no parameters and return no rows (asyncpg would read them as
-    the statement's)."""
+    ahead of its Parse/Describe, so that all of them run in one round trip. The last statement
+    must return no rows and complete as `SELECT 0` (PRELUDE_TAG); each must take no parameters
+    and return no rows (asyncpg would read them as the statement's)."""
     out = bytearray()
     for sql in statements:
         text = sql.encode()
