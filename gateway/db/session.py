@@ -11,7 +11,9 @@ costs no more than `fetch()` (`gateway.db.asyncpg_compat.Portal`: asyncpg's publ
 API would add a round trip or yield row by row). That path skips what asyncpg does around
 its own statements, so it is done here: a cached statement whose result type changed is
 prepared again, and statements are cached per name resolution (role and search path), never
-shared between resolutions.
+shared between resolutions. Behind a transaction pooler (`[database] pooler = "pgbouncer"`)
+nothing is cached: every statement is prepared inside its own transaction, and the session reset
+goes out with COMMIT, so nothing depends on which server session the next transaction reaches.
 """
 
 from __future__ import annotations
