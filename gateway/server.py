@@ -11,6 +11,7 @@ import sys
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import asyncpg
 import uvicorn
 from prometheus_client import start_http_server
 
@@ -51,6 +52,11 @@ async def preflight(config: GatewayConfig) -> str | None:
 async def _admin_preflight(config: GatewayConfig, credentials: CredentialsConfig) -> str | None:
     try:
         connection = await connect_admin(config, credentials)
+    except asyncpg.exceptions.ProtocolViolationError as error:  # PgBouncer refuses its timeouts at login
+        return (
+            f"cannot reach the database as the credentials admin login: {error} (admin_url must reach "
+            "PostgreSQL itself, not PgBouncer: see docs/pgbouncer.md)"
+        )
     except CONNECTION_ERRORS as error:
         return f"cannot reach the database as the credentials admin login: {error}"
     try:

@@ -23,6 +23,8 @@ from test_api_transactions import batch, ledger_has, only_row, rows
 from test_neon_sql import neon
 
 from conftest import (
+    ADMIN_ROLE,
+    ADMIN_SECRET,
     LOGIN_ROLE,
     SLOW_SQL,
     SOLO_IDENTITIES,
@@ -32,10 +34,11 @@ from conftest import (
     PgServer,
     Superuser,
     TlsFiles,
+    credentials_section,
     eventually,
     run,
 )
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import ConfigError, GatewayConfig, parse_config
 from gateway.db.catalog import CatalogKeeper
 from gateway.db.pool import Database, PoolerError, check_pooler
 from gateway.server import preflight
@@ -278,14 +281,37 @@ def loaded(text: str) -> GatewayConfig:
     return parse_config(tomllib.loads(text))
 
 
-def test_without_the_pooler_setting_the_gateway_refuses_to_start(bouncer, gateway_config, gateway_env, monkeypatch):
-    """What `gateway serve` checks before it listens (`preflight`), here in-process."""
-    for name, value in gateway_env.items():
+def test_the_pooler_is_none_unless_set_and_one_of_three():
+    database = {"url": "postgresql://db/app"}
+    assert parse_config({"name": "g", "database": database}).database.pooler == "none"
+    with pytest.raises(ConfigError, match=r"database\.pooler: expected one of 'none', 'session', 'pgbouncer'"):
+        parse_config({"name": "g", "database": {**database, "pooler": "transaction"}})
+
+
+@pytest.fixture
+def secrets_in_env(gateway_env: dict[str, str], database: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secrets a gateway reads, for the gateway's own code run in this process."""
+    for name, value in {**gateway_env, ADMIN_SECRET: database.admin_password}.items():
         monkeypatch.setenv(name, value)
+
+
+def test_without_the_pooler_setting_the_gateway_refuses_to_start(bouncer, gateway_config, secrets_in_env):
+    """What `gateway serve` checks before it listens (`preflight`), here in-process."""
     refusal = run(preflight(loaded(bounced_config(gateway_config, bouncer, pooler="none"))))
     assert refusal is not None and 'refusing to start: the database URL reaches PostgreSQL through a connection ' \
         'pooler or proxy' in refusal and 'set pooler = "pgbouncer"' in refusal
     assert run(preflight(loaded(bounced_config(gateway_config, bouncer, pooler="pgbouncer")))) is None
+
+
+def test_an_admin_login_through_pgbouncer_is_refused_naming_the_cause(bouncer, database: PgServer, gateway_config,
+                                                                     secrets_in_env):
+    """The admin login's connection sets its timeouts as startup parameters, which PgBouncer
+    refuses: admin_url must reach PostgreSQL itself."""
+    admin = credentials_section(database).replace(database.url(ADMIN_ROLE, host="localhost"),
+                                                  bouncer.url(ADMIN_ROLE, TEST_DATABASE))
+    refusal = run(preflight(loaded(bounced_config(gateway_config, bouncer, admin, pooler="pgbouncer"))))
+    assert refusal is not None and "unsupported startup parameter: statement_timeout" in refusal
+    assert "admin_url must reach PostgreSQL itself" in refusal
 
 
 def test_a_session_pooler_is_taken_at_its_word(bouncer, database: PgServer, tls_files: TlsFiles):
@@ -309,10 +335,7 @@ def test_behind_pgbouncer_nothing_listens_through_it(bounced: GatewayProcess):
     assert "catalog notifications: not listening" in bounced.output()
 
 
-def test_listen_url_listens_on_postgresql_directly(bouncer, database: PgServer, gateway_config, gateway_env,
-                                                   monkeypatch):
-    for name, value in gateway_env.items():
-        monkeypatch.setenv(name, value)
+def test_listen_url_listens_on_postgresql_directly(bouncer, database: PgServer, gateway_config, secrets_in_env):
     config = loaded(bounced_config(gateway_config, bouncer, pooler="pgbouncer",
                                    listen_url=database.url(LOGIN_ROLE, host="localhost")))
 
