@@ -20,7 +20,8 @@ import trustme
 from conftest import stop_process
 from gateway.embedded import _make_traversable, _server_account, free_loopback_port
 
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"  # Debian installs it outside a user's PATH
+INSTALLED = Path(PGBOUNCER).exists()
 START_SECONDS = 10.0
 
 

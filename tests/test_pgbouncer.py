@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import asyncpg
 import pytest
 import trustme
-from pgbouncer_server import PgBouncer, scram_verifiers, start_pgbouncer
+from pgbouncer_server import INSTALLED, PgBouncer, scram_verifiers, start_pgbouncer
 from test_api_streaming import NDJSON, md5, ndjson_lines, stream
 from test_api_transactions import batch, ledger_has, only_row, rows
 from test_neon_sql import neon
@@ -42,6 +42,8 @@ from gateway.config import ConfigError, GatewayConfig, parse_config
 from gateway.db.catalog import CatalogKeeper
 from gateway.db.pool import Database, PoolerError, check_pooler
 from gateway.server import preflight
+
+pytestmark = pytest.mark.skipif(not INSTALLED, reason="needs Debian's pgbouncer package (.ci/run installs it)")
 
 SERVER_CONNECTIONS = 2  # PgBouncer's pool: fewer than the gateway's connections and requests
 GATEWAY_CONNECTIONS = 8
