@@ -119,8 +119,10 @@ def bounced_config(gateway_config: Callable[..., str], bouncer: PgBouncer, extra
 
 @pytest.fixture(scope="module")
 def bounced(bouncer: PgBouncer, leaky_view: None, launch_gateway: Callable[..., GatewayProcess],
-            gateway_config: Callable[..., str]) -> GatewayProcess:
-    return launch_gateway(config_text=bounced_config(gateway_config, bouncer, pooler="pgbouncer"))
+            gateway_config: Callable[..., str]) -> Iterator[GatewayProcess]:
+    gateway = launch_gateway(config_text=bounced_config(gateway_config, bouncer, pooler="pgbouncer"))
+    yield gateway
+    gateway.stop()  # before its PgBouncer
 
 
 @pytest.fixture(scope="module")
