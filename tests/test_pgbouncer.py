@@ -8,6 +8,7 @@ the pooler refusing to start.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import tomllib
 import uuid
@@ -230,6 +231,16 @@ def test_settings_and_claims_do_not_pass_to_the_next_request(bounced_as):
         f"select pg_backend_pid() as pid, d from {LEAKY_VIEW}"))
     row = settings_on(bounced_as("inspector-reader"), leaked["pid"])
     assert (row["role"], row["timeout"], row["tenant"], row["digits"]) == ("demo_reader", "9s", None, "1")
+
+
+def test_a_request_that_fails_leaves_nothing_behind(bounced_as):
+    """ROLLBACK, not the reset before COMMIT, undoes what the failed transaction changed."""
+    inspector = bounced_as("inspector", tenant="acme")
+    # The failing statement names its server session in its error (an integer that is not one).
+    failed = batch(inspector, (f"select d from {LEAKY_VIEW}",), ("select (pg_backend_pid()::text || 'x')::int as n",))
+    assert failed.status_code == 400, failed.text
+    pid = int(re.search(r'"(\d+)x"', failed.json()["error"]["message"]).group(1))
+    assert settings_on(inspector, pid)["digits"] == "1"
 
 
 def test_a_temporary_table_does_not_pass_to_the_next_request(bounced_as):
