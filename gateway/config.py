@@ -32,6 +32,9 @@ PerSecond = Annotated[float, RATE]
 ConfigPath = Annotated[str, RELATIVE_PATH]
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+# What stands between the gateway and PostgreSQL (docs/pgbouncer.md): nothing, a pooler or proxy
+# that keeps one server session per client connection, or PgBouncer in transaction pooling mode.
+Pooler = Literal["none", "session", "pgbouncer"]
 StatementKind = Literal["select", "insert", "update", "delete", "merge", "ddl"]
 
 # Names that end up inside SQL (role names, schema names) are kept to what PostgreSQL
@@ -106,6 +109,14 @@ class DatabaseConfig:
     max_connection_age: Seconds = 3600.0
     # Refuse to start when the login role could run statements with privileges of its own.
     check_login_role: bool = True
+    # "pgbouncer": the URL reaches PostgreSQL through PgBouncer in transaction pooling mode, where
+    # consecutive transactions of one connection may run on different server sessions.
+    pooler: Pooler = "none"
+    # Where the one connection that LISTENs for catalog changes goes, when not to `url`: a URL
+    # that reaches PostgreSQL directly (or through a session pool), with the same login and TLS
+    # settings. Behind a transaction pooler without it, nothing listens: the catalog is re-read
+    # every `policy.catalog_refresh`.
+    listen_url: str | None = None
 
 
 @dataclass(frozen=True)
