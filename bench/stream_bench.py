@@ -1,5 +1,5 @@
 """Rows/s and memory of streaming a large result through the gateway against a direct asyncpg
-cursor that encodes each batch with orjson, in one run (the streaming bar of SPEC §8).
+cursor that encodes each batch with orjson, in one run (the streaming bar, bench/README.md).
 
 Owns the large table, the direct reader, the three gateway paths (`/v1/query` as JSON and as
 NDJSON, the Neon-compatible `/sql`) read by a streaming client that discards the bytes, and the
@@ -45,8 +45,8 @@ from gateway.pipeline import FETCH_BATCH_ROWS
 
 STREAM_TABLE = "public.stream_rows"
 QUERY = "select id, name, price from stream_rows"
-RATIO_BAR = 0.9  # SPEC §8: streaming >= 0.9 x the rows/s of the direct cursor
-RSS_GROWTH_BAR_MIB = 64  # SPEC §8: peak memory growth <= 64 MiB
+RATIO_BAR = 0.9  # streaming >= 0.9 x the rows/s of the direct cursor
+RSS_GROWTH_BAR_MIB = 64  # peak memory growth <= 64 MiB
 # Enough for the whole result: a million rows of this table are about 70 MB of JSON.
 MAX_RESPONSE_BYTES = 1 << 30
 STATEMENT_TIMEOUT = "600s"

@@ -184,16 +184,24 @@ class ApprovalStore:
         return created
 
     async def get(self, approval_id: str) -> ApprovalRequest | None:
-        return await self._one(f"SELECT {self._columns} FROM {self.table} WHERE id = $1", approval_id)
+        rows = await self._read(f"SELECT {self._columns} FROM {self.table} WHERE id = $1", approval_id)
+        return _request(rows[0]) if rows else None
 
     async def pending_for(self, approver: str) -> list[ApprovalRequest]:
         sql = (
             f"SELECT {self._columns} FROM {self.table} WHERE status = 'pending' AND expires_at > now() "
             "AND approvers::jsonb ? $1 ORDER BY created_at"
         )
+        return [_request(row) for row in await self._read(sql, approver)]
+
+    async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows of a read. Without the table there is no request to find: the gateway starts
+        without it when no rule asks for approval (`gateway setup` has not run)."""
         async with self.database.connection() as connection:
-            rows = await connection.fetch(sql, approver, timeout=STORE_TIMEOUT_SECONDS)
-        return [_request(row) for row in rows]
+            try:
+                return await connection.fetch(sql, *args, timeout=STORE_TIMEOUT_SECONDS)
+            except asyncpg.UndefinedTableError:
+                return []
 
     async def decide(
         self, approval_id: str, status: str, approver: str, subject: str | None, comment: str | None

@@ -1,6 +1,6 @@
 """One audit record per request, as a JSON line, on its own sink (stdout, a file, or off).
 
-Owns the record's fields (SPEC §6), writing them, the optional hash chain (each record
+Owns the record's fields, writing them, the optional hash chain (each record
 carries the SHA-256 of the line before it, so a removed or edited line is detectable) and
 its verification, and reopening a file sink for log rotation. Never the token, parameter
 values or any secret: the record is built from named fields only.
@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 FLUSH_DELAY = 0.05
+SUMMARY_REASON = 100  # characters of a denial's reason on a summary line; the record has all of it
 GENESIS = "0" * 64  # the `prev` of the first record of a chain that starts in an empty file
 
 
@@ -85,11 +86,14 @@ def _last_line(path: Path) -> bytes | None:
 
 class AuditSink:
     """Writes records to `target`: "stdout", "off", or a file path (`{pid}` in it becomes the
-    process id, so several workers can each keep an unbroken chain)."""
+    process id, so several workers can each keep an unbroken chain). Each record names the
+    replica that wrote it (`[server] replica`)."""
 
-    def __init__(self, target: str, *, chain: bool = False) -> None:
+    def __init__(self, target: str, *, chain: bool = False, summary: bool = False, replica: str | None = None) -> None:
         self.target = target
         self.chain = chain
+        self.summary = summary
+        self.replica = replica
         self._prev = GENESIS
         self._stream: IO[bytes] | None = None
         self._flush_pending = False
@@ -118,9 +122,14 @@ class AuditSink:
         self._open()
 
     def write(self, record: AuditRecord) -> None:
-        if self._stream is None:
+        if self._stream is None and not self.summary:
             return
         fields = record.finished()
+        fields["replica"] = self.replica
+        if self.summary:
+            sys.stderr.write(summary_line(fields) + "\n")
+        if self._stream is None:
+            return
         if self.chain:
             fields["prev"] = self._prev
         line = orjson.dumps(fields)
@@ -151,6 +160,18 @@ class AuditSink:
         self.flush()
         if self._stream is not None and self._stream is not sys.stdout.buffer:
             self._stream.close()
+
+
+def summary_line(fields: dict[str, Any]) -> str:
+    """A record as a terminal shows it: `200 orders-worker POST /v1/query 3.1ms 1 row`, and the
+    reason of a denial or failure."""
+    rows = fields["rows"]
+    who = fields["identity"] or fields["sub"] or "-"
+    line = f"{fields['status']} {who} {fields['endpoint']} {fields['durationMs']:.1f}ms {rows} row{'s' * (rows != 1)}"
+    reason = fields["reason"]
+    if not reason or fields["status"] < 400:
+        return line
+    return f"{line}: {reason if len(reason) <= SUMMARY_REASON else reason[: SUMMARY_REASON - 1] + '…'}"
 
 
 @dataclass(frozen=True)

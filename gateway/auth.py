@@ -305,7 +305,7 @@ def _is_numeric_date(value: Any) -> bool:
 
 
 def _check_lifetime(claims: dict[str, Any], config: IssuerConfig) -> None:
-    """SPEC §2: exp - iat (exp - now without iat) above max_token_lifetime is refused, so a
+    """exp - iat (exp - now without iat) above max_token_lifetime is refused, so a
     leaked long-lived token is refused even though it verifies."""
     issued = claims.get("iat")
     start = float(issued) if isinstance(issued, int | float) and not isinstance(issued, bool) else time.time()

@@ -12,13 +12,16 @@ judging statements with it is `gateway.policy`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from gateway.config import IdentityConfig
 
 # 2: pg_catalog functions and the schemas roles can create in; the implicit calls of
 # relations and their shapes are optional (a snapshot without them knows of none)
@@ -294,3 +297,20 @@ def load_snapshot(path: str | Path) -> CatalogSnapshot:
 
 def dump_snapshot(snapshot: CatalogSnapshot) -> bytes:
     return orjson.dumps(snapshot.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def absent_rule_tables(identities: Iterable[IdentityConfig], present: Iterable[tuple[str, str]]) -> list[str]:
+    """A warning for each table a rule names exactly (not `schema.*`) that the database lacks:
+    most often a typo, which would deny every statement on the table meant. Rules that allow
+    `ddl` are left out: a table such an identity may create need not exist yet."""
+    known = set(present)
+    warnings = []
+    for identity in identities:
+        for rule in identity.rules:
+            if "ddl" in rule.allow:
+                continue
+            for table in rule.tables:
+                schema, _, name = table.partition(".")
+                if name != "*" and (schema, name) not in known:
+                    warnings.append(f'identity "{identity.name}": rule table {table} is not in the database')
+    return warnings

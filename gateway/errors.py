@@ -20,6 +20,7 @@ class ErrorKind:
     code: str
     when: str  # Markdown, for the README's table; the first sentence serves the OpenAPI document
     answered: bool = True  # False: only the audit record carries it (the response had started, or nobody reads it)
+    headers: tuple[str, ...] = ()  # what every answer with this code carries (the OpenAPI document requires them)
 
     @property
     def summary(self) -> str:
@@ -54,6 +55,7 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
         "`issuer_unavailable`, `unknown_key`, `key_algorithm_mismatch`, `bad_signature`, "
         "`missing_claim`, `expired`, `not_yet_valid`, `wrong_audience`, `claims_too_deep`, "
         "`invalid_time_claim`, `lifetime_too_long`; see [docs/identity.md](docs/identity.md))",
+        headers=("WWW-Authenticate",),
     ),
     ErrorKind(
         403,
@@ -124,12 +126,14 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
         "rate_limited",
         "identity over its `rate` or `concurrency`, or holding its `max_connections` for longer "
         "than `acquire_timeout` (`Retry-After`)",
+        headers=("Retry-After",),
     ),
     ErrorKind(
         429,
         "too_many_credentials",
         "the identity holds `max_active` unexpired database logins already: revoke one or wait "
         "(`Retry-After`: until the first expires)",
+        headers=("Retry-After",),
     ),
     ErrorKind(
         499,
@@ -148,12 +152,14 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
         503,
         "overloaded",
         "no connection free within `acquire_timeout`, or no statement analyser free in time (`Retry-After`)",
+        headers=("Retry-After",),
     ),
     ErrorKind(
         503,
         "database_unavailable",
         "the database cannot be reached, lost the connection, or did not answer within the "
         "statement timeout plus `database.response_margin` (`Retry-After`)",
+        headers=("Retry-After",),
     ),
     ErrorKind(
         504,

@@ -361,6 +361,12 @@ def plan_role(role: str, identities: list[Identity], privileges: DatabasePrivile
     )
 
 
+def grants_for_new_role(role: str, identities: list[Identity], privileges: DatabasePrivileges) -> list[str]:
+    """Every GRANT a role that does not exist yet needs for its rules (`gateway init` writes
+    them before anyone has created the role; `plan_role` then has nothing to compare with)."""
+    return _grants(role, wanted_privileges(identities, privileges), [])
+
+
 def _worth_reporting(excess: list[Excess]) -> list[Excess]:
     """A role that is (or can SET ROLE to) a superuser passes every privilege check, and
     PostgreSQL counts a superuser as a member of every role: report that alone."""

@@ -15,11 +15,18 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line, naming the replica that wrote it (`[server] replica`)."""
+
+    def __init__(self, replica: str | None = None) -> None:
+        super().__init__()
+        self.replica = replica
+
     def format(self, record: logging.LogRecord) -> str:
         line = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "replica": self.replica,
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -27,9 +34,9 @@ class JsonLineFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, replica: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
+    handler.setFormatter(JsonLineFormatter(replica))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])

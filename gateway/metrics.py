@@ -42,7 +42,7 @@ def multiprocess_registry() -> CollectorRegistry:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, shared_limits: bool = False) -> None:
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # In multiprocess mode values live in the shared directory, not in a registry.
@@ -105,6 +105,29 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+
+        # Only with `[limits] redis_url` (`shared_limits`): without Redis, a 0 would read as an outage.
+        self.shared_limits_up: Gauge | None = None
+        self.shared_limits_outages: Counter | None = None
+        if shared_limits:
+            self.shared_limits_up = Gauge(
+                "gateway_shared_limits_up",
+                "1 while limits are counted in Redis across replicas, 0 while counted per process (Redis unreachable)",
+                registry=registry,
+                multiprocess_mode="livemin",
+            )
+            self.shared_limits_outages = Counter(
+                "gateway_shared_limits_outages",
+                "Times Redis stopped answering and limits fell back to per-process counting",
+                registry=registry,
+            )
+
+    def shared_limits_state(self, up: bool) -> None:
+        """Redis answers (again), or stopped answering."""
+        assert self.shared_limits_up is not None and self.shared_limits_outages is not None
+        self.shared_limits_up.set(1 if up else 0)
+        if not up:
+            self.shared_limits_outages.inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(...)`, remembered: prometheus-client looks labels up under a lock

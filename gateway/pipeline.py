@@ -31,6 +31,7 @@ from gateway import grants, json_text
 from gateway.approvals import ApprovalRequest, ApprovalStore, Principal, decide
 from gateway.audit import AuditRecord, AuditSink
 from gateway.auth import TokenVerifier, VerifiedToken
+from gateway.catalog import absent_rule_tables
 from gateway.config import ApprovalConfig, GatewayConfig
 from gateway.credentials import CredentialBroker, IssuedCredential, Login, iso_time
 from gateway.db.catalog import NOTIFY_CATALOG_CHANGED, CatalogKeeper
@@ -50,6 +51,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import Decision, PolicyEngine, StatementFacts
 from gateway.policy.workers import AnalysisPool
 from gateway.secrets import SecretStore
+from gateway.shared_limits import SharedLimits
 
 FETCH_BATCH_ROWS = 5000
 # After the grace period the process exits within a second. Cut requests get this long to
@@ -86,6 +88,9 @@ class Call:
     statements: list[Statement]
     options: TransactionOptions = TransactionOptions()
     batch: bool = False  # answered as a batch (a result per statement), were it held for approval
+    # False for a wire format that has no answer for a held request (the Neon protocol): a
+    # statement a rule holds for approval is refused there, and nothing is held.
+    may_hold: bool = True
 
 
 class Results(Protocol):
@@ -182,6 +187,7 @@ class Pipeline:
         database: Database,
         audit: AuditSink,
         metrics: GatewayMetrics,
+        limits: IdentityLimits | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier
@@ -189,7 +195,7 @@ class Pipeline:
         self.policy = policy
         self.database = database
         self.audit = audit
-        self.limits = IdentityLimits(config)
+        self.limits = limits or IdentityLimits(config)
         self.metrics = metrics
         # One per identity, role (several with a role claim) and transaction mode: a small,
         # bounded set.
@@ -212,21 +218,33 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: GatewayConfig, secrets: SecretStore | None = None) -> Pipeline:
         secrets = secrets or config.secret_store()
-        metrics = GatewayMetrics()
+        metrics = GatewayMetrics(shared_limits=config.limits.redis_url is not None)
         workers = AnalysisPool(
             config.policy.analysis_workers,
             config.policy.analysis_timeout,
             config.policy.max_statement_bytes,
             on_timeout=metrics.analysis_timeouts.inc,
         )
+        shared = (
+            None
+            if config.limits.redis_url is None
+            else SharedLimits(config, secrets, on_state=metrics.shared_limits_state)
+        )
+        limits = IdentityLimits(config, shared)
         return cls(
             config,
             verifier=TokenVerifier.from_config(config, secrets),
             identities=IdentityResolver.from_config(config),
-            policy=PolicyEngine(config.policy, limit_misses=True, workers=workers),
+            policy=PolicyEngine(config.policy, limit_misses=True, workers=workers, misses=limits.misses),
             database=Database(config.database, secrets, on_hold=metrics.connection_hold.observe),
-            audit=AuditSink(config.audit.sink, chain=config.audit.chain),
+            audit=AuditSink(
+                config.audit.sink,
+                chain=config.audit.chain,
+                summary=config.audit.summary,
+                replica=config.server.replica,
+            ),
             metrics=metrics,
+            limits=limits,
         )
 
     async def start(self) -> None:
@@ -237,6 +255,9 @@ class Pipeline:
         if self.config.database.check_login_role:
             await self.database.check_login_role(self.config.identity_roles())
         await self.catalog.start()
+        for warning in absent_rule_tables(self.config.identities, self.catalog.present_relations()):
+            logger.warning(warning)
+        await self.limits.start()
         await grants.report_excess_privileges(self.config, self.database, self.metrics)
         await self.verifier.start(on_fetch=self._count_key_fetch)
         if self.credentials is not None:
@@ -278,6 +299,7 @@ class Pipeline:
             if self.policy.workers is not None:
                 await self.policy.workers.stop()
             await self.catalog.stop()
+            await self.limits.stop()
             await self.verifier.close()
             await self.database.close()
             self.audit.close()
@@ -418,6 +440,11 @@ class RequestScope:
         judged = [await self.judge(statement) for statement in call.statements]
         approval = _approval_of(judged)
         if approval is not None:
+            if not call.may_hold:
+                raise policy_denied(
+                    f"this needs approval by {', '.join(approval.approvers)}, which this endpoint cannot wait for: "
+                    "send it to /v1/query or /v1/batch, which hold it and answer 202 with the request's id"
+                )
             return await self._hold_for_approval(call, approval)
         await self._run_judged(call.options, judged, results)
         return None

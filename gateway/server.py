@@ -11,6 +11,7 @@ import sys
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import asyncpg
 import uvicorn
 from prometheus_client import start_http_server
 
@@ -19,7 +20,7 @@ from gateway.approvals import TABLE as APPROVALS_TABLE
 from gateway.approvals import ApprovalStore
 from gateway.config import CredentialsConfig, GatewayConfig, MetricsConfig, load_config
 from gateway.db.admin import AdminRoleError, check_admin_can_grant, check_admin_role, connect_admin
-from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError
+from gateway.db.pool import CONNECTION_ERRORS, Database, LoginRoleError, PoolerError
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROCESS_DIR, multiprocess_registry
@@ -37,7 +38,7 @@ async def preflight(config: GatewayConfig) -> str | None:
                 f"refusing to start: some rule has approval, but {config.approvals.schema}.{APPROVALS_TABLE} does "
                 "not exist (or the login may not use it): run `gateway setup --config FILE` with the admin login"
             )
-    except LoginRoleError as error:
+    except (LoginRoleError, PoolerError) as error:
         return f"refusing to start: {error}"
     except (GatewayError, *CONNECTION_ERRORS) as error:
         return f"cannot reach the database: {error}"
@@ -51,6 +52,11 @@ async def preflight(config: GatewayConfig) -> str | None:
 async def _admin_preflight(config: GatewayConfig, credentials: CredentialsConfig) -> str | None:
     try:
         connection = await connect_admin(config, credentials)
+    except asyncpg.exceptions.ProtocolViolationError as error:  # PgBouncer refuses its timeouts at login
+        return (
+            f"cannot reach the database as the credentials admin login: {error} (admin_url must reach "
+            "PostgreSQL itself, not PgBouncer: see docs/pgbouncer.md)"
+        )
     except CONNECTION_ERRORS as error:
         return f"cannot reach the database as the credentials admin login: {error}"
     try:
@@ -66,7 +72,7 @@ async def _admin_preflight(config: GatewayConfig, credentials: CredentialsConfig
 def app_from_environment() -> Front:
     """The app for uvicorn's worker processes, which re-read the configuration file."""
     config = load_config(os.environ["GATEWAY_CONFIG"], env=os.environ.get("GATEWAY_ENV") or None)
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, config.server.replica)
     return create_app(config)
 
 
@@ -86,7 +92,7 @@ def start_metrics_listener(config: MetricsConfig, app: Front | None) -> WSGIServ
 def serve(
     config: GatewayConfig, *, host: str, port: int, workers: int, config_path: str | None, env: str | None
 ) -> int:
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, config.server.replica)
     if workers > 1 and config.metrics.listen is not None and not os.environ.get(MULTIPROCESS_DIR):
         print(
             f"gateway: [metrics] listen with --workers {workers} needs {MULTIPROCESS_DIR}, an empty directory "

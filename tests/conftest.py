@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -326,6 +327,17 @@ def credentials_section(server: PgServer, user: str = ADMIN_ROLE, **settings: st
     return "\n" + "\n".join(lines) + "\n"
 
 
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, and SIGKILL if the process has not exited within `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class GatewayProcess:
     url: str
@@ -336,13 +348,7 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 def gateway_config_text(server: PgServer, tls: TlsFiles, **overrides: Any) -> str:
@@ -724,3 +730,71 @@ def node_script(node_packages: Path) -> Callable[..., Any]:
         return json.loads(result.stdout)
 
     return run_script
+
+
+# ---------------------------------------------------------------------------- Redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@dataclass
+class RedisServer:
+    """A real `redis-server` on a loopback port, persisting nothing, in a folder of its own;
+    stopped and started again on the same port at will (an outage)."""
+
+    folder: Path
+    port: int = field(default_factory=free_loopback_port)
+    password: str | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        auth = ("--requirepass", self.password) if self.password else ()
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder), *auth],
+            stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+        )
+        eventually(self._answers, f"redis-server on port {self.port} to answer", deadline=10)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            pytest.fail(f"redis-server exited:\n{(self.folder / 'redis.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, 5)
+
+
+@pytest.fixture
+def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+    """`start_redis(password=None)` -> a running redis-server, stopped after the test."""
+    started: list[RedisServer] = []
+
+    def start(password: str | None = None) -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), password=password)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a module's gateways."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

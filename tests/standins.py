@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import orjson
 
-from gateway.client._tokens import GCP_IDENTITY_PATH
+from gateway_client._tokens import GCP_IDENTITY_PATH
 
 ACTIONS_TOKEN_PATH = "/_apis/pipelines/workflows/1/idtoken"
 

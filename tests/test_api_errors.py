@@ -1,4 +1,4 @@
-"""Every status code the native API produces (SPEC §4 error table), each with its stable
+"""Every status code the native API produces (the one error table, `gateway/errors.py`), each with its stable
 `error.code`, the JSON error shape and no internals in the body; and the process keeps
 serving after each of them."""
 
@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
+from test_openapi import assert_documented
 
 from conftest import LOGIN_ROLE, SLOW_SQL, eventually
 
@@ -32,6 +33,7 @@ def assert_error(response, status: int, code: str) -> dict:
     assert error["requestId"] == response.headers["x-request-id"]
     for leak in ("Traceback", 'File "', "asyncpg", "gateway/", LOGIN_ROLE):
         assert leak not in response.text, response.text
+    assert_documented(response)
     return error
 
 

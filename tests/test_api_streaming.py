@@ -1,4 +1,4 @@
-"""Large results stream (SPEC §4): JSON and NDJSON bodies read incrementally, row and byte
+"""Large results stream: JSON and NDJSON bodies read incrementally, row and byte
 limits that stop at a row boundary and say `truncated`, failures after the first rows, and
 clients that leave: mid-stream (the connection goes back to the pool) or while the
 statement runs (the backend stops running it)."""

@@ -1,4 +1,4 @@
-"""What runs inside the per-request transaction (SPEC §5): batches all or nothing, isolation
+"""What runs inside the per-request transaction: batches all or nothing, isolation
 levels, read-only transactions, row-level security on the verified claims, the identity's
 role, and no session state surviving from one request to the next on a shared connection."""
 
@@ -209,7 +209,7 @@ def test_each_request_gets_its_identitys_statement_timeout(solo_as):
 
 
 def test_the_search_path_is_pinned(solo_as):
-    assert only_row(solo_as("inspector").query(SETTINGS_SQL))["search_path"] == 'pg_catalog, "public", pg_temp'
+    assert only_row(solo_as("inspector").query(SETTINGS_SQL))["search_path"] == '"public", pg_temp'
 
 
 def test_the_request_tag_is_in_application_name_only_during_the_request(solo_as, superuser):

@@ -1,4 +1,4 @@
-"""The native API's type mapping, both ways (SPEC §4): results as JSON per column type, and
+"""The native API's type mapping, both ways: results as JSON per column type, and
 JSON parameters converted to the types PostgreSQL infers, a string being accepted for any
 type and parsed by PostgreSQL's own rules."""
 

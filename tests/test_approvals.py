@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from test_mcp import call as call_tool
+from test_openapi import assert_documented
 
 from conftest import (
     ADMIN_ROLE,
@@ -31,10 +32,10 @@ from conftest import (
     credentials_section,
     eventually,
 )
-from gateway.client import AwaitingApproval, GatewayClient, StaticToken
 from gateway.config import ConfigError, PolicyConfig, parse_config
 from gateway.identity import Identity
 from gateway.policy import PolicyEngine
+from gateway_client import AwaitingApproval, GatewayClient, StaticToken
 
 # A table of its own, so that what an approved statement wrote can be counted.
 LOG_TABLE = """
@@ -189,6 +190,28 @@ def test_approved_it_runs_once_as_the_requester_who_then_fetches_the_rows(as_, s
                                  "command": "INSERT", "rowCount": 1, "truncated": False}
 
 
+def test_every_answer_of_an_approval_is_the_one_the_document_gives(as_):
+    """The answers the generated cases of tests/test_openapi.py cannot reach (nothing is held
+    there), checked against this gateway's document."""
+    clerk, approver = as_("clerk"), as_("approver")
+    sql = "insert into public.approval_log (note) values ($1) returning note"
+    held = clerk.query(sql, "documented")
+    assert held.status_code == 202
+    assert_documented(held)
+    held_batch = clerk.post("/v1/batch", {"statements": [{"sql": sql, "params": ["documented-batch"]}]})
+    assert held_batch.status_code == 202
+    assert_documented(held_batch)
+    assert_documented(approver.get("/v1/approvals"))
+    approval_id = held.json()["approval"]["id"]
+    assert_documented(decide(approver, approval_id, "approve", "fine"))
+    outcome = clerk.get(f"/v1/approvals/{approval_id}")
+    assert outcome.json()["approval"]["result"]["rows"] == [{"note": "documented"}]
+    assert_documented(outcome)
+    again = decide(approver, approval_id, "approve")
+    assert again.status_code == 409
+    assert_documented(again)
+
+
 def test_a_second_approval_is_refused_and_nothing_runs_again(as_, superuser_of):
     clerk, approver = as_("clerk"), as_("approver")
     approval = held(clerk, "insert into public.approval_log (note) values ($1)", "twice")
@@ -284,6 +307,20 @@ def test_no_identity_reaches_the_approvals_table(as_, superuser_of):
         error = superuser_of.error_of("SELECT id FROM gateway.approvals")
         superuser_of.execute("RESET ROLE")
         assert error.sqlstate == "42501"  # insufficient_privilege
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_sql_refuses_a_statement_that_needs_approval_and_holds_nothing(as_, superuser_of, batch):
+    """The Neon protocol has no answer for a held statement: refused as a denial (the driver's
+    400 with 42501), naming who would approve and where to send it; nothing waits."""
+    query = {"query": "insert into public.approval_log (note) values ($1)", "params": [f"via-sql-{batch}"]}
+    response = as_("clerk").post("/sql", {"queries": [query]} if batch else query)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["code"] == "42501"
+    assert "approval by approver, clerk" in error["message"] and "/v1/query" in error["message"]
+    assert logged(superuser_of, f"via-sql-{batch}") == 0
+    assert superuser_of.fetchval("SELECT count(*) FROM gateway.approvals WHERE statements::text LIKE '%via-sql%'") == 0
 
 
 # ---------------------------------------------------------------------------- MCP and audit

@@ -1,4 +1,4 @@
-"""Bearer tokens (SPEC §1, §2, §4): a shared-secret (HS256) issuer verifies tokens; every
+"""Bearer tokens: a shared-secret (HS256) issuer verifies tokens; every
 failure is a 401 `unauthenticated` with a stable reason and a `WWW-Authenticate` header.
 
 Tokens are made with PyJWT itself, or by hand where PyJWT refuses to make them (`alg: none`).

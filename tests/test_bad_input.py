@@ -209,6 +209,19 @@ def test_wide_integer_claims_reach_postgres_exactly(solo_as):
     assert response.json()["rows"] == [{"account": WIDE}]
 
 
+@pytest.mark.parametrize("decision", [["approve"], {"approve": True}, 1, None, "maybe"])
+def test_an_approval_decision_that_is_not_one_of_its_two_words_is_a_400(writer, decision):
+    assert_error(writer.post("/v1/approvals/some-id", {"decision": decision}), 400, "bad_request")
+
+
+def test_approvals_are_none_to_find_where_gateway_setup_has_not_run(writer):
+    """Without its table (no rule asks for approval, so `gateway setup` need not run) there is
+    no request to list, read or decide: never a 500."""
+    assert writer.get("/v1/approvals").json() == {"approvals": []}
+    assert_error(writer.get("/v1/approvals/some-id"), 404, "not_found")
+    assert_error(writer.post("/v1/approvals/some-id", {"decision": "reject"}), 404, "not_found")
+
+
 # ---------------------------------------------------------------------------- anything at all
 
 ENDPOINTS = [("POST", "/v1/query"), ("POST", "/v1/batch"), ("POST", "/v1/explain"), ("POST", "/sql"),

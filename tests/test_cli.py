@@ -1,5 +1,5 @@
-"""The `gateway` command (SPEC §7), run in-process: `check` (with and without a catalog
-snapshot), `token` and `config validate`. Those that need a database are in
+"""The `gateway` command, run in-process: `check` (with and without a catalog
+snapshot), `token`, `config validate`, `--version` and every option's help. Those that need a database are in
 `test_policy_database.py`.
 
 Exit codes: 0 allowed / success, 1 denied / failed (a missing secret), 2 usage or
@@ -8,16 +8,18 @@ configuration error.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.auth import SharedSecretIssuer, TokenVerifier
 from gateway.catalog import dump_snapshot, snapshot_from_rows
-from gateway.cli import main
+from gateway.cli import build_parser, main
 from gateway.config import load_config
 from gateway.secrets import SecretStore
 
@@ -338,7 +340,7 @@ def test_token_unknown_issuer_exits_2(capsys, config_path, secrets_set):
     code, out, err = run(capsys, "token", "--config", str(config_path), "--issuer", "google", "--sub", "x")
     assert code == 2
     assert out == ""
-    assert '"google"' in err
+    assert '"google"' in err and "(issuers: dev)" in err
 
 
 def test_token_with_missing_secret_exits_1_naming_it(capsys, config_path):
@@ -457,3 +459,61 @@ def test_config_validate_accepts_the_dev_example(capsys, monkeypatch):
     example = Path(__file__).resolve().parent.parent / "wrangler-like-config" / "dev.toml"
     code, _, _ = run(capsys, "config", "validate", "--config", str(example))
     assert code == 0
+
+
+def test_version_prints_the_package_version(capsys):
+    from gateway import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gateway {__version__}"
+
+
+def _commands(parser: argparse.ArgumentParser, path: str = "gateway") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _commands(child, f"{path} {name}")
+
+
+def test_every_option_of_every_command_has_help():
+    commands = dict(_commands(build_parser()))
+    assert {"gateway init", "gateway dev", "gateway token", "gateway audit verify"} <= set(commands)
+    undocumented = [
+        f"{path} {action.option_strings or action.dest}"
+        for path, parser in commands.items()
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert undocumented == []
+
+
+def test_check_unknown_identity_lists_the_valid_ones(capsys, config_path):
+    code, _, err = run(capsys, "check", "--config", str(config_path), "--identity", "orders", "--sql", "select 1")
+    assert code == 2
+    assert 'no identity named "orders"' in err and "(identities: orders-worker)" in err
+
+
+def test_token_ttl_takes_the_configurations_duration_syntax(capsys, config_path, secrets_set):
+    for ttl, seconds in (("1d", 86400), ("90", 90), ("2.5m", 150), ("8h", 28800)):
+        code, out, _ = run(capsys, "token", "--config", str(config_path), "--issuer", "dev", "--sub", "x", "--ttl", ttl)
+        assert code == 0, ttl
+        claims = verify(out.strip(), config_path).claims
+        assert claims["exp"] - claims["iat"] == seconds
+
+
+def test_token_ttl_over_the_issuers_max_lifetime_is_refused_before_anything_is_read(capsys, config_path):
+    # No secret is set: the lifetime is refused first, as a usage error.
+    code, out, err = run(capsys, "token", "--config", str(config_path), "--issuer", "dev", "--sub", "x", "--ttl", "25h")
+    assert (code, out) == (2, "")
+    assert "max_token_lifetime (86400s)" in err
+    code, _, err = run(capsys, "token", "--config", str(config_path), "--issuer", "dev", "--sub", "x", "--ttl", "0s")
+    assert code == 2 and "from 1s" in err
+
+
+def test_rotate_login_wait_that_is_not_a_duration_is_a_usage_error(capsys, config_path):
+    code, out, err = run(capsys, "rotate-login", "--config", str(config_path), "--wait", "soon")
+    assert (code, out) == (2, "")
+    assert "--wait: expected" in err

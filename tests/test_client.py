@@ -1,4 +1,4 @@
-"""The Python client (`gateway.client`) against a running gateway: both row modes, batches,
+"""The Python client (`gateway_client`) against a running gateway: both row modes, batches,
 NDJSON streams, every error as its typed exception, retries that honour `Retry-After`, the
 token providers (environment, rotated file, GCP metadata server, GitHub Actions — the last
 two as loopback stand-ins), and the async client doing the same."""
@@ -10,12 +10,13 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from gateway.client import (
+from gateway_client import (
     AsyncGatewayClient,
     BadRequest,
     Column,
@@ -102,6 +103,20 @@ def test_a_decimal_parameter_goes_as_its_exact_text(writer):
     assert writer.query("select $1::numeric as n", Decimal("12345678901234567890.10")).rows == [
         {"n": "12345678901234567890.10"}
     ]
+
+
+def test_times_and_uuids_go_as_text_postgresql_parses(writer):
+    moment, day, key = datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC), date(2026, 1, 2), uuid.uuid4()
+    sql = ("select $1::timestamptz = '2026-01-02 03:04:05.0006+00' as moment, $2::date = '2026-01-02' as day,"
+           " $3::uuid::text as key")
+    assert writer.query(sql, moment, day, key).rows == [{"moment": True, "day": True, "key": str(key)}]
+
+
+def test_a_parameter_json_cannot_spell_is_refused_before_sending(writer):
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        writer.query("select $1::float8 as x", float("nan"))
+    with pytest.raises(TypeError, match="cannot send a set"):
+        writer.query("select $1 as x", {1})
 
 
 def test_batch_returns_each_result_of_one_transaction(writer):

@@ -1,4 +1,4 @@
-"""Configuration (SPEC §2): `gateway.toml` -> frozen dataclasses, defaults, `[env.NAME]`
+"""Configuration: `gateway.toml` -> frozen dataclasses, defaults, `[env.NAME]`
 overrides, paths relative to the file, and secrets read by name, never written in the file.
 
 Every error names the file, the key path and what was expected.

@@ -35,7 +35,7 @@ from conftest import (
     run,
 )
 from gateway.cli import main
-from gateway.client import AsyncGatewayClient, GatewayClient, StaticToken
+from gateway_client import AsyncGatewayClient, GatewayClient, StaticToken
 
 SCRATCH = "broker_scratch"  # a schema where demo_writer may create tables
 

@@ -1,4 +1,4 @@
-"""Identity resolution (SPEC §2): the token's issuer selects the candidates, tried in file
+"""Identity resolution: the token's issuer selects the candidates, tried in file
 order; the first whose `match` holds wins; no match is a 403 `no_identity`.
 """
 

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 from test_observability import records_for
+from test_openapi import assert_documented
 
 from conftest import Api, GatewayProcess, Superuser
 from gateway.api.neon import error_json, status_of
@@ -61,6 +62,7 @@ def sql_error(response: httpx.Response, code: str) -> dict:
     body = response.json()
     assert list(body) == ERROR_KEYS
     assert body["code"] == code, body
+    assert_documented(response)
     return body
 
 

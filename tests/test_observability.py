@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import GATEWAY_LOGS, SLOW_SQL, Api, GatewayProcess, eventually, start_gateway
-from gateway.audit import verify_chain
+from gateway.audit import SUMMARY_REASON, AuditRecord, AuditSink, summary_line, verify_chain
 
 
 def audit_records(gateway: GatewayProcess) -> list[dict]:
@@ -266,3 +267,20 @@ def _worker_pids(gateway: GatewayProcess) -> set[str]:
         for line in gateway.output().splitlines()
         if "Started server process" in line
     }
+
+
+def test_a_summary_line_is_status_identity_endpoint_time_and_rows():
+    record = AuditRecord(requestId="r", traceId="t", endpoint="/v1/query", identity="writer", status=200, rows=1)
+    assert re.fullmatch(r"200 writer /v1/query \d+\.\dms 1 row", summary_line(record.finished()))
+    anonymous = AuditRecord(requestId="r", traceId="t", endpoint="/sql", status=401, reason="expired")
+    assert re.fullmatch(r"401 - /sql \d+\.\dms 0 rows: expired", summary_line(anonymous.finished()))
+
+
+def test_a_summary_line_shortens_a_long_reason_which_the_record_keeps_whole(tmp_path, capsys):
+    reason = "denied " * 40
+    sink = AuditSink(str(tmp_path / "audit.jsonl"), summary=True)
+    sink.write(AuditRecord(requestId="r", traceId="t", endpoint="/v1/query", identity="w", status=403, reason=reason))
+    sink.close()
+    line = capsys.readouterr().err.strip()
+    assert line.endswith("…") and len(line.split(": ", 1)[1]) == SUMMARY_REASON
+    assert orjson.loads((tmp_path / "audit.jsonl").read_bytes())["reason"] == reason

@@ -1,4 +1,4 @@
-"""OIDC issuers (SPEC §1, §2; issue 4): tokens verified with keys from the issuer's JWKS,
+"""OIDC issuers (issue 4): tokens verified with keys from the issuer's JWKS,
 served by a real provider on loopback (`oidc_provider.py`) — discovery, caching, rotation,
 single-flight refetch, outages — and the attack suite: every forged or invalid token is a
 401 with a stable reason, and no URL named by a token is ever fetched.

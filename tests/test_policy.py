@@ -1,4 +1,4 @@
-"""The statement policy (SPEC §3): a corpus of statements, each with the identity that sends
+"""The statement policy: a corpus of statements, each with the identity that sends
 it, whether it must be allowed and, when not, the category of the denial.
 
 Everyday driver SQL must pass; attacks must fail closed with a reason a developer can act on.
@@ -823,7 +823,9 @@ DDL = [
         "statement_class",
     ),
     case("drop-function", "drop function f", "migrator", False, "statement_class"),
-    case("create-schema", "create schema s", "migrator", False, "statement_class"),
+    case("create-schema-no-rule-covers", "create schema s", "migrator", False, "table"),
+    case("create-schema-for-another-role", "create schema s authorization postgres", "migrator", False,
+         "statement_class"),
     case("create-role", "create role r superuser", "migrator", False, "statement_class"),
     case("create-extension", "create extension dblink", "migrator", False, "statement_class"),
     case(

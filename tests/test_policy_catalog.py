@@ -1,4 +1,4 @@
-"""The policy with a catalog snapshot (SPEC §3): unqualified names resolved exactly along the
+"""The policy with a catalog snapshot: unqualified names resolved exactly along the
 pinned search path, column rules, functions a schema on the path shadows, the decision
 cache across snapshots, and the rate of cache misses per identity.
 

@@ -1,4 +1,4 @@
-"""The policy against a real PostgreSQL (SPEC §3, §5): the catalog snapshot read from the
+"""The policy against a real PostgreSQL: the catalog snapshot read from the
 database at start and refreshed, a function planted in `public` that must not run in place
 of the built-in, session settings that cannot poison the next request on a pooled
 connection, column rules on live statements, the rate of new statement texts per identity,

@@ -1,4 +1,4 @@
-"""The statement policy end to end (SPEC §3), against PostgreSQL through a running gateway.
+"""The statement policy end to end, against PostgreSQL through a running gateway.
 
 A corpus of everyday and hostile statements on the demo schema: every statement the
 analyser allows really runs, and PostgreSQL's own plan (`EXPLAIN (VERBOSE)`, as superuser,

@@ -1,4 +1,4 @@
-"""Property-based tests of the statement analyser (SPEC §3): generated statements, mangled
+"""Property-based tests of the statement analyser: generated statements, mangled
 statements and arbitrary text never make it raise or run away, and nothing it allows is read
 differently by PostgreSQL's own parser.
 
@@ -28,7 +28,7 @@ from gateway.policy.analysis import analyze
 from gateway.policy.facts import TableName
 
 MAX_BYTES = PolicyConfig().max_statement_bytes
-# A hang or explosion guard, not a speed test: the bars of SPEC §8 are the benchmark's business.
+# A hang or explosion guard, not a speed test: the performance bars are the benchmarks' business (bench/).
 CALL_CAP_SECONDS = 2.0
 
 PROPERTY_SETTINGS = settings(

@@ -1,8 +1,8 @@
 """A transaction's BEGIN and settings go out with its first statement (`Portal.first` with a
 prelude) when the statement was prepared on the connection before: one round trip for the
-statement and its setup, one for COMMIT. What that must not change: every row of a result
-longer than its first batch, the isolation level asked for, and the connection's state after
-a statement that failed.
+statement and its setup, one for COMMIT; with its Parse when it is new to the connection.
+What that must not change: every row of a result longer than its first batch, the isolation
+level asked for, and the connection's state after a statement that failed.
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ def test_a_statement_prepared_before_runs_with_its_setup_in_one_round_trip(datab
         finally:
             await pool.close()
 
-    # New to the connection: the setup, then the statement, then COMMIT. Seen before: the
-    # statement with its setup, then COMMIT.
-    assert run(scenario()) == [3, 2]
+    # New to the connection: the setup with the statement's Parse (a prepare, which the count
+    # leaves out), the statement, then COMMIT. Seen before: the statement with its setup, then
+    # COMMIT.
+    assert run(scenario()) == [2, 2]
 
 
 def test_a_long_result_of_a_statement_seen_before_arrives_whole(solo_as: Callable):

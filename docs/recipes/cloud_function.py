@@ -17,7 +17,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from gateway.client import BadRequest, GatewayClient, GcpIdentityToken, SqlError
+from gateway_client import BadRequest, GatewayClient, GcpIdentityToken, SqlError
 
 
 @functools.cache

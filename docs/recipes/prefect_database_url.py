@@ -3,7 +3,7 @@ connection, with a 15-minute login the gateway issues to the flow's identity
 (`POST /v1/credentials`) instead of a stored password. The token is the same as in
 prefect_flow.py: the job's OIDC token in GitHub Actions, else GATEWAY_TOKEN.
 
-    pip install edge-sql-gateway prefect pandas sqlalchemy 'psycopg[binary]'
+    pip install ./clients/python prefect pandas sqlalchemy 'psycopg[binary]'   # the client, from a clone
     python docs/recipes/prefect_database_url.py https://gateway.example.com
 
 The URL never leaves the task that takes it: it is no task's result or parameter, so
@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from gateway.client import EnvToken, GatewayClient, GithubActionsToken
+from gateway_client import EnvToken, GatewayClient, GithubActionsToken
 
 CUSTOMERS_SQL = "select id, name, country from customers order by id"
 

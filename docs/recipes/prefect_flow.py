@@ -18,7 +18,7 @@ import orjson
 from prefect import flow, task
 from prefect.runtime import flow_run
 
-from gateway.client import EnvToken, GatewayClient, GithubActionsToken
+from gateway_client import EnvToken, GatewayClient, GithubActionsToken
 
 
 @functools.cache

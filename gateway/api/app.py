@@ -1,6 +1,6 @@
-"""The Starlette application: routes, middleware, lifespan, health and readiness, and the
-JSON shape of errors raised outside an endpoint (unknown paths, oversized bodies, internal
-failures).
+"""The Starlette application: routes (each with its operation in the API document, built
+here once), middleware, lifespan, health and readiness, and the JSON shape of errors raised
+outside an endpoint (unknown paths, oversized bodies, internal failures).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.api import approvals, credentials, mcp, native, neon
-from gateway.api.exchange import JSON, declares_more_than
-from gateway.api.openapi import openapi_document
+from gateway.api import approvals, credentials, mcp, native, neon, reference
+from gateway.api.exchange import JSON, declares_more_than, error_answers
+from gateway.api.openapi import Answer, ApiRoute, Operation, build_document
 from gateway.api.results import error_body
 from gateway.auth import READY_STATES
 from gateway.config import GatewayConfig
@@ -102,8 +102,55 @@ async def healthz(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type=JSON)
 
 
+HEALTHZ = Operation(
+    "The process is alive",
+    {200: Answer.json("alive", {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})},
+    secured=False,
+)
+READINESS_SCHEMA = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"enum": ["ready", "not_ready"]},
+        "checks": {
+            "type": "object",
+            "required": ["database", "issuers"],
+            "properties": {
+                "database": {"enum": ["ok", "unreachable"]},
+                "issuers": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    },
+}
+READYZ = Operation(
+    "Database reachable and issuers loaded",
+    {200: Answer.json("ready", READINESS_SCHEMA), 503: Answer.json("not ready: the checks say why", READINESS_SCHEMA)},
+    secured=False,
+)
+METRICS = Operation(
+    "Prometheus text format",
+    {200: Answer("the metrics", {"text/plain": {"type": "string"}})},
+    secured=False,
+)
+OPENAPI = Operation(
+    "This document",
+    {200: Answer.json("the OpenAPI 3.1 document", {"type": "object", "required": ["openapi", "paths"]})},
+    secured=False,
+)
+DOCS = Operation(
+    "The reference of this API, as a page for people",
+    {
+        200: Answer(
+            "an HTML page, made from this document", {"text/html": {"type": "string"}}, ("Content-Security-Policy",)
+        )
+    },
+    secured=False,
+)
+
+
 class Readiness:
-    """`GET /readyz`: database reachable and issuers loaded. A check takes a pool connection,
+    """`GET /readyz`: database reachable and issuers loaded (and, with `[limits] redis_url`,
+    where limits are counted, which does not change readiness). A check takes a pool connection,
     so its answer is kept for `server.readyz_cache`, and calls arriving while one runs wait
     for its answer instead of each taking a connection."""
 
@@ -126,13 +173,17 @@ class Readiness:
     async def _check(self) -> tuple[int, bytes]:
         database_ok = await self.pipeline.database.ping()
         issuers = self.pipeline.verifier.issuer_status()
-        checks = {"database": "ok" if database_ok else "unreachable", "issuers": issuers}
+        checks: dict[str, object] = {"database": "ok" if database_ok else "unreachable", "issuers": issuers}
+        shared = self.pipeline.limits.shared
+        if shared is not None:
+            # Not a reason to stop taking requests: each replica then enforces the limits alone.
+            checks["limits"] = "shared" if shared.up else "per_replica"
         ready = database_ok and all(state in READY_STATES for state in issuers.values())
         return 200 if ready else 503, orjson.dumps({"status": "ready" if ready else "not_ready", "checks": checks})
 
 
 async def openapi(request: Request) -> Response:
-    return Response(openapi_document(), media_type=JSON)
+    return Response(request.app.state.openapi, media_type=JSON)
 
 
 async def metrics(request: Request) -> Response:
@@ -182,25 +233,28 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front
                 await pipeline.stop()
 
     routes = [
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/query", native.query, methods=["POST"]),
-        Route("/v1/batch", native.batch, methods=["POST"]),
-        Route("/v1/explain", native.explain, methods=["POST"]),
-        Route("/v1/whoami", native.whoami, methods=["GET"]),
-        Route(credentials.PATH, credentials.issue, methods=["POST"]),
-        Route(credentials.PATH, credentials.active, methods=["GET"]),
-        Route(credentials.USER_PATH, credentials.revoke, methods=["DELETE"]),
-        Route(approvals.PATH, approvals.pending, methods=["GET"]),
-        Route(approvals.ID_PATH, approvals.read, methods=["GET"]),
-        Route(approvals.ID_PATH, approvals.decide, methods=["POST"]),
-        Route(neon.PATH, neon.sql, methods=["POST"]),
-        Route(neon.PATH, neon.preflight, methods=["OPTIONS"]),
-        Route(mcp.ENDPOINT, mcp_endpoint, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readiness(pipeline, config.server.readyz_cache).endpoint, methods=["GET"]),
+        ApiRoute("/openapi.json", openapi, "GET", OPENAPI),
+        ApiRoute(reference.PATH, reference.page, "GET", DOCS),
+        Route(reference.STYLE_PATH, reference.style, methods=["GET"], include_in_schema=False),
+        ApiRoute("/v1/query", native.query, "POST", native.QUERY),
+        ApiRoute("/v1/batch", native.batch, "POST", native.BATCH),
+        ApiRoute("/v1/explain", native.explain, "POST", native.EXPLAIN),
+        ApiRoute("/v1/whoami", native.whoami, "GET", native.WHOAMI),
+        ApiRoute(credentials.PATH, credentials.issue, "POST", credentials.ISSUE),
+        ApiRoute(credentials.PATH, credentials.active, "GET", credentials.ACTIVE),
+        ApiRoute(credentials.USER_PATH, credentials.revoke, "DELETE", credentials.REVOKE),
+        ApiRoute(approvals.PATH, approvals.pending, "GET", approvals.PENDING),
+        ApiRoute(approvals.ID_PATH, approvals.read, "GET", approvals.READ),
+        ApiRoute(approvals.ID_PATH, approvals.decide, "POST", approvals.DECIDE),
+        ApiRoute(neon.PATH, neon.sql, "POST", neon.OPERATION),
+        # CORS preflight: answered for the driver, not an operation of the API
+        Route(neon.PATH, neon.preflight, methods=["OPTIONS"], include_in_schema=False),
+        ApiRoute(mcp.ENDPOINT, mcp_endpoint, "POST", mcp.OPERATION),
+        ApiRoute("/healthz", healthz, "GET", HEALTHZ),
+        ApiRoute("/readyz", Readiness(pipeline, config.server.readyz_cache).endpoint, "GET", READYZ),
     ]
     if config.metrics.listen is None:  # else only on that listener (gateway.server)
-        routes.append(Route("/metrics", metrics, methods=["GET"]))
+        routes.append(ApiRoute("/metrics", metrics, "GET", METRICS))
     middleware = []
     if config.server.cors_origins:
         middleware.append(
@@ -227,6 +281,9 @@ def create_app(config: GatewayConfig, pipeline: Pipeline | None = None) -> Front
         exception_handlers={HTTPException: http_error, Exception: unhandled_error},
     )
     app.state.pipeline = pipeline
+    document = build_document(app.routes, error_answers)
+    app.state.openapi = orjson.dumps(document)
+    app.state.reference = reference.render(document)
     # With CORS configured every request goes through its middleware, hot routes included.
     hot = {} if config.server.cors_origins else {("POST", "/v1/query"): native.query, ("POST", neon.PATH): neon.sql}
     return Front(app, hot, config.server.max_body_bytes)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.exchange import (
+    APPROVAL_SUMMARY_SCHEMA,
     WholeResults,
     answer,
     close_shielded,
@@ -24,7 +25,8 @@ from gateway.api.exchange import (
     results_body,
     unforeseen,
 )
-from gateway.api.results import error_body
+from gateway.api.openapi import NULLABLE_STRING, STRINGS, Answer, Operation, Schema, listed
+from gateway.api.results import ERROR_BODY_SCHEMA, error_body
 from gateway.approvals import ApprovalRequest
 from gateway.errors import GatewayError, bad_request
 from gateway.pipeline import RequestScope, request_id_from
@@ -34,6 +36,78 @@ ID_PATH = "/v1/approvals/{id}"
 # The audit record's `endpoint` for an approved request's run: no request of the requester's.
 EXECUTION_ENDPOINT = "approved statement"
 DECISIONS = {"approve": True, "reject": False}
+
+# `ApprovalRequest.details()`, and for its requester the outcome (`_view`).
+APPROVAL_SCHEMA: Schema = {
+    "type": "object",
+    "required": [
+        *APPROVAL_SUMMARY_SCHEMA["required"],
+        "statements",
+        "requester",
+        "role",
+        "tables",
+        "approvers",
+        "createdAt",
+        "decision",
+    ],
+    "properties": {
+        **APPROVAL_SUMMARY_SCHEMA["properties"],
+        "statements": {
+            "type": "array",
+            "items": {"type": "object", "required": ["sql", "params"], "properties": {"sql": {"type": "string"}}},
+        },
+        "requester": {
+            "type": "object",
+            "required": ["identity", "issuer", "subject"],
+            "properties": {"identity": {"type": "string"}, "issuer": {"type": "string"}, "subject": NULLABLE_STRING},
+        },
+        "role": {"type": "string"},
+        "tables": STRINGS,
+        "approvers": STRINGS,
+        "createdAt": {"type": "string"},
+        "decision": {
+            "type": ["object", "null"],
+            "required": ["by", "at", "comment"],
+            "properties": {"by": {"type": "string"}, "at": {"type": "string"}, "comment": NULLABLE_STRING},
+        },
+        "result": {
+            "description": "for its requester: /v1/query's result (/v1/batch's for a batch) while the ttl lasts"
+        },
+        "error": {
+            "anyOf": [{"type": "null"}, ERROR_BODY_SCHEMA],
+            "description": "for its requester: why the run failed",
+        },
+    },
+}
+ONE_APPROVAL = {"type": "object", "required": ["approval"], "properties": {"approval": APPROVAL_SCHEMA}}
+# Every call authenticates and reads or writes the approvals table.
+CALLER_ERRORS = ("unauthenticated", "no_identity", "database_unavailable")
+PENDING = Operation(
+    "The unexpired pending requests the caller's identity may approve",
+    {
+        200: Answer.json(
+            "the requests, oldest first",
+            listed("approvals", APPROVAL_SCHEMA),
+        )
+    },
+    CALLER_ERRORS,
+)
+READ = Operation(
+    "One request: its requester sees the outcome (the result), its approvers the details",
+    {200: Answer.json("the request", ONE_APPROVAL)},
+    (*CALLER_ERRORS, "not_found"),
+)
+DECIDE = Operation(
+    "Approve (it runs now, once, as its requester) or reject",
+    {200: Answer.json("the request as decided (and run)", ONE_APPROVAL)},
+    (*CALLER_ERRORS, "bad_request", "not_found", "approval_not_allowed", "approval_decided", "approval_expired"),
+    request={
+        "type": "object",
+        "required": ["decision"],
+        "properties": {"decision": {"enum": list(DECISIONS)}, "comment": {"type": ["string", "null"]}},
+        "examples": [{"decision": "reject", "comment": "not before the audit"}],
+    },
+)
 
 
 async def pending(request: Request) -> Response:
@@ -70,12 +144,13 @@ async def decide(request: Request) -> Response:
 
 async def _decide(request: Request, scope: RequestScope) -> Response:
     body = await read_json(request)
-    if not isinstance(body, dict) or body.get("decision") not in DECISIONS:
+    decision = body.get("decision") if isinstance(body, dict) else None
+    if not isinstance(decision, str) or decision not in DECISIONS:
         raise bad_request('"decision" must be "approve" or "reject"')
     comment = body.get("comment")
     if comment is not None and not isinstance(comment, str):
         raise bad_request('"comment" must be a string')
-    approve = DECISIONS[body["decision"]]
+    approve = DECISIONS[decision]
     approval_id = request.path_params["id"]
     decided = await scope.decide_approval(request.headers.get("authorization"), approval_id, approve, comment)
     if approve:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.exchange import answer, decode_json, json_response, read_body, scope_headers
+from gateway.api.openapi import Answer, Operation, listed
 from gateway.config import parse_duration
 from gateway.errors import bad_request
 from gateway.pipeline import RequestScope
@@ -19,6 +20,53 @@ PATH = "/v1/credentials"
 USER_PATH = "/v1/credentials/{user}"
 # The answer holds a password: no cache on the way may keep it.
 NO_STORE = {"Cache-Control": "no-store"}
+
+TTL_SCHEMA = {
+    "type": ["string", "number", "null"],
+    "description": 'how long the login is valid: "15m", "90s" or seconds (default: the identity\'s ttl)',
+}
+ACTIVE_SCHEMA = {
+    "type": "object",
+    "required": ["user", "expiresAt"],
+    "properties": {"user": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}},
+}
+ISSUED_SCHEMA = {
+    "type": "object",
+    "required": ["user", "password", "url", "host", "port", "database", "sslmode", "expiresAt"],
+    "properties": {
+        **ACTIVE_SCHEMA["properties"],
+        "password": {"type": "string"},
+        "url": {"type": "string", "description": "postgresql://user:password@host:port/database?sslmode=..."},
+        "host": {"type": "string"},
+        "port": {"type": "integer"},
+        "database": {"type": "string"},
+        "sslmode": {"type": "string"},
+    },
+}
+# Every call authenticates, needs an identity with [identities.credentials], and reaches the database.
+CALLER_ERRORS = ("unauthenticated", "no_identity", "credentials_not_allowed", "database_unavailable")
+ISSUE = Operation(
+    "A temporary PostgreSQL login for the caller's identity (only its role's grants bound it)",
+    {201: Answer.json("the login; its password is shown this once", ISSUED_SCHEMA, ("Cache-Control",))},
+    ("bad_request", *CALLER_ERRORS, "too_many_credentials"),
+    request={"type": "object", "properties": {"ttl": TTL_SCHEMA}, "examples": [{"ttl": "15m"}]},
+    request_required=False,
+)
+ACTIVE = Operation(
+    "The caller's identity's unexpired temporary logins",
+    {
+        200: Answer.json(
+            "the logins, soonest expiry first",
+            listed("credentials", ACTIVE_SCHEMA),
+        )
+    },
+    CALLER_ERRORS,
+)
+REVOKE = Operation(
+    "Revoke a temporary login now: its sessions end and its role is dropped",
+    {204: Answer("revoked")},
+    (*CALLER_ERRORS, "not_found"),
+)
 
 
 async def _requested_ttl(request: Request) -> float | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -17,10 +17,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import json_text
-from gateway.api.results import ResultWriter, error_body, whole_result
+from gateway.api.openapi import Answer, Schema, by_status, describe, shared_headers
+from gateway.api.results import ERROR_BODY_SCHEMA, ResultWriter, error_body, whole_result
 from gateway.approvals import ApprovalRequest
 from gateway.db.session import StatementRun
-from gateway.errors import GatewayError, bad_request, internal_error, payload_too_large, query_cancelled
+from gateway.errors import ErrorKind, GatewayError, bad_request, internal_error, payload_too_large, query_cancelled
 from gateway.pipeline import Judged, Pipeline, RequestScope, Statement, trace_id_from
 
 T = TypeVar("T")
@@ -28,6 +29,20 @@ JSON = "application/json"
 
 logger = logging.getLogger("gateway")
 
+
+# A statement judged by the policy, then run: every code a run can end in.
+STATEMENT_ERRORS = (
+    "bad_request",
+    "sql_error",
+    "unauthenticated",
+    "no_identity",
+    "policy_denied",
+    "serialization_failure",
+    "rate_limited",
+    "overloaded",
+    "database_unavailable",
+    "statement_timeout",
+)
 
 CLIENT_CLOSED_REQUEST = 499  # audit status for a client that left before the response
 CUT_BY_SERVER = 503  # audit status for a request still open when the shutdown's grace ran out
@@ -133,6 +148,20 @@ def decode_json(body: bytes) -> Any:
         raise bad_request(f"the body {error}") from None
 
 
+def statement_schema(sql_key: str = "sql", **more: Schema) -> Schema:
+    """What `statement_from` reads: the SQL, and its parameters (a string fits any type); other
+    keys are the wire format's (`more`) or ignored."""
+    return {
+        "type": "object",
+        "required": [sql_key],
+        "properties": {
+            sql_key: {"type": "string", "description": "one statement, with $1..$n parameters"},
+            "params": {"type": ["array", "null"], "items": {}, "description": "a JSON string fits any parameter type"},
+            **more,
+        },
+    }
+
+
 def statement_from(body: Any, max_depth: int, where: str = "body", sql_key: str = "sql") -> Statement:
     """`{"<sql_key>": "...", "params": [...]}` -> a Statement; params may be absent or null,
     and none may nest arrays and objects more than `max_depth` levels deep."""
@@ -203,6 +232,24 @@ class WholeResults:
         return False
 
 
+# `ApprovalRequest.summary()`: what the requester is answered, and every view of a request starts with.
+APPROVAL_SUMMARY_SCHEMA = {
+    "type": "object",
+    "required": ["id", "status", "expiresAt", "statement", "identity"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["pending", "running", "done", "failed", "rejected", "expired"]},
+        "expiresAt": {"type": "string"},
+        "statement": {"type": ["string", "null"], "description": "null for a batch"},
+        "identity": {"type": "string"},
+    },
+}
+HELD = Answer.json(
+    "held until an approver approves it (/v1/approvals)",
+    {"type": "object", "required": ["approval"], "properties": {"approval": APPROVAL_SUMMARY_SCHEMA}},
+)
+
+
 def awaiting_approval(scope: RequestScope, pending: ApprovalRequest) -> Response:
     """202: the statement is held until an approver approves it (`/v1/approvals`)."""
     return json_response(scope, {"approval": pending.summary()}, status=202)
@@ -217,6 +264,25 @@ def json_response(
 ) -> Response:
     all_headers = {**scope_headers(scope), **(headers or {})}
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=all_headers)
+
+
+def error_schema(codes: list[str]) -> Schema:
+    """`error_response`'s body, with one of these codes."""
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {**ERROR_BODY_SCHEMA, "properties": {**ERROR_BODY_SCHEMA["properties"], "code": {"enum": codes}}}
+        },
+    }
+
+
+def error_answers(kinds: Sequence[ErrorKind]) -> dict[int, Answer]:
+    """The native wire format's errors: each with its status in the error table, as `error_response` writes it."""
+    return {
+        status: Answer.json(describe(group), error_schema([kind.code for kind in group]), shared_headers(group))
+        for status, group in by_status(kinds, lambda kind: kind.status).items()
+    }
 
 
 def error_response(scope: RequestScope, error: GatewayError) -> Response:

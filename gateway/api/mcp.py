@@ -37,6 +37,7 @@ from gateway.api.exchange import CUT_BY_SERVER, close_shielded, error_response, 
 from gateway.api.mcp_session import HEADER as SESSION_HEADER
 from gateway.api.mcp_session import open_session, session_client
 from gateway.api.mcp_tools import INSTRUCTIONS, TOOLS, run_tool
+from gateway.api.openapi import Answer, Operation
 from gateway.pipeline import RequestScope
 
 ENDPOINT = "/mcp"
@@ -45,6 +46,58 @@ REQUEST_HEADERS = (SESSION_HEADER, "Mcp-Protocol-Version")
 RESPONSE_HEADERS = (SESSION_HEADER,)
 MAX_CLIENT_NAME = 64  # characters of a client's name kept (audit records, session ids)
 INTERNAL_ERROR = 500
+
+# What every JSON-RPC 2.0 message has; the SDK reads (and judges) the rest.
+ENVELOPE = {"jsonrpc": {"const": "2.0"}, "id": {"type": ["string", "integer", "null"]}}
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "description": "a JSON-RPC 2.0 message of the Model Context Protocol: initialize, tools/list, tools/call, ...",
+    "required": ["jsonrpc"],
+    "properties": {
+        **ENVELOPE,
+        "method": {"type": "string"},
+        "params": {"type": "object"},
+    },
+    "examples": [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": "select 1 as one"}},
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ],
+}
+# What the SDK answers itself: a JSON-RPC response, or an error that is not the gateway's.
+RPC_ANSWER_SCHEMA = {
+    "type": "object",
+    "required": ["jsonrpc"],
+    "properties": {
+        **ENVELOPE,
+        "result": {"type": "object"},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+        },
+    },
+}
+OPERATION = Operation(
+    "Model Context Protocol over Streamable HTTP: tools query, explain, list_tables, describe_table",
+    {
+        200: Answer.json("the JSON-RPC answer (a tool's failure is a result with isError)", RPC_ANSWER_SCHEMA),
+        202: Answer("a notification or a response, accepted"),
+        # The SDK's own refusals, as JSON-RPC errors
+        400: Answer.json("not a JSON-RPC message the protocol takes", RPC_ANSWER_SCHEMA),
+        406: Answer.json("Accept does not include application/json", RPC_ANSWER_SCHEMA),
+        415: Answer.json("Content-Type is not application/json", RPC_ANSWER_SCHEMA),
+    },
+    ("unauthenticated", "no_identity", "not_found"),
+    request=MESSAGE_SCHEMA,
+    description="Answers JSON (Accept must include application/json); stateless, so there is no stream to GET "
+    "and no session to DELETE. An initialize answer opens an Mcp-Session-Id bound to the caller.",
+)
 
 
 class HeldScope:

@@ -19,7 +19,9 @@ from starlette.responses import Response
 from gateway.api.exchange import (
     CLIENT_CLOSED_REQUEST,
     CUT_BY_SERVER,
+    HELD,
     JSON,
+    STATEMENT_ERRORS,
     WholeResults,
     account,
     answer,
@@ -31,10 +33,12 @@ from gateway.api.exchange import (
     results_body,
     scope_headers,
     statement_from,
+    statement_schema,
     unforeseen,
     until_disconnect,
 )
-from gateway.api.results import NDJSON, ResultWriter, encoded_rows
+from gateway.api.openapi import STRINGS, Answer, Operation, Schema, listed
+from gateway.api.results import NDJSON, RESULT_SCHEMA, ResultWriter, encoded_rows
 from gateway.api.streaming import PacedBody, PacedStreamingResponse
 from gateway.db.session import ISOLATION_LEVELS, StatementRun
 from gateway.errors import GatewayError, bad_request
@@ -42,10 +46,33 @@ from gateway.pipeline import Call, Judged, RequestScope, Statement, TransactionO
 
 # ---------------------------------------------------------------------------- body decoding
 
+ROW_MODES = ("object", "array")
+ROW_MODE_SCHEMA = {"enum": list(ROW_MODES), "default": "object", "description": "rows as objects, or as arrays"}
+QUERY_SCHEMA = {
+    **statement_schema(rowMode=ROW_MODE_SCHEMA),
+    "examples": [
+        {"sql": "select $1::int4 as n, now() as at", "params": ["7"]},
+        {"sql": "select 1 as one, 'two' as two", "rowMode": "array"},
+    ],
+}
+BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["statements"],
+    "properties": {
+        "statements": {"type": "array", "minItems": 1, "items": statement_schema()},
+        "isolation": {"enum": list(ISOLATION_LEVELS), "default": "read committed"},
+        "readOnly": {"type": "boolean", "default": False},
+        "rowMode": ROW_MODE_SCHEMA,
+    },
+    "examples": [
+        {"statements": [{"sql": "select 1 as one"}, {"sql": "select $1::text as t", "params": ["x"]}], "readOnly": True}
+    ],
+}
+
 
 def _row_mode(body: dict) -> bool:
     mode = body.get("rowMode", "object")
-    if mode not in ("object", "array"):
+    if mode not in ROW_MODES:
         raise bad_request('"rowMode" must be "object" or "array"')
     return mode == "array"
 
@@ -70,6 +97,94 @@ def _max_depth(scope: RequestScope) -> int:
 def _wants_ndjson(request: Request) -> bool:
     return NDJSON in request.headers.get("accept", "")
 
+
+# ---------------------------------------------------------------------------- what the endpoints answer
+
+DECISION_SCHEMA: Schema = {
+    "type": "object",
+    "required": ["allowed", "identity", "kind", "tables", "columns", "functions", "reason", "approval"],
+    "properties": {
+        "allowed": {"type": "boolean"},
+        "identity": {"type": "string"},
+        "kind": {"type": ["string", "null"]},
+        "tables": STRINGS,
+        "columns": STRINGS,
+        "functions": STRINGS,
+        "reason": {"type": ["string", "null"], "description": "the message its error would carry"},
+        "approval": {
+            "type": ["object", "null"],
+            "description": "a statement a rule holds for approval: who may approve, within how many seconds",
+            "required": ["approvers", "ttl"],
+            "properties": {"approvers": STRINGS, "ttl": {"type": "number"}},
+        },
+    },
+}
+WHOAMI_SCHEMA: Schema = {
+    "type": "object",
+    "required": ["identity", "role", "issuer", "subject", "schemas", "limits"],
+    "properties": {
+        "identity": {"type": "string"},
+        "role": {"type": "string"},
+        "issuer": {"type": "string"},
+        "subject": {"description": "the token's sub claim"},
+        "schemas": STRINGS,
+        "limits": {
+            "type": "object",
+            "required": [
+                "readOnly",
+                "maxRows",
+                "maxResponseBytes",
+                "statementTimeoutMs",
+                "ratePerSecond",
+                "concurrency",
+            ],
+            "properties": {
+                "readOnly": {"type": "boolean"},
+                "maxRows": {"type": "integer"},
+                "maxResponseBytes": {"type": "integer"},
+                "statementTimeoutMs": {"type": "integer"},
+                "ratePerSecond": {"type": ["number", "null"]},
+                "concurrency": {"type": ["integer", "null"]},
+            },
+        },
+    },
+}
+QUERY = Operation(
+    "Run one statement: JSON, or NDJSON with Accept: application/x-ndjson",
+    {
+        200: Answer(
+            "the result; rows past the identity's max_rows or max_response_bytes are cut (truncated). A result "
+            "longer than one batch streams, and a failure after its first rows ends the body with the error",
+            {JSON: RESULT_SCHEMA, NDJSON: {"type": "string", "description": "columns line, row lines, summary line"}},
+        ),
+        202: HELD,
+    },
+    STATEMENT_ERRORS,
+    request=QUERY_SCHEMA,
+)
+BATCH = Operation(
+    "Run statements in one transaction, all or nothing",
+    {
+        200: Answer.json(
+            "one result per statement, sent after COMMIT",
+            listed("results", RESULT_SCHEMA),
+        ),
+        202: HELD,
+    },
+    (*STATEMENT_ERRORS, "response_too_large"),
+    request=BATCH_SCHEMA,
+)
+EXPLAIN = Operation(
+    "The verdict /v1/query would give a statement before running it (policy, parameters)",
+    {200: Answer.json("the decision", DECISION_SCHEMA)},
+    ("bad_request", "unauthenticated", "no_identity", "overloaded", "database_unavailable"),
+    request=QUERY_SCHEMA,
+)
+WHOAMI = Operation(
+    "The identity, role, issuer and limits the token resolves to",
+    {200: Answer.json("the identity", WHOAMI_SCHEMA)},
+    ("unauthenticated", "no_identity"),
+)
 
 # ---------------------------------------------------------------------------- endpoints
 

@@ -9,6 +9,7 @@ written as PostgreSQL's text output, and errors as the PostgreSQL-shaped 400s th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,17 +21,29 @@ from starlette.responses import Response
 
 from gateway.api.exchange import (
     JSON,
+    STATEMENT_ERRORS,
     answer,
     read_json,
     results_body,
     scope_headers,
     statement_from,
+    statement_schema,
     until_disconnect,
+)
+from gateway.api.openapi import (
+    NULLABLE_STRING,
+    Answer,
+    Operation,
+    Schema,
+    by_status,
+    describe,
+    listed,
+    shared_headers,
 )
 from gateway.api.results import parse_command_tag
 from gateway.db.session import RowField, StatementRun, row_description
 from gateway.db.types import json_to_pg_text, neon_json_converter, row_converter
-from gateway.errors import GatewayError, bad_request, response_too_large
+from gateway.errors import ErrorKind, GatewayError, bad_request, response_too_large
 from gateway.pipeline import Call, Judged, RequestScope, Statement, TransactionOptions
 
 PATH = "/sql"
@@ -97,6 +110,44 @@ class NeonRequest:
     raw_text: bool
     transaction: TransactionOptions
     echo: dict[str, str]  # the batch headers the proxy repeats on its answer
+
+
+QUERY_SCHEMA = statement_schema("query", arrayMode={"type": "boolean", "description": "this query's rows as arrays"})
+# `decode`'s two bodies, told apart as it tells them: a body with "query" is a single query.
+REQUEST_SCHEMA = {
+    "anyOf": [
+        QUERY_SCHEMA,
+        {
+            "type": "object",
+            "required": ["queries"],
+            "not": {"required": ["query"]},
+            "properties": {"queries": {"type": "array", "items": QUERY_SCHEMA}},
+        },
+    ],
+    "examples": [
+        {"query": "select $1::int4 as n", "params": ["7"]},
+        {
+            "queries": [
+                {"query": "select 1 as one"},
+                {"query": "select $1::text as t", "params": ["x"], "arrayMode": True},
+            ]
+        },
+    ],
+}
+FLAG = {"type": "string", "description": "only the exact value true turns it on"}
+HEADERS = (
+    {
+        "name": "Neon-Connection-String",
+        "in": "header",
+        "description": "sent by the driver and otherwise ignored; a value that is not a postgres URL is refused",
+        "schema": {"type": "string", "pattern": "^postgres(ql)?:"},
+    },
+    {"name": "Neon-Raw-Text-Output", "in": "header", "schema": FLAG},
+    {"name": "Neon-Array-Mode", "in": "header", "schema": FLAG},
+    {"name": "Neon-Batch-Isolation-Level", "in": "header", "schema": {"enum": list(ISOLATION_LEVELS)}},
+    {"name": "Neon-Batch-Read-Only", "in": "header", "schema": FLAG},
+    {"name": "Neon-Batch-Deferrable", "in": "header", "schema": FLAG},
+)
 
 
 def decode(headers: Headers, body: Any, max_depth: int) -> NeonRequest:
@@ -171,7 +222,8 @@ async def sql(request: Request) -> Response:
 
 async def _sql(request: Request, scope: RequestScope) -> Response:
     neon = decode(request.headers, await read_json(request), scope.pipeline.config.server.max_param_depth)
-    call = Call(request.headers.get("authorization"), [query.statement for query in neon.queries], neon.transaction)
+    statements = [query.statement for query in neon.queries]
+    call = Call(request.headers.get("authorization"), statements, neon.transaction, may_hold=False)
     results = ResultEncoder(scope, neon.raw_text, [query.array_mode for query in neon.queries])
     await until_disconnect(request, scope.execute(call, results))
     parts = results.parts
@@ -187,6 +239,31 @@ async def preflight(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------------------- results
+
+
+FIELD_SCHEMA = {
+    "type": "object",
+    "required": ["name", "dataTypeID", "tableID", "columnID", "dataTypeSize", "dataTypeModifier", "format"],
+    "properties": {
+        "name": {"type": "string"},
+        **{
+            key: {"type": "integer"}
+            for key in ("dataTypeID", "tableID", "columnID", "dataTypeSize", "dataTypeModifier")
+        },
+        "format": {"const": "text"},
+    },
+}
+RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["fields", "rows", "command", "rowCount", "rowAsArray"],
+    "properties": {
+        "fields": {"type": "array", "items": FIELD_SCHEMA},
+        "rows": {"type": "array", "items": {"type": ["object", "array"]}},
+        "command": {"type": "string"},
+        "rowCount": {"type": ["integer", "null"]},
+        "rowAsArray": {"type": "boolean"},
+    },
+}
 
 
 class ResultEncoder:
@@ -259,7 +336,7 @@ def _field(field: RowField) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- errors
 
 
-def status_of(error: GatewayError) -> int:
+def status_of(error: GatewayError | ErrorKind) -> int:
     return 400 if error.status in STATEMENT_FAILURES or error.code == "policy_denied" else error.status
 
 
@@ -276,6 +353,53 @@ def error_json(error: GatewayError) -> bytes:
     body.update({key: error.pg_fields.get(name) for key, name in ERROR_KEYS.items()})
     body["severity"] = body["severity"] or ("ERROR" if code else "")
     return orjson.dumps(body)
+
+
+STATEMENT_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["message", "code", *ERROR_KEYS],
+    "properties": {
+        "message": {"type": "string"},
+        "code": {"type": "string", "description": "the SQLSTATE; 42501 for a policy denial"},
+        **{key: NULLABLE_STRING for key in ERROR_KEYS},
+    },
+}
+
+
+def error_answers(kinds: Sequence[ErrorKind]) -> dict[int, Answer]:
+    """`/sql`'s errors as `error_json` writes them: a statement's failures are the 400s the
+    driver reads, in PostgreSQL's shape; the others keep their status, with a short body."""
+    answers = {}
+    for status, group in by_status(kinds, status_of).items():
+        short = {
+            "type": "object",
+            "required": ["message", "code"],
+            "properties": {"message": {"type": "string"}, "code": {"enum": [kind.code for kind in group]}},
+        }
+        schema: Schema = STATEMENT_ERROR_SCHEMA if status == 400 else short
+        answers[status] = Answer.json(describe(group), schema, (*shared_headers(group), "Neon-Request-Id"))
+    return answers
+
+
+OPERATION = Operation(
+    "The Neon serverless driver's HTTP protocol: one query, or a batch in one transaction",
+    {
+        200: Answer.json(
+            "the result, or {results: [...]} for a batch",
+            {
+                "anyOf": [
+                    RESULT_SCHEMA,
+                    listed("results", RESULT_SCHEMA),
+                ]
+            },
+            ("Neon-Request-Id",),
+        )
+    },
+    (*STATEMENT_ERRORS, "response_too_large"),
+    request=REQUEST_SCHEMA,
+    parameters=HEADERS,
+    error_shape=error_answers,
+)
 
 
 def error_response(scope: RequestScope, error: GatewayError) -> Response:

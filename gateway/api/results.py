@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from gateway.api.openapi import NULLABLE_STRING
 from gateway.db.session import Column, StatementRun
 from gateway.db.types import json_converter, row_converter
 from gateway.errors import GatewayError
@@ -38,6 +39,23 @@ def command_and_count(tag: str, kind: str | None, rows_sent: int) -> tuple[str, 
     return command or (kind or "").upper(), rows_sent if count is None else count
 
 
+# `error_body`'s shape; `code` is one of the error table's (each operation narrows it).
+ERROR_BODY_SCHEMA = {
+    "type": "object",
+    "required": ["code", "message", "postgresMessage", "requestId", "sqlstate", "detail", "hint", "position"],
+    "properties": {
+        "code": {"type": "string"},
+        "message": {"type": "string"},
+        "postgresMessage": NULLABLE_STRING,
+        "requestId": {"type": "string"},
+        "sqlstate": NULLABLE_STRING,
+        "detail": NULLABLE_STRING,
+        "hint": NULLABLE_STRING,
+        "position": {"type": ["integer", "null"]},
+    },
+}
+
+
 def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
     return {
         "code": error.code,
@@ -51,6 +69,31 @@ def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
         "hint": error.hint,
         "position": error.position,
     }
+
+
+COLUMNS_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "type"],
+        "properties": {"name": {"type": "string"}, "type": {"type": "string"}},
+    },
+}
+# A JSON body as `ResultWriter` writes it: rows as objects, or arrays (`rowMode: "array"`); a
+# result that failed after rows were sent ends with the error instead of its summary.
+RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["columns", "rows", "truncated"],
+    "properties": {
+        "columns": COLUMNS_SCHEMA,
+        "rows": {"type": "array", "items": {"type": ["object", "array"]}},
+        "command": {"type": "string"},
+        "rowCount": {"type": "integer", "minimum": 0},
+        "truncated": {"type": "boolean"},
+        "error": ERROR_BODY_SCHEMA,
+    },
+    "oneOf": [{"required": ["command", "rowCount"]}, {"required": ["error"]}],
+}
 
 
 class ResultWriter:

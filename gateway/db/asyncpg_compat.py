@@ -2,7 +2,8 @@
 
 asyncpg's public API cannot do a few things the gateway needs: open a portal and read it in
 batches with one round trip per batch (its cursor adds a round trip or yields row by row),
-look a prepared statement up in its cache by name resolution, repeat a cancel request that
+look a prepared statement up in its cache by name resolution, prepare one in the round trip
+that begins its transaction (behind a transaction pooler), repeat a cancel request that
 did not take, read the RowDescription the server sent and the settings it reported, give a
 pooled connection back without a task per call, close idle connections past their age, and
 exchange records and arrays as PostgreSQL's text. Each of those reaches into asyncpg here and
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.cursor import BaseCursor
@@ -25,7 +26,10 @@ from asyncpg.types import Attribute
 
 TESTED_VERSIONS = ((0, 30), (0, 33))  # [from, to): the range pyproject.toml pins
 CANCEL_REPEAT_INTERVAL = 0.5  # seconds before a cancel request that did not take is sent again
+SELF_TEST_SQL = "SELECT 1 AS one, $1::text AS two"
 ROW_DESCRIPTION_FIELDS = 7  # name, table oid, column number, type oid, size, modifier, format
+
+T = TypeVar("T")
 
 # A result column: asyncpg's Attribute (`name`, and `type` with oid, name, kind, schema).
 Column = Attribute
@@ -39,20 +43,49 @@ class UnsupportedAsyncpg(RuntimeError):
 
 
 async def prepared_statement(
-    connection: asyncpg.Connection, sql: str, timeout: float | None, record_class: type[asyncpg.Record]
+    connection: asyncpg.Connection,
+    sql: str,
+    timeout: float | None,
+    record_class: type[asyncpg.Record],
+    prelude: bytes = b"",
 ) -> Any:
     """The connection's cached prepared statement for `sql` and `record_class` (prepared now
-    if need be): asyncpg's statement cache is keyed on the text and the record class only."""
-    return await connection._get_statement(sql, timeout, named=True, record_class=record_class)
+    if need be): asyncpg's statement cache is keyed on the text and the record class only.
+    Named and cached when the connection has a statement cache, else the unnamed statement.
+
+    `prelude` (`prelude_messages`, for a statement not cached) goes out in the same flush,
+    ahead of the Parse: the statement is prepared inside the transaction the prelude begins,
+    in one round trip with it. asyncpg skips the prelude's ParseComplete, BindComplete and
+    CommandComplete while it waits for the statement's description; an error in the prelude
+    is read as the statement's, up to the Sync asyncpg then sends. No ReadyForQuery follows a
+    prepare: asyncpg learns of the transaction at the statement's own Sync."""
+    return await _after_prelude(
+        connection, prelude, lambda: connection._get_statement(sql, timeout, named=False, record_class=record_class)
+    )
 
 
 def cached_statement(connection: asyncpg.Connection, sql: str, record_class: type[asyncpg.Record]) -> Any | None:
     """The prepared statement `prepared_statement` would return without a round trip, if any.
     A statement prepared now leaves the server inside an implicit transaction until the next
     Sync (asyncpg ends its Parse/Describe with Flush), whose snapshot a prelude's BEGIN would
-    then come after: `BEGIN ISOLATION LEVEL SERIALIZABLE` fails there, so a prelude goes only
-    with a statement that was prepared before."""
+    then come after: `BEGIN ISOLATION LEVEL SERIALIZABLE` fails there, so a prelude goes with
+    the Bind only for a statement that was prepared before, and with the Parse otherwise."""
     return connection._stmt_cache.get((sql, record_class, False))
+
+
+async def _after_prelude(connection: asyncpg.Connection, prelude: bytes, operation: Callable[[], Awaitable[T]]) -> T:
+    """`operation` (one asyncpg protocol exchange), with `prelude` written just before it."""
+    if not prelude:
+        return await operation()
+    await settle_cancellation(connection)  # asyncpg would wait for it after the prelude went out
+    connection._transport.write(prelude)
+    try:
+        return await operation()
+    except (asyncpg.PostgresError, asyncio.CancelledError, TimeoutError):
+        raise  # answered up to ReadyForQuery, or cancelled by asyncpg's own rules: in step
+    except BaseException:
+        connection.terminate()  # refused before asyncpg wrote: the prelude went out with no Sync after it
+        raise
 
 
 def round_trips(connection: asyncpg.Connection) -> int:
@@ -93,10 +126,10 @@ def _is_row_description(items: list) -> bool:
 
 def prelude_messages(statements: list[str]) -> bytes:
     """Parse, Bind and Execute of each statement on the unnamed statement and portal, with no
-    Sync: what `Portal.first` sends ahead of its own Bind/Execute/Sync, so that all of them run
-    in one round trip. The last statement must return no rows and complete as `SELECT 0`
-    (PRELUDE_TAG); each must take no parameters and return no rows (asyncpg would read them as
-    the statement's)."""
+    Sync: what `Portal.first` sends ahead of its own Bind/Execute/Sync, or `prepared_statement`
+    ahead of its Parse/Describe, so that all of them run in one round trip. The last statement
+    must return no rows and complete as `SELECT 0` (PRELUDE_TAG); each must take no parameters
+    and return no rows (asyncpg would read them as the statement's)."""
     out = bytearray()
     for sql in statements:
         text = sql.encode()
@@ -125,30 +158,22 @@ class Portal(BaseCursor):
     status: bytes = b""
 
     async def first(self, limit: int, timeout: float | None, prelude: bytes = b"") -> list:
-        """The first `limit` rows. `prelude` (`prelude_messages`) goes out in the same flush,
-        ahead of the Bind: the transaction's BEGIN and settings cost no round trip of their own.
-        asyncpg reads their answers as part of the statement's (ParseComplete, BindComplete and
-        CommandComplete are what it skips or overwrites; an error in them ends the whole at the
-        Sync, as the statement's own would)."""
-        if not prelude:  # asyncpg's cursors insist on a transaction: the prelude begins one
-            self._check_ready()
+        """The first `limit` rows, inside a transaction: begun before, or by `prelude`
+        (`prelude_messages`), which goes out in the same flush, ahead of the Bind: the
+        transaction's BEGIN and settings cost no round trip of their own. asyncpg reads their
+        answers as part of the statement's (ParseComplete, BindComplete and CommandComplete are
+        what it skips or overwrites; an error in them ends the whole at the Sync, as the
+        statement's own would). asyncpg's cursors check for a transaction by the last
+        ReadyForQuery, which a transaction begun with a prepare has not sent yet: not here."""
         # The unnamed portal, as Neon's proxy binds (an error's context then reads as it
         # would there): nothing else is bound on the connection until this one is read.
         self._portal_name = ""
-        connection = self._connection
-        if prelude:
-            await settle_cancellation(connection)  # bind_execute would wait for it after the prelude
-            connection._transport.write(prelude)
-        try:
-            rows, status, completed = await connection._protocol.bind_execute(
-                self._state, self._args, self._portal_name, limit, True, timeout
-            )
-        except (asyncpg.PostgresError, asyncio.CancelledError, TimeoutError):
-            raise  # answered up to ReadyForQuery, or cancelled by asyncpg's own rules: in step
-        except BaseException:
-            if prelude:  # refused before asyncpg wrote: the prelude went out with no Sync after it
-                connection.terminate()
-            raise
+        protocol = self._connection._protocol
+        rows, status, completed = await _after_prelude(
+            self._connection,
+            prelude,
+            lambda: protocol.bind_execute(self._state, self._args, self._portal_name, limit, True, timeout),
+        )
         if prelude:
             completed = not (status == PRELUDE_TAG and rows)
             status = status if completed else b""
@@ -287,26 +312,32 @@ async def self_test(connection: asyncpg.Connection) -> None:
     the first that does not behave as expected. Runs nothing that changes the database."""
     check_version()
     try:
-        statement = await prepared_statement(connection, "SELECT 1 AS one, $1::text AS two", None, asyncpg.Record)
+        # A statement new to the connection, prepared after a prelude that begins the
+        # transaction (the one way behind a transaction pooler), then read through a portal.
+        prelude = prelude_messages(["BEGIN", "SELECT WHERE false"])
+        statement = await prepared_statement(connection, SELF_TEST_SQL, None, asyncpg.Record, prelude)
         if len(parameter_types(statement)) != 1 or [c.name for c in statement_columns(statement)] != ["one", "two"]:
             raise UnsupportedAsyncpg("a prepared statement's parameters and columns read differently")
         fields = row_description(statement, 2)
         if [field[0] for field in fields] != [b"one", b"two"]:
             raise UnsupportedAsyncpg("the RowDescription reads differently")
-        async with connection.transaction():
-            portal = Portal(connection, "", statement, ["x"], asyncpg.Record)
-            rows = await portal.first(2, None)  # one row, and the end of the result
-            if not portal.exhausted or len(rows) != 1:
-                raise UnsupportedAsyncpg("a portal reads differently")
-        # The same, cached statement after a prelude that begins the transaction: one row, and
-        # the portal suspended (the row limit reached), which only the command tag tells.
         portal = Portal(connection, "", statement, ["x"], asyncpg.Record)
-        rows = await portal.first(1, None, prelude_messages(["BEGIN", "SELECT WHERE false"]))
+        rows = await portal.first(2, None)  # one row, and the end of the result
         began = connection.is_in_transaction()
-        rest = await portal.next(1, None) if began else None
         await connection.execute("ROLLBACK")
-        if not (began and len(rows) == 1 and rest == [] and portal.exhausted and portal.status == b"SELECT 0"):
-            raise UnsupportedAsyncpg("a statement sent after a prelude reads differently")
+        if not (began and portal.exhausted and len(rows) == 1):
+            raise UnsupportedAsyncpg("a statement prepared after a prelude reads differently")
+        # With a statement cache, the same statement again, cached, after a prelude: one row,
+        # and the portal suspended (the row limit reached), which only the command tag tells.
+        cached = cached_statement(connection, SELF_TEST_SQL, asyncpg.Record)
+        if cached is not None:
+            portal = Portal(connection, "", cached, ["x"], asyncpg.Record)
+            rows = await portal.first(1, None, prelude)
+            began = connection.is_in_transaction()
+            rest = await portal.next(1, None) if began else None
+            await connection.execute("ROLLBACK")
+            if not (began and len(rows) == 1 and rest == [] and portal.exhausted and portal.status == b"SELECT 0"):
+                raise UnsupportedAsyncpg("a statement sent after a prelude reads differently")
         if not isinstance(reported_settings(connection).get("server_version"), str):
             raise UnsupportedAsyncpg("the reported settings read differently")
         await settle_cancellation(connection)  # nothing to settle: must return at once

@@ -228,9 +228,10 @@ HEARTBEAT_SECONDS = 10.0
 
 class CatalogKeeper:
     """Keeps the policy's snapshot as current as PostgreSQL's catalog: read at start, then
-    again on every notification on `CATALOG_CHANNEL` (a listening connection of its own), on
-    SIGHUP, every `interval` seconds, and — before any further decision — after DDL the
-    gateway ran itself. A read that fails keeps the snapshot in use until the next one."""
+    again on every notification on `CATALOG_CHANNEL` (a listening connection of its own, where
+    the database has somewhere to listen: `Database.listening_database`), on SIGHUP, every
+    `interval` seconds, and — before any further decision — after DDL the gateway ran itself.
+    A read that fails keeps the snapshot in use until the next one."""
 
     def __init__(
         self,
@@ -257,12 +258,27 @@ class CatalogKeeper:
     async def start(self) -> None:
         """Read the first snapshot (failing loudly) and keep it fresh from now on."""
         await self.refresh()
-        self._tasks = [asyncio.create_task(self._keep_fresh()), asyncio.create_task(self._listen())]
+        self._tasks = [asyncio.create_task(self._keep_fresh())]
+        listening = self.database.listening_database()
+        if listening is None:
+            logger.warning(
+                "catalog notifications: not listening (a transaction pooler cannot carry LISTEN; set "
+                "[database] listen_url to a direct URL); the catalog is re-read after DDL run through this "
+                "gateway, %s",
+                f"every {self.interval:g}s and on SIGHUP" if self.interval else "and on SIGHUP",
+            )
+        else:
+            self._tasks.append(asyncio.create_task(self._listen(listening)))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def present_relations(self) -> set[tuple[str, str]]:
+        """(schema, relation) of every relation in the snapshot in use."""
+        relations = self.snapshot.relations if self.snapshot else {}
+        return {(schema, name) for schema, names in relations.items() for name in names}
 
     def want_refresh(self) -> None:
         """A refresh soon (SIGHUP, a notification)."""
@@ -323,12 +339,12 @@ class CatalogKeeper:
                 taken_at = self.snapshot.taken_at if self.snapshot else "never"
                 logger.warning("catalog snapshot not refreshed (%s); still using the one taken at %s", error, taken_at)
 
-    async def _listen(self) -> None:
-        """LISTEN on a connection of its own, reconnecting with back-off."""
+    async def _listen(self, database: Database) -> None:
+        """LISTEN on a connection of its own to `database`, reconnecting with back-off."""
         failures = 0
         while True:
             try:
-                connection = await self.database.dedicated_connection(LISTENER_NAME)
+                connection = await database.dedicated_connection(LISTENER_NAME)
             except Exception as error:
                 delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
                 failures += 1

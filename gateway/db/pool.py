@@ -11,14 +11,16 @@ a connection per request lives in `gateway.db.session`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import asyncpg
 
@@ -36,7 +38,9 @@ from gateway.secrets import MissingSecret, SecretStore
 # can create temporary tables; a function outside the safe list, or one PostgreSQL runs on
 # its own for a view, policy, trigger, rule or default, can set session settings), and after
 # PostgreSQL reported a session setting changed, this full reset runs when the connection goes
-# back to the pool. RESET ALL leaves the role alone: RESET ROLE comes first.
+# back to the pool. RESET ALL leaves the role alone: RESET ROLE comes first. Every statement of
+# it may run inside a transaction block: behind a transaction pooler it goes out before COMMIT
+# (`gateway.db.session`), on the server session the request ran on.
 FULL_RESET = (
     "RESET ROLE; CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); "
     "DISCARD TEMP; DISCARD SEQUENCES;"
@@ -59,11 +63,18 @@ CONNECTION_ERRORS = (
 LOGIN_REFUSED = (asyncpg.exceptions.InvalidPasswordError, asyncpg.exceptions.InvalidAuthorizationSpecificationError)
 
 
+class PoolerError(RuntimeError):
+    """The configured `[database] pooler` is not what the connection goes through."""
+
+
 class GatewayConnection(TextExchangeConnection):
     """A pooled connection that skips asyncpg's reset round trip unless a request marked it
     or PostgreSQL reported a changed session setting."""
 
     needs_full_reset = False
+    # Behind a transaction pooler the next statement on this connection may reach another
+    # server session: each transaction resets the one it ran on before COMMIT instead.
+    resets_on_release = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,6 +87,8 @@ class GatewayConnection(TextExchangeConnection):
         # GUC_REPORT settings whenever their value changes (ParameterStatus); after COMMIT or
         # ROLLBACK a transaction-local value has been reported back, so a difference is a
         # session-level change nothing else caught (a trigger added since the catalog was read).
+        if not self.resets_on_release:
+            return ""
         if self.needs_full_reset or self._reported != self._reported_at_start:
             self.needs_full_reset = False
             return FULL_RESET
@@ -106,6 +119,21 @@ class Database:
         self._key_dir: tempfile.TemporaryDirectory | None = None
         self.waiting = 0  # requests waiting for a connection (the pool does not say)
         self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def transaction_pooling(self) -> bool:
+        """Whether consecutive transactions of a connection may run on different server
+        sessions (`pooler = "pgbouncer"`): nothing is prepared or set outside a transaction."""
+        return self.config.pooler == "pgbouncer"
+
+    def listening_database(self) -> Database | None:
+        """Where a connection that LISTENs goes: `listen_url` when set, else the pool's URL,
+        and nowhere behind a transaction pooler, which runs each transaction on whichever
+        server session is free (notifications reach the session that listened, not this
+        connection)."""
+        if self.config.listen_url is not None:
+            return Database(dataclasses.replace(self.config, url=self.config.listen_url), self.secrets)
+        return None if self.transaction_pooling else self
 
     # -------------------------------------------------------------- connecting
 
@@ -153,10 +181,23 @@ class Database:
             return await self.connect_as(again, **options)
 
     async def connect_as(self, login: Login, **options: Any) -> asyncpg.Connection:
-        """A connection outside the pool as `login`, with the pool's TLS settings."""
-        return await asyncpg.connect(
-            self.dsn(), user=login.user, password=login.password, timeout=self.config.connect_timeout, **options
-        )
+        """A connection outside the pool as `login`, with the pool's TLS settings. A missing
+        TLS file or a host name that does not resolve is a ConnectionError naming it (the
+        ssl module's and the resolver's own errors name neither)."""
+        self._check_tls_files()
+        try:
+            return await asyncpg.connect(
+                self.dsn(), user=login.user, password=login.password, timeout=self.config.connect_timeout, **options
+            )
+        except socket.gaierror as error:
+            host = urlsplit(self.config.url).hostname
+            raise ConnectionError(f"cannot resolve the database host {host!r}: {error.strerror}") from None
+
+    def _check_tls_files(self) -> None:
+        for key in ("sslrootcert", "sslcert"):
+            path = getattr(self.config, key)
+            if path and not Path(path).is_file():
+                raise ConnectionError(f"database.{key}: {path}: no such file")
 
     async def _pool_connect(self, *dsn: str, **options: Any) -> asyncpg.Connection:
         """The pool's way to connect (it passes the DSN it was made with: built here anew)."""
@@ -167,7 +208,9 @@ class Database:
         if first:
             self._builtin_types = await builtin_text_types(connection)
         connection.exchange_as_text(self._builtin_types)
+        connection.resets_on_release = not self.transaction_pooling
         if first:  # refuse, before serving, an asyncpg whose internals are not the checked ones
+            await check_pooler(connection, self.config.pooler)
             await compat.self_test(connection)
             await check_text_exchange(connection)
 
@@ -178,7 +221,9 @@ class Database:
             min_size=self.config.pool_min if size is None else size,
             max_size=self.config.pool_max if size is None else size,
             connection_class=GatewayConnection,
-            statement_cache_size=self.config.statement_cache_size,
+            # Named statements outlive the transaction that prepared them, on a server session
+            # a transaction pooler may give to another client next.
+            statement_cache_size=0 if self.transaction_pooling else self.config.statement_cache_size,
             init=self._init_connection,
             max_inactive_connection_lifetime=min(300.0, self.config.max_connection_age),
         )
@@ -288,9 +333,26 @@ class Database:
             return False
 
     async def check_login_role(self, identity_roles: list[str]) -> None:
-        """Refuse a login that could act with privileges of its own (SPEC §5)."""
+        """Refuse a login that could act with privileges of its own."""
         async with self.connection() as connection:
             await check_login_role(connection, identity_roles)
+
+
+async def check_pooler(connection: asyncpg.Connection, pooler: str) -> None:
+    """Refuse a connection that reaches PostgreSQL through a pooler or proxy when `pooler` says
+    it reaches PostgreSQL directly. PostgreSQL's BackendKeyData carries the backend's process
+    id; PgBouncer (and any proxy that routes cancel requests) hands out a key of its own, so
+    the pid the connection was given differs from the backend's. Checked once, at start."""
+    if pooler != "none":
+        return
+    backend = await connection.fetchval("SELECT pg_catalog.pg_backend_pid()")
+    if int(backend) != connection.get_server_pid():
+        raise PoolerError(
+            "the database URL reaches PostgreSQL through a connection pooler or proxy (the backend's "
+            "process id differs from the one the connection was given), but [database] pooler is "
+            '"none": behind PgBouncer in transaction pooling mode set pooler = "pgbouncer"; behind a '
+            'pooler or proxy that keeps one server session per client connection set pooler = "session"'
+        )
 
 
 def _true(value: object) -> bool:

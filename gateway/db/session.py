@@ -1,4 +1,4 @@
-"""The per-request transaction on one pooled connection (SPEC §5).
+"""The per-request transaction on one pooled connection.
 
 Owns the setup message (transaction mode, role, claims, timeouts, pinned search_path,
 standard_conforming_strings, request tag — all transaction-local, sent as ONE simple-query
@@ -11,7 +11,9 @@ costs no more than `fetch()` (`gateway.db.asyncpg_compat.Portal`: asyncpg's publ
 API would add a round trip or yield row by row). That path skips what asyncpg does around
 its own statements, so it is done here: a cached statement whose result type changed is
 prepared again, and statements are cached per name resolution (role and search path), never
-shared between resolutions.
+shared between resolutions. Behind a transaction pooler (`[database] pooler = "pgbouncer"`)
+nothing is cached: every statement is prepared inside its own transaction, and the session reset
+goes out with COMMIT, so nothing depends on which server session the next transaction reaches.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import asyncpg
 
 from gateway.db import asyncpg_compat as compat
 from gateway.db.asyncpg_compat import Column, Portal
-from gateway.db.pool import Database, GatewayConnection
+from gateway.db.pool import FULL_RESET, Database, GatewayConnection
 from gateway.db.types import parameter_value
 from gateway.errors import (
     GatewayError,
@@ -91,7 +93,10 @@ class TransactionSettings:
 
     @cached_property
     def _fixed_settings(self) -> str:
-        path = ", ".join(["pg_catalog", *(f'"{schema}"' for schema in self.schemas), "pg_temp"])
+        # PostgreSQL searches pg_catalog first when the path does not name it, and creates
+        # what a statement names without a schema in the path's first schema: named, pg_catalog
+        # would be that schema (where creating is always refused). Without schemas, it stays.
+        path = ", ".join([*(f'"{schema}"' for schema in self.schemas or ("pg_catalog",)), "pg_temp"])
         settings = {
             "role": self.role,
             "search_path": path,
@@ -201,6 +206,9 @@ class Transaction:
         self._setup_sql = "; ".join(setup)
         self._prelude = compat.prelude_messages(setup)
         self._full_reset = full_reset
+        # Behind a transaction pooler the server session goes to another client after COMMIT:
+        # whatever the request may have left on it is reset before, in the same message.
+        self._end_of_request = FULL_RESET if database.transaction_pooling else f"{END_OF_REQUEST};"
         self._lease = AsyncExitStack()  # the pooled connection, given back at `close`
         self._connection: GatewayConnection | None = None
         self.open = False
@@ -251,22 +259,8 @@ class Transaction:
 
     async def _run(self, sql: str, params: list[Any], first_batch: int, batch_size: int) -> StatementRun:
         first = self._statements == 1
-        key = self.settings.statement_key
         connection = self.connection
-        if not self.open and compat.cached_statement(connection, sql, key) is None:
-            # A statement new to this connection is prepared inside the transaction, which
-            # then begins in a round trip of its own (`asyncpg_compat.cached_statement`).
-            await self.wait(
-                connection.execute(self._setup_sql, timeout=self.max_wait),
-                replaceable=(Exception,) if first else (),
-            )
-            self.open = True
-        # Preparing runs nothing; the statement runs at Bind+Execute, which asyncpg refuses
-        # without writing anything (InternalClientError) on a connection it knows is broken.
-        state = await self.wait(
-            compat.prepared_statement(connection, sql, self.max_wait, key),
-            replaceable=(Exception,) if first else (),
-        )
+        state = await self._statement(sql, replaceable=(Exception,) if first else ())
         parameter_types = compat.parameter_types(state)
         if len(parameter_types) != len(params):
             raise bad_request(f"the statement takes {len(parameter_types)} parameters but {len(params)} were sent")
@@ -274,7 +268,9 @@ class Transaction:
             parameter_value(value, type_, position)
             for position, (value, type_) in enumerate(zip(params, parameter_types, strict=True), start=1)
         ]
-        portal = Portal(connection, sql, state, args, key)
+        portal = Portal(connection, sql, state, args, self.settings.statement_key)
+        # The statement runs at Bind+Execute, which asyncpg refuses without writing anything
+        # (InternalClientError) on a connection it knows is broken.
         refused = (asyncpg.exceptions.InternalClientError,) if first else ()
         if self.open:
             rows = await self.wait(portal.first(first_batch, self.max_wait), replaceable=refused)
@@ -285,11 +281,36 @@ class Transaction:
                 self.open = not connection.is_closed() and connection.is_in_transaction()
         return StatementRun(self, portal, compat.statement_columns(state), rows, batch_size)
 
+    async def _statement(self, sql: str, replaceable: tuple[type[BaseException], ...]) -> Any:
+        """The prepared statement for `sql`. One new to this connection (every statement,
+        behind a transaction pooler: nothing is cached) is prepared inside the transaction: if
+        the transaction has not begun, its BEGIN and settings go out ahead of the Parse, in the
+        same round trip (`asyncpg_compat.cached_statement`), and so reach the server session
+        that prepares and runs it. Preparing runs nothing of the caller's."""
+        key = self.settings.statement_key
+        connection = self.connection
+        cached = compat.cached_statement(connection, sql, key)
+        if cached is not None:
+            return cached
+        if self.open:
+            return await self.wait(
+                compat.prepared_statement(connection, sql, self.max_wait, key), replaceable=replaceable
+            )
+        try:
+            state = await self.wait(
+                compat.prepared_statement(connection, sql, self.max_wait, key, self._prelude), replaceable=replaceable
+            )
+        except BaseException:  # after an error asyncpg has read up to ReadyForQuery: it knows
+            self.open = not connection.is_closed() and connection.is_in_transaction()
+            raise
+        self.open = True  # no ReadyForQuery has told asyncpg yet: the statement's Sync will
+        return state
+
     async def commit(self, announce: str | None = None) -> None:
         """COMMIT, after `announce` (a statement of the gateway's own, in the same message)."""
         prefix = f"{announce}; " if announce else ""
         try:
-            await self.wait(self.connection.execute(f"{prefix}{END_OF_REQUEST}; COMMIT", timeout=self.max_wait))
+            await self.wait(self.connection.execute(f"{prefix}{self._end_of_request} COMMIT", timeout=self.max_wait))
         finally:
             self.open = False
 
@@ -377,7 +398,7 @@ def connection_lost(error: BaseException) -> bool:
 
 
 def translate_error(error: BaseException) -> GatewayError:
-    """A PostgreSQL or driver error as the caller should see it (SPEC §4 error table)."""
+    """A PostgreSQL or driver error as the caller should see it (through the one error table, `gateway/errors.py`)."""
     if isinstance(error, GatewayError):
         return error
     if isinstance(error, asyncpg.PostgresError):

@@ -15,7 +15,7 @@ from gateway.catalog import CatalogSnapshot
 from gateway.config import PolicyConfig
 from gateway.errors import analyser_busy, rate_limited
 from gateway.identity import Identity
-from gateway.limits import TokenBucket
+from gateway.limits import RateBuckets
 from gateway.policy.analysis import analyze
 from gateway.policy.decision import Decision, decide
 from gateway.policy.facts import Denial, StatementFacts, TableName
@@ -30,7 +30,8 @@ __all__ = ["Decision", "Denial", "PolicyEngine", "StatementFacts", "TableName"]
 class PolicyEngine:
     """Decisions for (identity, statement text). A decision seen before is one dict lookup; a
     text seen before (by anyone) skips analysis; a new text costs up to a millisecond of CPU,
-    so with `limit_misses` each identity may bring new texts only at `analysis_rate`."""
+    so with `limit_misses` each identity may bring new texts only at `analysis_rate` (counted in
+    `misses`, shared across replicas when they are, else in this engine)."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class PolicyEngine:
         *,
         limit_misses: bool = False,
         workers: AnalysisPool | None = None,
+        misses: RateBuckets | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -50,7 +52,7 @@ class PolicyEngine:
         # and where a role can create objects decides how names resolve). Bounded like the
         # analysis cache; emptied whole when full.
         self._decisions: dict[tuple[str, str, str], tuple[StatementFacts, Decision]] = {}
-        self._miss_buckets: dict[str, TokenBucket] | None = {} if limit_misses else None
+        self._misses = (misses or RateBuckets("misses")) if limit_misses else None
 
     def use_catalog(self, catalog: CatalogSnapshot | None) -> None:
         """Judge with another snapshot from now on; decisions made with the old one go."""
@@ -69,8 +71,8 @@ class PolicyEngine:
         known = self._decisions.get((identity.name, identity.role, sql))
         if known is not None:
             return known
-        if sql not in self._facts:
-            self._admit_analysis(identity)
+        if sql not in self._facts and self._misses is not None:
+            self._refuse_analysis(identity, self._misses.take_local(identity.name, self.config.analysis_rate))
         return self._decided(identity, sql, self.facts(sql))
 
     async def decide_bounded(self, identity: Identity, sql: str) -> tuple[StatementFacts, Decision]:
@@ -83,7 +85,8 @@ class PolicyEngine:
             return known
         facts = self._cached_facts(sql)
         if facts is None:
-            self._admit_analysis(identity)
+            if self._misses is not None:
+                self._refuse_analysis(identity, await self._misses.take(identity.name, self.config.analysis_rate))
             try:
                 facts = self._remember_facts(sql, await self.workers.analyse(sql))
             except AnalyserBusy:
@@ -113,13 +116,8 @@ class PolicyEngine:
             self._facts.popitem(last=False)
         return facts
 
-    def _admit_analysis(self, identity: Identity) -> None:
-        if self._miss_buckets is None:
-            return
-        bucket = self._miss_buckets.get(identity.name)
-        if bucket is None:
-            bucket = self._miss_buckets[identity.name] = TokenBucket(self.config.analysis_rate)
-        wait = bucket.take()
+    def _refuse_analysis(self, identity: Identity, wait: float) -> None:
+        """Raises when the identity must wait `wait` seconds for its next new text."""
         if wait > 0:
             raise rate_limited(
                 f'identity "{identity.name}" is sending new statement texts faster than they are analysed for it '

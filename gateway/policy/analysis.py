@@ -29,6 +29,7 @@ from gateway.policy.functions import check_set_config_call
 from gateway.policy.lexical import check_text, scan
 from gateway.policy.naming import sql_value_function_name
 from gateway.policy.pgtree import entries, names
+from gateway.policy.wording import enum_title, statement_title, syntax_title
 
 # PostgreSQL's root statement node -> statement kind. Every other statement is refused.
 PG_STATEMENT_KINDS = {
@@ -46,11 +47,15 @@ PG_STATEMENT_KINDS = {
     "TruncateStmt": "ddl",
     "CommentStmt": "ddl",
     "GrantStmt": "ddl",
+    # What schema-migration tools emit besides tables and indexes.
+    "CreateEnumStmt": "ddl",
+    "CreateSchemaStmt": "ddl",
 }
 
-# DDL touches relations only (tables, views, indexes), never schemas, functions, sequences,
-# databases or roles, whose names no table rule can cover: the field holding the object type
-# of each DDL statement, and the types accepted.
+# DDL changes relations only (tables, views, indexes), never schemas, functions, sequences,
+# databases or roles, whose names no table rule can cover (CREATE TYPE ... AS ENUM and CREATE
+# SCHEMA, which only create, are judged as `schema.type` and `schema.*`): the field holding
+# the object type of each DDL statement, and the types accepted.
 RELATION_OBJECT_TYPES = frozenset({"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_INDEX"})
 PG_DDL_OBJECT_TYPES: dict[str, tuple[str, frozenset[str]]] = {
     "CreateTableAsStmt": ("objtype", frozenset({"OBJECT_TABLE"})),
@@ -77,19 +82,9 @@ PG_ALTER_TABLE_ACTIONS = frozenset(
 # Data-modifying statements, wherever they are nested (the cross-check of §3).
 PG_WRITE_STATEMENTS = {"InsertStmt": "insert", "UpdateStmt": "update", "DeleteStmt": "delete", "MergeStmt": "merge"}
 PG_MERGE_COMMANDS = {"CMD_INSERT": "insert", "CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_NOTHING": None}
-# Readable names for the utility statements callers try most.
-PG_STATEMENT_TITLES = {
-    "VariableSetStmt": "SET and RESET",
-    "VariableShowStmt": "SHOW",
-    "TransactionStmt": "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT)",
-    "CheckPointStmt": "CHECKPOINT",
-    "ClosePortalStmt": "CLOSE",
-    "FetchStmt": "FETCH and MOVE",
-    "CreateTrigStmt": "CREATE TRIGGER",
-    "CreateSeqStmt": "CREATE SEQUENCE",
-    "VacuumStmt": "VACUUM and ANALYZE",
-    "SecLabelStmt": "SECURITY LABEL",
-}
+# The options an identity column's sequence may take (`GENERATED ... AS IDENTITY (...)`).
+# `sequence_name` names a relation, judged as one; the others only shape the sequence.
+PG_IDENTITY_OPTIONS = frozenset({"sequence_name", "as", "start", "increment", "minvalue", "maxvalue", "cache", "cycle"})
 
 # sqlglot's reading of PostgreSQL, made once: a dialect holds only its settings, and making
 # one per text is a measurable part of a parse.
@@ -114,7 +109,7 @@ ROOT_KINDS: dict[type[exp.Expression], str] = {
     exp.Grant: "ddl",
     exp.Revoke: "ddl",
 }
-DDL_OBJECT_KINDS = frozenset({"TABLE", "INDEX", "VIEW"})
+DDL_OBJECT_KINDS = frozenset({"TABLE", "INDEX", "VIEW", "TYPE", "SCHEMA"})
 
 # Every node class a statement may contain (function calls are judged separately, by name).
 ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
@@ -239,6 +234,7 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
         exp.DefaultColumnConstraint,
         exp.UniqueColumnConstraint,
         exp.CheckColumnConstraint,
+        exp.GeneratedAsIdentityColumnConstraint,  # its options are PostgreSQL's to read (lexical)
         exp.PrimaryKey,
         exp.Reference,
         exp.ForeignKey,
@@ -329,7 +325,8 @@ def _analyze(sql: str, max_bytes: int) -> StatementFacts:
             "parser_disagreement",
             f"the two parsers disagree on the statement kind ({root_kind} vs {postgres.kind})",
         )
-    accesses = sqlglot_view.accesses
+    # A sequence an identity column names is a relation only PostgreSQL's reading shows.
+    accesses = sqlglot_view.accesses | {TableAccess("ddl", sequence, creates=True) for sequence in postgres.sequences}
     _cross_check(postgres, sqlglot_view.names, sqlglot_view.writes)
     if root_kind != "select" and not any(access.kind == root_kind for access in accesses):
         # Every write and every DDL changes a table the rules must be asked about.
@@ -394,6 +391,7 @@ class _PostgresView:
     cascade: bool = False  # some part of the statement acts ... CASCADE
     positions: dict[TableName, int] = field(default_factory=dict)  # first mention of each relation, 1-based
     param_locations: list[int] = field(default_factory=list)  # byte offset of each parameter
+    sequences: list[TableName] = field(default_factory=list)  # named by identity columns, schema-qualified
 
 
 def _postgres_view(sql: str) -> _PostgresView:
@@ -413,23 +411,17 @@ def _postgres_view(sql: str) -> _PostgresView:
     ((root_name, root),) = statement.items()
     kind = PG_STATEMENT_KINDS.get(root_name)
     if kind is None:
-        raise Denial("statement_class", f"{_statement_title(root_name)} statements are never run")
+        raise Denial("statement_class", f"{statement_title(root_name)} statements are never run")
     if root_name == "SelectStmt" and root.get("intoClause"):
         raise Denial("select_into", "SELECT ... INTO is not allowed")
     view = _PostgresView(kind)
     if kind == "ddl":
         _check_ddl_object(root_name, root)
         view.tables.update(_ddl_object_names(root_name, root))
+        view.sequences = _identity_sequences(root)
     _collect_names(statement, view)
     view.columns = column_facts(root_name, root)
     return view
-
-
-def _statement_title(node_name: str) -> str:
-    if node_name in PG_STATEMENT_TITLES:
-        return PG_STATEMENT_TITLES[node_name]
-    name = node_name.removesuffix("Stmt")
-    return "".join(" " + c if c.isupper() and i else c for i, c in enumerate(name)).upper()
 
 
 def _check_ddl_object(root_name: str, root: dict) -> None:
@@ -439,17 +431,25 @@ def _check_ddl_object(root_name: str, root: dict) -> None:
         key, accepted = PG_DDL_OBJECT_TYPES[root_name]
         object_type = str(root.get(key, ""))
         if object_type not in accepted:
-            title = _statement_title(root_name)
-            raise Denial("statement_class", f"{title} on {object_type.removeprefix('OBJECT_')} is never run")
+            title = statement_title(root_name)
+            raise Denial("statement_class", f"{title} on {enum_title(object_type, 'OBJECT_')} is never run")
+    if root_name == "CreateSchemaStmt" and (root.get("authrole") or root.get("schemaElts")):
+        # AUTHORIZATION gives the schema to another role; elements are statements of their own.
+        raise Denial("statement_class", "CREATE SCHEMA is run only as CREATE SCHEMA [IF NOT EXISTS] name")
     if root_name == "AlterTableStmt":
         for command in root.get("cmds", []):
             action = command.get("AlterTableCmd", {}).get("subtype")
             if action not in PG_ALTER_TABLE_ACTIONS:
-                raise Denial("statement_class", f"ALTER TABLE action {str(action).removeprefix('AT_')} is never run")
+                raise Denial("statement_class", f"ALTER TABLE action {enum_title(str(action), 'AT_')} is never run")
 
 
 def _ddl_object_names(root_name: str, root: dict) -> list[TableName]:
-    """Relations DROP and COMMENT name as plain lists of strings (the others use RangeVars)."""
+    """Objects DROP, COMMENT and CREATE TYPE name as plain lists of strings (the others use
+    RangeVars); a schema CREATE SCHEMA makes, as `schema.*` (what a rule covering it says)."""
+    if root_name == "CreateSchemaStmt":
+        return [TableName(root["schemaname"], "*")]
+    if root_name == "CreateEnumStmt":
+        return [_table_from_parts(list(names(root.get("typeName"))))]
     if root_name == "DropStmt":
         return [_table_from_parts(_name_parts(item)) for item in root.get("objects", [])]
     if root_name == "CommentStmt":
@@ -458,6 +458,26 @@ def _ddl_object_names(root_name: str, root: dict) -> list[TableName]:
             parts = parts[:-1]  # table.column: the table is what changes
         return [_table_from_parts(parts)]
     return []
+
+
+def _identity_sequences(root: dict) -> list[TableName]:
+    """The sequences identity columns name in a schema of their choosing. A sequence named
+    without a schema goes to its table's schema, belongs to its column and goes with it, like
+    the one a `serial` column or an unnamed identity makes: the table's rule covers it."""
+    named = []
+    for _, _, constraint in entries(root, frozenset({"Constraint"})):
+        if constraint.get("contype") != "CONSTR_IDENTITY":
+            continue
+        for option in constraint.get("options", []):
+            definition = option.get("DefElem", {})
+            if definition.get("defname") not in PG_IDENTITY_OPTIONS:
+                option_name = str(definition.get("defname")).replace("_", " ").upper()
+                raise Denial("syntax", f"identity column option {option_name} is not supported")
+            if definition["defname"] == "sequence_name":
+                parts = _name_parts(definition.get("arg", {}))
+                if len(parts) > 1:
+                    named.append(_table_from_parts(parts))
+    return named
 
 
 def _name_parts(node: dict) -> list[str]:
@@ -545,7 +565,7 @@ def _cte_names(with_: exp.With) -> list[str]:
 def _root_kind(tree: exp.Expression) -> str:
     kind = ROOT_KINDS.get(type(tree))
     if kind is None:
-        raise Denial("statement_class", f"{type(tree).__name__} statements are never run")
+        raise Denial("statement_class", f"this statement ({syntax_title(type(tree).__name__)}) is never run")
     if isinstance(tree, exp.Create | exp.Drop | exp.Alter):
         object_kind = str(tree.args.get("kind") or "").upper()
         if object_kind not in DDL_OBJECT_KINDS:
@@ -671,6 +691,8 @@ class _SqlglotView:
         self.tree = tree
         self._targets: dict[int, set[str]] = {}
         self._locked: set[int] = set()
+        self._created: set[int] = set()  # the relation a CREATE makes
+        self._constraint_names: set[int] = set()  # tables that are not: see `_mark_statement_targets`
         self.accesses: set[TableAccess] = set()
         self.names: set[TableName] = set()
         self.writes: list[str] = []
@@ -694,9 +716,16 @@ class _SqlglotView:
         elif isinstance(node, exp.Merge):
             # The statement's own kind, and each action's: MERGE ... THEN DELETE is a delete.
             self._mark(node.this, "merge", *_merge_actions(node))
+        elif isinstance(node, exp.Create) and str(node.args.get("kind")).upper() == "SCHEMA":
+            self._record_created_schema(node.this)
+        elif isinstance(node, exp.Create) and isinstance(node.this, exp.Index):
+            self._mark(node.this.args.get("table"), "ddl")  # the index goes to its table's schema
         elif isinstance(node, exp.Create):
-            target = node.this.args.get("table") if isinstance(node.this, exp.Index) else node.this
-            self._mark(target, "ddl")
+            self._mark(node.this, "ddl")
+            self._created.add(id(node.this.this if isinstance(node.this, exp.Schema) else node.this))
+        elif isinstance(node, exp.Drop) and str(node.args.get("kind")).upper() == "CONSTRAINT":
+            # ALTER TABLE ... DROP CONSTRAINT c: sqlglot holds the constraint's name as a table.
+            self._constraint_names.update(id(name) for name in node.args.get("tables") or [])
         elif isinstance(node, exp.Drop):
             for table in node.args.get("tables") or [node.this]:
                 self._mark(table, "ddl")
@@ -720,6 +749,15 @@ class _SqlglotView:
         self.names.add(name)
         self.accesses.add(TableAccess("ddl", name))
 
+    def _record_created_schema(self, target: exp.Expression) -> None:
+        """CREATE SCHEMA s is DDL on all of s: `s.*`, which only a rule covering the whole
+        schema allows."""
+        if not isinstance(target, exp.Table) or target.this or target.args.get("catalog") is not None:
+            raise Denial("syntax", f"schema name {target.sql('postgres')} is not a plain name")
+        name = TableName(identifier_name(target.args.get("db")), "*")
+        self.names.add(name)
+        self.accesses.add(TableAccess("ddl", name))
+
     def _mark_locked_tables(self, select: exp.Select) -> None:
         """FOR UPDATE / FOR SHARE lock the rows of every table in FROM, including those inside
         sub-queries there (PostgreSQL propagates the lock into them; not into CTEs, whose
@@ -739,12 +777,12 @@ class _SqlglotView:
         checked all the same."""
         role = _node_role(type(node))
         if not role.allowed:
-            raise Denial("syntax", f"unsupported syntax: {type(node).__name__}")
+            raise Denial("syntax", f"unsupported syntax: {syntax_title(type(node).__name__)}")
         if role.statement:
             self._mark_statement_targets(node)
             if role.write and (write := _write_statement(node)) is not None:
                 self.writes.append(write)
-        if role.table and record and isinstance(node.this, exp.Identifier):
+        if role.table and record and isinstance(node.this, exp.Identifier) and id(node) not in self._constraint_names:
             self._record_table(node, ctes)
         with_ = node.args.get("with_")
         if with_ is None and not role.scoping:
@@ -782,4 +820,4 @@ class _SqlglotView:
                 return
             kinds = {"select", "update"} if id(node) in self._locked else {"select"}
         for kind in kinds:
-            self.accesses.add(TableAccess(kind, name))
+            self.accesses.add(TableAccess(kind, name, creates=id(node) in self._created))

@@ -24,6 +24,7 @@ from gateway.policy.facts import (
 )
 from gateway.policy.naming import figure_name
 from gateway.policy.pgtree import entries, names
+from gateway.policy.wording import node_title
 
 # Output column names of a query, in order; None for one whose name cannot be told (and a
 # None output for a query whose width cannot be told, e.g. `SELECT *`).
@@ -116,7 +117,7 @@ class _ColumnWalker:
             "MergeStmt": self.merge,
         }
         if kind not in handlers:
-            raise Denial("syntax", f"unsupported query: {kind}")
+            raise Denial("syntax", f"unsupported query: {node_title(kind)}")
         return handlers[kind](body, parent, self.with_(body.get("withClause"), parent, ctes))
 
     def with_(self, clause: dict | None, parent: int | None, ctes: Ctes) -> Ctes:
@@ -302,7 +303,7 @@ class _ColumnWalker:
             return self.from_item(node["relation"], preceding, parent, ctes)
         if kind == "JoinExpr":
             return self._join(node, preceding, parent, ctes)
-        raise Denial("syntax", f"unsupported FROM item: {kind}")
+        raise Denial("syntax", f"unsupported FROM item: {node_title(kind)}")
 
     def _relation(self, node: dict, ctes: Ctes) -> int:
         table = TableName.from_range_var(node)
@@ -360,4 +361,4 @@ class _ColumnWalker:
                 self.query(value["subselect"], scope, ctes, exists=value.get("subLinkType") == "EXISTS_SUBLINK")
             elif key in QUERY_NODES or key in FROM_NODES:
                 # Queries appear in expressions only as sub-links, FROM items only in FROM.
-                raise Denial("syntax", f"unsupported syntax: {key} inside an expression")
+                raise Denial("syntax", f"unsupported syntax: {node_title(key)} inside an expression")

@@ -19,7 +19,7 @@ from gateway.identity import Identity
 from gateway.policy.analysis import SAFE_CAST_TYPES
 from gateway.policy.facts import UNDEFINED_TABLE, StatementFacts, TableAccess, TableName
 from gateway.policy.functions import is_builtin_safe, is_denied, unqualified
-from gateway.policy.resolution import ColumnResolver, ColumnUse, resolve_function, resolve_table
+from gateway.policy.resolution import ColumnResolver, ColumnUse, resolve_access, resolve_function
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # Built-ins that can leave session settings behind (or a replication origin or temporary
@@ -129,7 +129,7 @@ def decide(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot |
 
 
 def _judge(identity: Identity, facts: StatementFacts, catalog: CatalogSnapshot | None) -> Decision:
-    tables = sorted({q for access in facts.accesses for q in resolve_table(access.table, identity.schemas, catalog)})
+    tables = sorted({q for access in facts.accesses for q in resolve_access(access, identity.schemas, catalog)})
     functions = tuple(sorted(facts.functions))
     uses = sorted(set(ColumnResolver(facts.columns, identity.schemas, catalog).uses()), key=_use_order)
     columns = _column_names(identity, uses)
@@ -174,7 +174,7 @@ def _approval_needed(
     theirs. Several such accesses or rules combine (`ApprovalConfig.combined`)."""
     needed: ApprovalConfig | None = None
     for access in facts.accesses:
-        for qualified in resolve_table(access.table, identity.schemas, catalog):
+        for qualified in resolve_access(access, identity.schemas, catalog):
             covering = [rule for rule in identity.rules if rule_covers(rule, access.kind, qualified)]
             if any(rule.approval is None for rule in covering):
                 continue
@@ -191,7 +191,7 @@ def _runs_session_code(identity: Identity, facts: StatementFacts, catalog: Catal
     if catalog is None:
         return False
     for access in facts.accesses:
-        for qualified in resolve_table(access.table, identity.schemas, catalog):
+        for qualified in resolve_access(access, identity.schemas, catalog):
             schema, _, relation = qualified.partition(".")
             calls = catalog.implicit_calls(schema, relation, write=access.kind != "select")
             if any(_changes_session(function) for function in calls):
@@ -226,7 +226,7 @@ def _who(identity: Identity) -> str:
 def _check_access(
     identity: Identity, access: TableAccess, facts: StatementFacts, catalog: CatalogSnapshot | None
 ) -> None:
-    for qualified in resolve_table(access.table, identity.schemas, catalog):
+    for qualified in resolve_access(access, identity.schemas, catalog):
         if identity.read_only and access.kind != "select":
             raise _Refused(
                 "read_only", f"{access.kind.upper()} on {qualified} is not allowed for {_who(identity)} (read-only)"
@@ -245,7 +245,8 @@ def _check_access(
                 f"{access.kind.upper()} on {qualified} is not allowed for {_who(identity)}; a rule with "
                 f'allow = ["{access.kind}"] and tables = ["{qualified}"] would allow it',
             )
-    _check_unqualified(identity, access.table, catalog)
+    if not access.creates:  # a name being created is not looked up
+        _check_unqualified(identity, access.table, catalog)
 
 
 def _missing(name: TableName, identity: Identity, catalog: CatalogSnapshot | None) -> bool:
@@ -281,7 +282,7 @@ def _check_cascade(identity: Identity, facts: StatementFacts, catalog: CatalogSn
     for access in sorted(facts.accesses):
         if access.kind != "ddl":
             continue
-        for qualified in resolve_table(access.table, identity.schemas, catalog):
+        for qualified in resolve_access(access, identity.schemas, catalog):
             if not any(rule.cascade and rule_covers(rule, "ddl", qualified) for rule in identity.rules):
                 raise _Refused(
                     "cascade",

@@ -69,6 +69,9 @@ class TableName:
 class TableAccess:
     kind: str  # select | insert | update | delete | merge | ddl
     table: TableName
+    # The statement makes this relation (CREATE TABLE, VIEW, TYPE, a named sequence): an
+    # unqualified name is where it will be created, not a reference to an existing one.
+    creates: bool = False
 
 
 @dataclass(frozen=True)

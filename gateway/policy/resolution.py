@@ -1,6 +1,6 @@
 """Names -> what PostgreSQL will reach, for one identity: relations and functions along the
-pinned search path `pg_catalog, <schemas>, pg_temp`, and column references through their
-query levels.
+lookup order of the pinned search path, `pg_catalog, <schemas>, pg_temp`, and column references
+through their query levels.
 
 Owns resolution only, with the catalog snapshot when there is one. Without one, or for a
 name the snapshot does not know, every place the name could lead is returned, so the rules
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gateway.catalog import CATALOG_SCHEMA, CatalogSnapshot
-from gateway.policy.facts import ColumnFacts, ColumnRef, TableName
+from gateway.policy.facts import ColumnFacts, ColumnRef, TableAccess, TableName
 
 CATALOG_PREFIX = "pg_"  # every relation in pg_catalog is named so
 
@@ -32,6 +32,17 @@ def resolve_table(name: TableName, schemas: tuple[str, ...], catalog: CatalogSna
     if catalog is None and name.name.startswith(CATALOG_PREFIX):
         candidates.insert(0, f"{CATALOG_SCHEMA}.{name.name}")
     return candidates
+
+
+def resolve_access(access: TableAccess, schemas: tuple[str, ...], catalog: CatalogSnapshot | None) -> list[str]:
+    """The qualified names a table access may reach. A relation the statement creates without
+    a schema goes to the first schema of the path that exists and the role may use (pg_catalog
+    is searched first but never created in: the path the gateway sets does not name it), not
+    to the schema where the snapshot finds the name: every schema of the path is a candidate."""
+    if access.creates and access.table.schema is None:
+        # Without schemas the path is `pg_catalog, pg_temp`, and pg_catalog is where it goes.
+        return [f"{schema}.{access.table.name}" for schema in schemas or (CATALOG_SCHEMA,)]
+    return resolve_table(access.table, schemas, catalog)
 
 
 def resolve_function(name: str, schemas: tuple[str, ...], catalog: CatalogSnapshot | None) -> list[str]:

@@ -1,23 +1,12 @@
 // drizzle-orm's neon-http driver against the gateway: inserts with returning, a select with
 // a join, an update, and db.batch (one transaction on /sql) committing or rolling back whole.
+// tests/test_neon_compat.py runs it on tables made with SQL, tests/test_migrations.py on
+// tables drizzle-kit's migration made through the gateway.
 import { randomUUID } from "node:crypto";
 import { asc, count, eq, inArray } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/neon-http";
-import { date, integer, jsonb, pgTable, serial, text } from "drizzle-orm/pg-core";
 import { failure, gatewaySql, print } from "./gateway-env.mjs";
-
-const authors = pgTable("neon_authors", {
-  id: serial("id").primaryKey(),
-  name: text("name").notNull().unique(),
-});
-const books = pgTable("neon_books", {
-  id: serial("id").primaryKey(),
-  authorId: integer("author_id").notNull().references(() => authors.id),
-  title: text("title").notNull(),
-  published: date("published"),
-  tags: text("tags").array().notNull(),
-  meta: jsonb("meta"),
-});
+import { authors, books } from "./schema.mjs";
 
 const db = drizzle({ client: gatewaySql() });
 const run = randomUUID();

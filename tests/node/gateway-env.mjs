@@ -9,7 +9,7 @@ import pg from "pg";
 // credential, and the database is the configured one).
 export const CONNECTION_STRING = "postgresql://app:unused@gateway.local:5432/appdb?sslmode=require";
 
-function required(name) {
+export function required(name) {
   const value = process.env[name];
   if (!value) throw new Error(`${name} is not set`);
   return value;

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-import orjson
-
-from gateway.client._errors import IncompleteResponse, error_from_body
+from gateway_client import _wire
+from gateway_client._errors import IncompleteResponse, error_from_body
 
 RowMode = Literal["object", "array"]
 
@@ -134,7 +133,7 @@ class StreamedResult:
         self._lines = lines  # the lines after the first: an iterator, or an async one
         if not head_line:
             raise IncompleteResponse("the streamed result ended before its first line")
-        self.columns = columns_from(orjson.loads(head_line)["columns"])
+        self.columns = columns_from(_wire.loads(head_line)["columns"])
         self._names = [column.name for column in self.columns] if row_mode == "object" else None
         self.command: str | None = None
         self.row_count: int | None = None
@@ -142,7 +141,7 @@ class StreamedResult:
 
     def take(self, line: str) -> Any:
         """The row on `line`, or END for the last line: the summary is kept, an error raised."""
-        value = orjson.loads(line)
+        value = _wire.loads(line)
         if isinstance(value, list):
             return value if self._names is None else dict(zip(self._names, value, strict=False))
         if "error" in value:

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-import orjson
 
-from gateway.client._errors import TokenError
+from gateway_client import _wire
+from gateway_client._errors import TokenError
 
 TokenProvider = Callable[[], str | Awaitable[str]]
 
@@ -84,8 +84,8 @@ def token_expiry(token: str) -> float | None:
     """The `exp` of a JWT, read without verifying it (only to know when to fetch anew)."""
     try:
         payload = token.split(".")[1]
-        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error, orjson.JSONDecodeError):
+        claims = _wire.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
         return None
     expiry = claims.get("exp") if isinstance(claims, dict) else None
     return float(expiry) if isinstance(expiry, int | float) else None
@@ -170,8 +170,8 @@ class GithubActionsToken(FetchedToken):
             timeout=FETCH_TIMEOUT,
         )
         try:
-            value = orjson.loads(_answer(response, "the Actions token endpoint").content)["value"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            value = _wire.loads(_answer(response, "the Actions token endpoint").content)["value"]
+        except (ValueError, KeyError, TypeError):
             value = None
         if not isinstance(value, str):
             raise TokenError('the Actions token endpoint answered without a "value"')

@@ -1,4 +1,4 @@
-"""The gateway's error answers as typed exceptions, one class per `error.code` (SPEC §4).
+"""The gateway's error answers as typed exceptions, one class per `error.code`.
 
 Owns the exception hierarchy and turning an error body into one of them. Transport
 failures (connection refused, reset) stay httpx's own exceptions.
@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 import httpx
-import orjson
+
+from gateway_client import _wire
 
 
 class GatewayError(Exception):
@@ -167,8 +168,8 @@ def error_from_body(body: Any, status: int | None = None, retry_after: float | N
 def error_from_response(response: httpx.Response) -> GatewayError:
     """The typed error of an error response whose body has been read."""
     try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
+        body = _wire.loads(response.content)
+    except ValueError:
         body = None
     return error_from_body(body, response.status_code, retry_after_seconds(response.headers.get("retry-after")))
 

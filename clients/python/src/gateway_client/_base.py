@@ -4,26 +4,18 @@ a token become an HTTP request.
 
 from __future__ import annotations
 
-import decimal
 from typing import Any
 
 import httpx
-import orjson
 
-from gateway.client._calls import JSON, Call
-from gateway.client._retry import RetryPolicy
+from gateway_client import _wire
+from gateway_client._calls import JSON, Call
+from gateway_client._retry import RetryPolicy
 
 USER_AGENT = "edge-sql-gateway-client"
 DEFAULT_TIMEOUT = 30.0  # seconds: connect, and each read of the answer
 DEFAULT_RETRIES = 2
 DEFAULT_MAX_RETRY_WAIT = 10.0  # seconds of waiting, summed over one call's retries
-
-
-def _json_default(value: Any) -> Any:
-    # A Decimal goes as its exact text: the gateway hands parameter strings to PostgreSQL's parser.
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    raise TypeError(f"cannot send a {type(value).__name__} as a parameter")
 
 
 class ClientBase:
@@ -42,7 +34,7 @@ class ClientBase:
         headers = {"Authorization": f"Bearer {token}", "Accept": call.accept}
         if call.body is None:
             return self._http.build_request(call.method, call.path, headers=headers)
-        content = orjson.dumps(call.body, default=_json_default)
+        content = _wire.dumps(call.body)
         return self._http.build_request(
             call.method, call.path, content=content, headers={**headers, "Content-Type": JSON}
         )

@@ -7,18 +7,18 @@ exceptions (`GatewayError` and one subclass per error code); a statement held fo
 raises `AwaitingApproval`, with the request's id. This package owns the client
 side only and imports nothing from the server.
 
-    from gateway.client import GatewayClient, GcpIdentityToken
+    from gateway_client import GatewayClient, GcpIdentityToken
 
     url = "https://gateway.example.com"
     with GatewayClient(url, GcpIdentityToken(audience=url)) as gateway:
         orders = gateway.query("select id, total from orders where status = $1", "new").rows
 
 Retries: 429 and 503 answers, after their `Retry-After`, within `retries` tries and
-`max_retry_wait` seconds; see `gateway.client._retry` for which calls retry which answers.
+`max_retry_wait` seconds; see `gateway_client._retry` for which calls retry which answers.
 """
 
-from gateway.client._async import AsyncGatewayClient, AsyncRowStream
-from gateway.client._errors import (
+from gateway_client._async import AsyncGatewayClient, AsyncRowStream
+from gateway_client._errors import (
     BadRequest,
     CredentialsNotAllowed,
     DatabaseUnavailable,
@@ -38,9 +38,9 @@ from gateway.client._errors import (
     TooManyCredentials,
     Unauthenticated,
 )
-from gateway.client._results import AwaitingApproval, Column, DatabaseCredential, Explanation, QueryResult
-from gateway.client._sync import GatewayClient, RowStream
-from gateway.client._tokens import (
+from gateway_client._results import AwaitingApproval, Column, DatabaseCredential, Explanation, QueryResult
+from gateway_client._sync import GatewayClient, RowStream
+from gateway_client._tokens import (
     EnvToken,
     FetchedToken,
     FileToken,

@@ -11,14 +11,14 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, Unpack
 
 import httpx
-import orjson
 
-from gateway.client import _calls as calls
-from gateway.client._base import DEFAULT_MAX_RETRY_WAIT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientBase
-from gateway.client._calls import BatchOptions, BatchStatement, Call, ExplainOptions, StatementOptions
-from gateway.client._errors import error_from_response
-from gateway.client._results import END, DatabaseCredential, Explanation, QueryResult, StreamedResult
-from gateway.client._tokens import FetchedToken, TokenProvider
+from gateway_client import _calls as calls
+from gateway_client import _wire
+from gateway_client._base import DEFAULT_MAX_RETRY_WAIT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientBase
+from gateway_client._calls import BatchOptions, BatchStatement, Call, ExplainOptions, StatementOptions
+from gateway_client._errors import error_from_response
+from gateway_client._results import END, DatabaseCredential, Explanation, QueryResult, StreamedResult
+from gateway_client._tokens import FetchedToken, TokenProvider
 
 T = TypeVar("T")
 
@@ -91,7 +91,7 @@ class AsyncGatewayClient(ClientBase):
         await self.aclose()
 
     async def _call(self, call: Call[T]) -> T:
-        return call.decode(orjson.loads(await (await self._send(call)).aread()))
+        return call.decode(_wire.loads(await (await self._send(call)).aread()))
 
     async def _send(self, call: Call[Any]) -> httpx.Response:
         retries = self.retry_policy.start(call.idempotent)

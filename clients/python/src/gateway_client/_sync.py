@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from typing import Any, TypeVar, Unpack
 
 import httpx
-import orjson
 
-from gateway.client import _calls as calls
-from gateway.client._base import DEFAULT_MAX_RETRY_WAIT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientBase
-from gateway.client._calls import BatchOptions, BatchStatement, Call, ExplainOptions, StatementOptions
-from gateway.client._errors import error_from_response
-from gateway.client._results import END, DatabaseCredential, Explanation, QueryResult, StreamedResult
+from gateway_client import _calls as calls
+from gateway_client import _wire
+from gateway_client._base import DEFAULT_MAX_RETRY_WAIT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientBase
+from gateway_client._calls import BatchOptions, BatchStatement, Call, ExplainOptions, StatementOptions
+from gateway_client._errors import error_from_response
+from gateway_client._results import END, DatabaseCredential, Explanation, QueryResult, StreamedResult
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ class RowStream(StreamedResult):
 
 
 class GatewayClient(ClientBase):
-    """Calls one gateway with the tokens `token_provider` returns (see `gateway.client`)."""
+    """Calls one gateway with the tokens `token_provider` returns (see `gateway_client`)."""
 
     token_provider: Callable[[], str]
     _http: httpx.Client
@@ -94,7 +94,7 @@ class GatewayClient(ClientBase):
         self.close()
 
     def _call(self, call: Call[T]) -> T:
-        return call.decode(orjson.loads(self._send(call).read()))
+        return call.decode(_wire.loads(self._send(call).read()))
 
     def _send(self, call: Call[Any]) -> httpx.Response:
         """The first successful answer, unread so it can stream; errors are raised as typed

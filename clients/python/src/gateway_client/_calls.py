@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
-from gateway.client._results import DatabaseCredential, Explanation, QueryResult, RowMode, batch_results
+from gateway_client._results import DatabaseCredential, Explanation, QueryResult, RowMode, batch_results
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.client._errors import GatewayError
+from gateway_client._errors import GatewayError
 
 RETRIED_STATUSES = frozenset({429, 503})
 REFUSED_BEFORE_RUNNING = frozenset({"rate_limited", "overloaded"})
