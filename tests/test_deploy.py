@@ -216,7 +216,7 @@ def test_compose_connections_fit_pgbouncer_and_postgresql():
 
 
 def test_haproxy_configuration_is_valid_and_checks_readyz():
-    haproxy = shutil.which("haproxy")
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")  # Debian's, outside a user's PATH
     assert haproxy, "haproxy is not installed (apt-get install haproxy; .ci/run installs it)"
     result = subprocess.run([haproxy, "-c", "-f", DEPLOY / "haproxy.cfg"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
