@@ -379,6 +379,7 @@ def test_more_rows_than_max_rows_is_507(solo_as):
     response = neon(solo_as("capped"), {"query": "select generate_series(1, 6) as n"})
     assert response.status_code == 507, response.text
     assert response.json() == {"message": "response is too large (max is 5 rows)", "code": "response_too_large"}
+    assert_documented(response)
 
 
 def test_more_bytes_than_max_response_bytes_in_a_batch_is_507(solo_as):
@@ -388,6 +389,7 @@ def test_more_bytes_than_max_response_bytes_in_a_batch_is_507(solo_as):
     response = neon(capped, {"queries": [query, query, query]})
     assert response.status_code == 507, response.text
     assert response.json()["message"] == "response is too large (max is 2000 bytes)"
+    assert_documented(response)
 
 
 @pytest.mark.parametrize(
