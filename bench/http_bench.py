@@ -4,8 +4,10 @@ Starlette + asyncpg handler, and how long the gateway holds a pooled connection 
 Owns one whole measurement for the HTTP bars (bench/README.md): a throw-away PostgreSQL, the table
 and roles both servers query, the gateway's config, both servers as real processes with the
 same worker count (one comparison per `--workers` value), `wrk` driving them alternately, and
-the per-process CPU read from /proc. It measures and asserts nothing. `stream_bench.py`
-builds on the setup helpers here.
+the per-process CPU read from /proc. With `--shared-limits`, a third server in the same rounds:
+the gateway counting its limits in a throw-away `redis-server` (`[limits] redis_url`). It
+measures and asserts nothing. `stream_bench.py` and `limits_bench.py` build on the setup
+helpers here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +62,7 @@ QUERY_BODY = {"sql": "select id, name, price from items where id = $1", "params"
 POOL_SIZE = 10
 WARMUP = "3s"
 READY_TIMEOUT_SECONDS = 60.0
+REDIS_START_SECONDS = 10.0
 LOG_TAIL_LINES = 40
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 HOLD_SAMPLE = re.compile(r"^gateway_connection_hold_seconds_(sum|count)\s+(\S+)$", re.MULTILINE)
@@ -121,6 +125,7 @@ class Comparison:
     bare: Measurement
     gateway: Measurement
     profile: Path | None = None
+    shared_limits: Measurement | None = None  # the gateway counting its limits in Redis (--shared-limits)
 
     @property
     def ratio(self) -> float:
@@ -151,6 +156,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", nargs="?", const="flamegraph", choices=sorted(PROFILE_FORMATS),
         help="py-spy records the gateway during one more run at --connections (default format: flamegraph)",
+    )
+    parser.add_argument(
+        "--shared-limits", action="store_true",
+        help="also measure, in the same rounds, the gateway counting its limits in a throw-away redis-server",
     )
     args = parser.parse_args(argv)
     if not re.fullmatch(r"\d+[smh]?", args.duration):
@@ -222,18 +231,25 @@ async def create_objects(port: int, run_secrets: RunSecrets, table: str, table_s
 
 
 def write_gateway_config(
-    workdir: Path, pg_port: int, connections: int, table: str, limits: dict[str, int | str] | None = None
+    workdir: Path,
+    pg_port: int,
+    connections: int,
+    table: str,
+    limits: dict[str, int | str] | None = None,
+    redis_url: str | None = None,
 ) -> Path:
     """One issuer and one identity that may select from `table`, with `limits` (identity keys
-    of gateway.config, such as max_rows) over the defaults."""
+    of gateway.config, such as max_rows) over the defaults; with `redis_url`, the identity's
+    limits are counted there (a file of its own: both configurations serve in one run)."""
     # `concurrency` is per identity and every request here is the same identity: without room
     # for all wrk connections the gateway would answer 429 and the run would measure that.
     # JSON's strings and integers are TOML's too.
     limit_lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (limits or {}).items())
-    path = workdir / "gateway.toml"
+    shared_section = "" if redis_url is None else f'[limits]\nredis_url = "{redis_url}"\n'
+    path = workdir / ("gateway.toml" if redis_url is None else "gateway-shared-limits.toml")
     path.write_text(f"""\
 name = "bench"
-
+{shared_section}
 [database]
 url = "postgresql://{LOGIN_ROLE}@127.0.0.1:{pg_port}/{DATABASE}"
 password_secret = "BENCH_DB_PASSWORD"
@@ -322,8 +338,33 @@ def start_bare_app(
     return start_server("bare", command, {**os.environ, "BARE_APP_DSN": dsn}, port, workdir, stack)
 
 
+def start_redis(workdir: Path, stack: contextlib.ExitStack) -> str:
+    """A throw-away redis-server on a loopback port (Debian's package), persisting nothing,
+    stopped with the stack; its URL once it accepts connections."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise BenchError("redis-server is not installed: install it with `apt-get install -y redis-server`")
+    port = free_loopback_port()
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL, start_new_session=True)
+    stack.callback(stop_process, process)
+    deadline = time.monotonic() + REDIS_START_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"redis-server did not accept connections within {REDIS_START_SECONDS:g}s")
+
+
 def start_gateway(
-    workers: int, config: Path, run_secrets: RunSecrets, workdir: Path, stack: contextlib.ExitStack
+    workers: int,
+    config: Path,
+    run_secrets: RunSecrets,
+    workdir: Path,
+    stack: contextlib.ExitStack,
+    name: str = "gateway",
 ) -> Server:
     port = free_loopback_port()
     command = [
@@ -337,10 +378,10 @@ def start_gateway(
     }
     env.pop(MULTIPROCESS_DIR, None)
     if workers > 1:  # as deployed (README): without it a scrape reads one worker's metrics
-        metrics_dir = workdir / f"prometheus-{workers}"
+        metrics_dir = workdir / f"prometheus-{name}-{workers}"
         metrics_dir.mkdir()
         env[MULTIPROCESS_DIR] = str(metrics_dir)
-    return start_server("gateway", command, env, port, workdir, stack)
+    return start_server(name, command, env, port, workdir, stack)
 
 
 def log_tail(server: Server) -> str:
@@ -492,11 +533,11 @@ def measure(servers: list[Server], database_pid: int, script: Path, args: argpar
     for number in range(1, args.rounds + 1):
         for server, measurement in zip(servers, measurements, strict=True):
             line = measure_load(server, database_pid, script, measurement, args)
-            print(f"  round {number}: {server.name:<8} -c{args.connections}: {line}")
+            print(f"  round {number}: {server.name:<13} -c{args.connections}: {line}")
         for server, measurement in zip(servers, measurements, strict=True):
             p50 = p50_ms(run_wrk(server, script, args.duration, connections=1, threads=1))
             measurement.p50s_ms.append(p50)
-            print(f"  round {number}: {server.name:<8} -c1: {p50:>8.3f} ms p50")
+            print(f"  round {number}: {server.name:<13} -c1: {p50:>8.3f} ms p50")
     return measurements
 
 
@@ -541,12 +582,18 @@ def compare(workers: int, database: BenchDatabase, token: str, args: argparse.Na
             start_bare_app(workers, database.port, run_secrets, workdir, stack),
             start_gateway(workers, config, run_secrets, workdir, stack),
         ]
+        if args.shared_limits:
+            redis_url = start_redis(workdir, stack)
+            shared_config = write_gateway_config(
+                workdir, database.port, args.connections, ITEMS_TABLE, redis_url=redis_url
+            )
+            servers.append(start_gateway(workers, shared_config, run_secrets, workdir, stack, "gateway+redis"))
         for server in servers:
             wait_until_ready(server)
             check_query(server, token)
-        bare, gateway = measure(servers, database.pid, script, args)
+        bare, gateway, *shared = measure(servers, database.pid, script, args)
         recorded = profile(servers[1], script, workers, args) if args.profile else None
-        return Comparison(workers, bare, gateway, recorded)
+        return Comparison(workers, bare, gateway, recorded, shared[0] if shared else None)
 
 
 def run_benchmark(args: argparse.Namespace) -> list[Comparison]:
@@ -569,9 +616,10 @@ def print_comparison(comparison: Comparison, args: argparse.Namespace) -> None:
         f"workers {comparison.workers}, wrk -c{args.connections} -t{args.threads} -d{args.duration}, "
         f"{args.rounds} round(s); p50 with -c1 -t1; per round, then the median"
     )
-    for measurement in (comparison.bare, comparison.gateway):
+    shared = comparison.shared_limits
+    for measurement in (comparison.bare, comparison.gateway, *([shared] if shared else [])):
         print(
-            f"  {measurement.name:<8} req/s {per_round(measurement.rates, '.0f')} -> {median(measurement.rates):.0f}; "
+            f"  {measurement.name:<13} req/s {per_round(measurement.rates, '.0f')} -> {median(measurement.rates):.0f}; "
             f"CPU µs/request {per_round(measurement.cpu_us, '.0f')} -> {median(measurement.cpu_us):.0f}; "
             f"p50 ms {per_round(measurement.p50s_ms, '.3f')} -> {median(measurement.p50s_ms):.3f}; "
             f"PostgreSQL CPU µs/request {per_round(measurement.database_cpu_us, '.0f')} -> "
@@ -582,6 +630,13 @@ def print_comparison(comparison: Comparison, args: argparse.Namespace) -> None:
     print(f"  ratio gateway/bare req/s: {comparison.ratio:.2f} (bar: >= {RATIO_BAR})")
     print(f"  ratio gateway/bare CPU per request: {comparison.cpu_ratio:.2f} (bar: <= {CPU_RATIO_BAR})")
     print(f"  added p50 at concurrency 1: {comparison.added_p50_ms:.3f} ms (bar: <= {ADDED_P50_BAR_MS} ms)")
+    if shared is not None:
+        print(
+            f"  limits in Redis: req/s {median(shared.rates) / median(comparison.gateway.rates):.2f}x the gateway's, "
+            f"CPU {median(shared.cpu_us) - median(comparison.gateway.cpu_us):+.0f} µs/request, "
+            f"p50 {median(shared.p50s_ms) - median(comparison.gateway.p50s_ms):+.3f} ms, "
+            f"connection held {median(shared.holds_ms):.3f} ms/use"
+        )
     if comparison.profile is not None:
         print(f"  profile: {comparison.profile}")
 

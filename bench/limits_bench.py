@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
+import contextlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +22,8 @@ from pathlib import Path
 # `python bench/limits_bench.py` puts bench/ on the path, not the checkout that holds `gateway`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.http_bench import start_redis
 from gateway.config import GatewayConfig, parse_config
-from gateway.embedded import free_loopback_port
 from gateway.identity import Identity
 from gateway.limits import IdentityLimits
 from gateway.secrets import SecretStore
@@ -80,39 +78,15 @@ async def measure(redis_url: str | None, args: argparse.Namespace) -> dict[int, 
         await limits.stop()
 
 
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_loopback_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit("redis-server did not start within 10s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--tasks", type=int, default=32, help="admissions at once, in the second measurement")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="limits-bench-") as folder:
-        process, url = start_redis(Path(folder))
-        try:
-            results = {"in process": asyncio.run(measure(None, args)), "in Redis": asyncio.run(measure(url, args))}
-        finally:
-            process.terminate()
-            process.wait(10)
+    with contextlib.ExitStack() as stack:
+        url = start_redis(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="limits-bench-"))), stack)
+        results = {"in process": asyncio.run(measure(None, args)), "in Redis": asyncio.run(measure(url, args))}
     print(f"{'counted':<12} {'tasks':>5} {'wall µs/request':>16} {'CPU µs/request':>15}")
     for counted, figures in results.items():
         for tasks, (wall, cpu) in figures.items():

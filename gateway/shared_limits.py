@@ -51,6 +51,9 @@ if rate > 0 then
 end
 local lease, ttl = ARGV[4], tonumber(ARGV[5])
 if lease ~= '' then
+  for i = 6, #ARGV do
+    redis.call('ZREM', KEYS[2], ARGV[i])
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   local held = redis.call('ZCARD', KEYS[2])
   if held >= tonumber(ARGV[3]) then
@@ -159,6 +162,7 @@ class SharedLimits:
         self._renew = self.client.register_script(RENEW_SCRIPT)
         self._leases: dict[str, str] = {}  # lease id -> its key, for renewal
         self._releasing: dict[str, list[str]] = {}  # key -> lease ids to give back in the next call
+        self._sending: dict[str, list[str]] = {}  # key -> lease ids in the release call under way
         self._release_scheduled = False
         self._tasks: set[asyncio.Task] = set()  # releases under way, the probe, the renewer
         # Calls wait here for a connection, within their deadline. (Not redis-py's blocking
@@ -192,7 +196,10 @@ class SharedLimits:
         """One round trip: (ADMITTED, 0) with the lease held, (OVER_RATE, seconds until a token)
         or (AT_CONCURRENCY, leases held); None when Redis did not answer."""
         keys = [self.prefix + "rate:" + identity, self.prefix + "leases:" + identity]
-        args = [rate or 0, bucket_capacity(rate or 1), concurrency, lease, self.lease_ms]
+        # Leases this replica gave back whose release may not have reached Redis yet go first,
+        # in this same call: a caller's next request never finds its own last one still counted.
+        given_back = [*self._releasing.get(keys[1], ()), *self._sending.get(keys[1], ())]
+        args = [rate or 0, bucket_capacity(rate or 1), concurrency, lease, self.lease_ms, *given_back]
         answer = await self._call(partial(self._admit, keys=keys, args=args))
         if answer is None:
             return None
@@ -213,7 +220,9 @@ class SharedLimits:
     def release(self, lease: str) -> None:
         """Give a lease back, in the background: the request's answer does not wait for it.
         Leases given back meanwhile go together in the next call (one at a time, so releases
-        never crowd out admissions). Should Redis not answer, they expire within `lease_ttl`."""
+        never crowd out admissions), and with this replica's next admission of the same
+        identity, which removes them before it counts. Should Redis not answer, they expire
+        within `lease_ttl`."""
         key = self._leases.pop(lease, None)
         if key is None or not self.up:
             return
@@ -225,12 +234,13 @@ class SharedLimits:
     async def _release_pending(self) -> None:
         try:
             while self._releasing and self.up:
-                batch, self._releasing = self._releasing, {}
+                self._sending, self._releasing = self._releasing, {}
                 pipeline = self.client.pipeline(transaction=False)
-                for key, leases in batch.items():
+                for key, leases in self._sending.items():
                     pipeline.zrem(key, *leases)
                 await self._call(pipeline.execute)
         finally:
+            self._sending = {}
             self._release_scheduled = False
 
     async def _renew_leases(self) -> None:

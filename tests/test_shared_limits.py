@@ -122,6 +122,25 @@ def test_replicas_share_the_concurrency_cap_and_a_released_lease_frees_a_place(s
     asyncio.run(scenario())
 
 
+def test_a_lease_given_back_is_free_for_the_next_admission_at_once(start_redis):
+    """A caller at its cap sends its next request as soon as the answer arrives: the lease of
+    the last one is given back in the background, yet never still counted against the next."""
+    redis = start_redis()
+
+    async def scenario() -> None:
+        shared = replica(redis)
+        await started(shared)
+        try:
+            for _ in range(50):
+                lease = shared.lease_id()
+                assert await shared.admit("one-at-a-time", None, 1, lease) == (ADMITTED, 0.0)
+                shared.release(lease)
+        finally:
+            await stopped(shared)
+
+    asyncio.run(scenario())
+
+
 async def wait_until(call: Callable[[], Any], expected: Any, deadline: float = 5.0) -> None:
     give_up = time.monotonic() + deadline
     while (answer := await call()) != expected:
