@@ -1,4 +1,4 @@
-"""`POST /sql`, the Neon serverless driver's HTTP protocol (NEON-HTTP.md), over plain HTTP:
+"""`POST /sql`, the Neon serverless driver's HTTP protocol, over plain HTTP:
 the request and response shapes, PostgreSQL's text output (arrays checked against
 PostgreSQL's own `::text`), batches, every error status, and CORS. The real driver and
 drizzle run against it in tests/test_neon_compat.py."""

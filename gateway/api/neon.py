@@ -1,4 +1,4 @@
-"""The Neon serverless driver's HTTP protocol, `POST /sql` (NEON-HTTP.md): an unmodified
+"""The Neon serverless driver's HTTP protocol, `POST /sql`: an unmodified
 `@neondatabase/serverless`, and drizzle-orm's `neon-http` on top of it, runs against the
 gateway with `neonConfig.fetchEndpoint` pointing here and the token as `authToken`.
 
