@@ -353,6 +353,13 @@ class _ColumnWalker:
     def expression(self, node: object, scope: int, ctes: Ctes, output_names: frozenset[str] = frozenset()) -> None:
         """Every column reference in an expression tree, at `scope`; sub-queries are levels
         of their own below it."""
+        if node is None:
+            return
+        if type(node) is dict and len(node) == 1 and "ColumnRef" in node:
+            # Most expressions handed here are a bare column reference (a select-list entry,
+            # a sort key): no tree to walk.
+            self.references.append(ColumnRef(scope, _fields(node["ColumnRef"]), output_names))
+            return
         for _, key, value in entries(node, EXPRESSION_FIELDS, EXPRESSION_STOP):
             if key == "ColumnRef":
                 self.references.append(ColumnRef(scope, _fields(value), output_names))
