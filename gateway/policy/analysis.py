@@ -28,7 +28,7 @@ from gateway.policy.facts import ColumnFacts, Denial, StatementFacts, TableAcces
 from gateway.policy.functions import check_set_config_call
 from gateway.policy.lexical import check_text, scan
 from gateway.policy.naming import sql_value_function_name
-from gateway.policy.pgtree import entries, names
+from gateway.policy.pgtree import LEAF_NODES, entries, names
 from gateway.policy.wording import enum_title, statement_title, syntax_title
 
 # PostgreSQL's root statement node -> statement kind. Every other statement is refused.
@@ -497,11 +497,11 @@ def _qualified(items: list[dict]) -> str:
 
 
 # The fields `_collect_names` acts on; FOR UPDATE OF names (`lockedRels`) refer to FROM
-# items, not to relations.
+# items, not to relations, and leaf nodes hold none of them.
 NAME_FIELDS = frozenset(
     {"relname", "FuncCall", "SQLValueFunction", "behavior", "TypeCast", "A_Expr", "ParamRef", *PG_WRITE_STATEMENTS}
 )
-NAME_STOP = frozenset({"lockedRels"})
+NAME_STOP = frozenset({"lockedRels"}) | LEAF_NODES
 
 
 def _collect_names(node: object, view: _PostgresView) -> None:
