@@ -13,7 +13,6 @@ allowlists below, is a denial.
 
 from __future__ import annotations
 
-import functools
 import string
 from dataclasses import dataclass, field
 
@@ -667,9 +666,14 @@ class _NodeRole:
     scoping: bool  # its arguments are walked each in its own way (CTE names, FOR UPDATE OF)
 
 
-@functools.cache
+# Each class's role, learnt the first time the walk meets the class. A plain dict: its `get`
+# costs the walk a fraction of what a call through `functools.cache` does, once per node.
+_ROLES: dict[type[exp.Expression], _NodeRole] = {}
+
+
 def _node_role(cls: type[exp.Expression]) -> _NodeRole:
-    return _NodeRole(
+    """Work out a class's role, and remember it."""
+    role = _ROLES[cls] = _NodeRole(
         allowed=cls in ALLOWED_NODES or (issubclass(cls, exp.Func) and not issubclass(cls, exp.Command)),
         statement=issubclass(cls, STATEMENT_NODES),
         write=issubclass(cls, WRITE_NODES),
@@ -678,6 +682,7 @@ def _node_role(cls: type[exp.Expression]) -> _NodeRole:
         lock=issubclass(cls, exp.Lock),
         scoping=issubclass(cls, exp.With | exp.Lock),
     )
+    return role
 
 
 class _SqlglotView:
@@ -775,7 +780,7 @@ class _SqlglotView:
         """`ctes`: the CTE names in scope. `record`: whether the tables below are accessed
         (not so the names FOR UPDATE OF lists, which refer to FROM items); every node is
         checked all the same."""
-        role = _node_role(type(node))
+        role = _ROLES.get(type(node)) or _node_role(type(node))
         if not role.allowed:
             raise Denial("syntax", f"unsupported syntax: {syntax_title(type(node).__name__)}")
         if role.statement:
