@@ -13,7 +13,6 @@ allowlists below, is a denial.
 
 from __future__ import annotations
 
-import functools
 import string
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ from gateway.policy.facts import ColumnFacts, Denial, StatementFacts, TableAcces
 from gateway.policy.functions import check_set_config_call
 from gateway.policy.lexical import check_text, scan
 from gateway.policy.naming import sql_value_function_name
-from gateway.policy.pgtree import entries, names
+from gateway.policy.pgtree import LEAF_NODES, entries, names
 from gateway.policy.wording import enum_title, statement_title, syntax_title
 
 # PostgreSQL's root statement node -> statement kind. Every other statement is refused.
@@ -497,11 +496,11 @@ def _qualified(items: list[dict]) -> str:
 
 
 # The fields `_collect_names` acts on; FOR UPDATE OF names (`lockedRels`) refer to FROM
-# items, not to relations.
+# items, not to relations, and leaf nodes hold none of them.
 NAME_FIELDS = frozenset(
     {"relname", "FuncCall", "SQLValueFunction", "behavior", "TypeCast", "A_Expr", "ParamRef", *PG_WRITE_STATEMENTS}
 )
-NAME_STOP = frozenset({"lockedRels"})
+NAME_STOP = frozenset({"lockedRels"}) | LEAF_NODES
 
 
 def _collect_names(node: object, view: _PostgresView) -> None:
@@ -667,9 +666,14 @@ class _NodeRole:
     scoping: bool  # its arguments are walked each in its own way (CTE names, FOR UPDATE OF)
 
 
-@functools.cache
+# Each class's role, learnt the first time the walk meets the class. A plain dict: its `get`
+# costs the walk a fraction of what a call through `functools.cache` does, once per node.
+_ROLES: dict[type[exp.Expression], _NodeRole] = {}
+
+
 def _node_role(cls: type[exp.Expression]) -> _NodeRole:
-    return _NodeRole(
+    """Work out a class's role, and remember it."""
+    role = _ROLES[cls] = _NodeRole(
         allowed=cls in ALLOWED_NODES or (issubclass(cls, exp.Func) and not issubclass(cls, exp.Command)),
         statement=issubclass(cls, STATEMENT_NODES),
         write=issubclass(cls, WRITE_NODES),
@@ -678,6 +682,7 @@ def _node_role(cls: type[exp.Expression]) -> _NodeRole:
         lock=issubclass(cls, exp.Lock),
         scoping=issubclass(cls, exp.With | exp.Lock),
     )
+    return role
 
 
 class _SqlglotView:
@@ -775,7 +780,7 @@ class _SqlglotView:
         """`ctes`: the CTE names in scope. `record`: whether the tables below are accessed
         (not so the names FOR UPDATE OF lists, which refer to FROM items); every node is
         checked all the same."""
-        role = _node_role(type(node))
+        role = _ROLES.get(type(node)) or _node_role(type(node))
         if not role.allowed:
             raise Denial("syntax", f"unsupported syntax: {syntax_title(type(node).__name__)}")
         if role.statement:

@@ -23,7 +23,7 @@ from gateway.policy.facts import (
     WholeRow,
 )
 from gateway.policy.naming import figure_name
-from gateway.policy.pgtree import entries, names
+from gateway.policy.pgtree import LEAF_NODES, entries, names
 from gateway.policy.wording import node_title
 
 # Output column names of a query, in order; None for one whose name cannot be told (and a
@@ -34,9 +34,10 @@ Ctes = dict[str, Output]
 QUERY_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 FROM_NODES = frozenset({"RangeVar", "RangeSubselect", "RangeFunction", "JoinExpr", "RangeTableSample"})
 RETURNING_ALIASES = ("old", "new")  # PostgreSQL 18: RETURNING old.x, new.x
-# The fields `_ColumnWalker.expression` acts on, and those it leaves to the query walk.
-EXPRESSION_STOP = frozenset({"ColumnRef", "SubLink"})
-EXPRESSION_FIELDS = EXPRESSION_STOP | QUERY_NODES | FROM_NODES
+# The fields `_ColumnWalker.expression` acts on, and those it does not enter: sub-links are
+# left to the query walk, and leaf nodes hold none of them.
+EXPRESSION_FIELDS = frozenset({"ColumnRef", "SubLink"}) | QUERY_NODES | FROM_NODES
+EXPRESSION_STOP = frozenset({"SubLink"}) | LEAF_NODES
 
 
 def column_facts(root_name: str, root: dict) -> ColumnFacts:
@@ -353,6 +354,13 @@ class _ColumnWalker:
     def expression(self, node: object, scope: int, ctes: Ctes, output_names: frozenset[str] = frozenset()) -> None:
         """Every column reference in an expression tree, at `scope`; sub-queries are levels
         of their own below it."""
+        if node is None:
+            return
+        if type(node) is dict and len(node) == 1 and "ColumnRef" in node:
+            # Most expressions handed here are a bare column reference (a select-list entry,
+            # a sort key): no tree to walk.
+            self.references.append(ColumnRef(scope, _fields(node["ColumnRef"]), output_names))
+            return
         for _, key, value in entries(node, EXPRESSION_FIELDS, EXPRESSION_STOP):
             if key == "ColumnRef":
                 self.references.append(ColumnRef(scope, _fields(value), output_names))

@@ -48,11 +48,13 @@ def check_text(sql: str, max_bytes: int) -> None:
         raise Denial("too_large", f"the statement is {len(encoded)} bytes; the limit is {max_bytes}")
     if "\x00" in sql:
         raise Denial("lexical", "the statement contains a NUL byte")
-    if NON_ASCII_SPACE.search(sql):
+    # `isascii` reads a flag the string already carries; the patterns below need a
+    # character the text may not have, so each runs only where it could match.
+    if not sql.isascii() and NON_ASCII_SPACE.search(sql):
         raise Denial("lexical", "the statement contains non-ASCII whitespace")
     if not sql.strip():
         raise Denial("parse", "the statement is empty")
-    if UNICODE_ESCAPE_START.search(sql):
+    if "&" in sql and UNICODE_ESCAPE_START.search(sql):
         _scanned(sql)
 
 
@@ -68,9 +70,15 @@ def scan(sql: str, param_locations: Collection[int]) -> ScannedText:
     character beyond ASCII, byte offsets run ahead of character offsets, so the sets differ
     then too."""
     params = list(PARAM_TEXT.finditer(sql))
-    if {param.start() for param in params} == set(param_locations) and not IDENTITY_WORD.search(sql):
+    if {param.start() for param in params} == set(param_locations) and not _names_identity(sql):
         return _spaced(sql, [(param.start(), param.end()) for param in params])
     return _scanned(sql)
+
+
+def _names_identity(sql: str) -> bool:
+    """Whether the word is there, ignoring case. In ASCII text, lowering and searching for a
+    plain string is that test, without a case-insensitive pattern scan."""
+    return "identity" in sql.lower() if sql.isascii() else IDENTITY_WORD.search(sql) is not None
 
 
 def _scanned(sql: str) -> ScannedText:

@@ -10,6 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+# Nodes that hold only scalars and names (`src/include/nodes/value.h`, `A_Const`,
+# `ColumnRef`, `ParamRef`, `A_Star` in `parsenodes.h`): no node of any other kind is ever
+# below one, so a walk looking for other nodes stops at them. Close to half the objects of
+# a typical tree are in them.
+LEAF_NODES = frozenset(
+    {"String", "Integer", "Float", "Boolean", "BitString", "A_Const", "ColumnRef", "ParamRef", "A_Star"}
+)
+
 
 def entries(node: object, keys: frozenset[str], stop: frozenset[str] = frozenset()) -> Iterator[tuple[dict, str, Any]]:
     """(object, key, value) for every field named in `keys` of every object in the tree, depth

@@ -86,7 +86,9 @@ class ColumnResolver:
         ]
 
     def uses(self) -> Iterator[ColumnUse]:
-        for reference in self.facts.references:
+        # A name written several times at one level (`t.revenue` in the select list and in
+        # ORDER BY) reaches the same columns each time: resolve it once.
+        for reference in dict.fromkeys(self.facts.references):
             yield from self._reference(reference)
         for write in self.facts.writes:
             for table in self.tables[write.source]:
