@@ -292,18 +292,16 @@ class Transaction:
         cached = compat.cached_statement(connection, sql, key)
         if cached is not None:
             return cached
-        if self.open:
-            return await self.wait(
-                compat.prepared_statement(connection, sql, self.max_wait, key), replaceable=replaceable
-            )
+        prelude = b"" if self.open else self._prelude
         try:
             state = await self.wait(
-                compat.prepared_statement(connection, sql, self.max_wait, key, self._prelude), replaceable=replaceable
+                compat.prepared_statement(connection, sql, self.max_wait, key, prelude), replaceable=replaceable
             )
-        except BaseException:  # after an error asyncpg has read up to ReadyForQuery: it knows
-            self.open = not connection.is_closed() and connection.is_in_transaction()
+        except BaseException:
+            if prelude:  # after an error asyncpg has read up to ReadyForQuery: it knows
+                self.open = not connection.is_closed() and connection.is_in_transaction()
             raise
-        self.open = True  # no ReadyForQuery has told asyncpg yet: the statement's Sync will
+        self.open = True  # begun by the prelude: no ReadyForQuery has told asyncpg yet, the statement's Sync will
         return state
 
     async def commit(self, announce: str | None = None) -> None:
