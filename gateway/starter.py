@@ -154,21 +154,15 @@ statement_timeout = "5s"
 """
 
 
-async def _roles_that_exist(connection: asyncpg.Connection, names: list[str]) -> set[str]:
-    rows = await connection.fetch("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY($1::text[])", names)
-    return {row["rolname"] for row in rows}
-
-
 async def roles_sql(connection: asyncpg.Connection, config: GatewayConfig, options: StarterOptions) -> list[str]:
     """The statements that create the login and the identity role (when missing) and give the
     role what its rules allow, as `gateway grants plan` would."""
-    existing = await _roles_that_exist(connection, [options.login, options.role])
-    privileges = await read_privileges(connection, [options.role])
+    privileges = await read_privileges(connection, [options.login, options.role])
     identities = identities_by_role(config)[options.role]
     statements = []
-    if options.login not in existing:
+    if options.login in privileges.missing_roles:
         statements.append(f"CREATE ROLE {quoted(options.login)} LOGIN NOINHERIT")
-    if options.role not in existing:
+    if options.role in privileges.missing_roles:
         statements.append(f"CREATE ROLE {quoted(options.role)} NOLOGIN")
         statements += grants_for_new_role(options.role, identities, privileges)
     else:
