@@ -33,6 +33,7 @@ from gateway.embedded import LocalPostgres, demo_bindir, free_loopback_port
 from gateway.secrets import MissingSecret
 
 DEV_DATABASE = "app"
+DEV_HOST = "127.0.0.1"  # the gateway and the embedded server listen on loopback only
 DEV_LOGIN = "gateway_login"
 DEMO_ROLES = ("demo_reader", "demo_writer")
 TOKEN_TTL_SECONDS = 24 * 3600
@@ -95,7 +96,7 @@ def _packaged(name: str) -> Path:
 
 
 async def _create_demo(port: int, passwords: dict[str, str]) -> None:
-    admin = f"postgresql://postgres@127.0.0.1:{port}"
+    admin = f"postgresql://postgres@{DEV_HOST}:{port}"
     server = await asyncpg.connect(f"{admin}/postgres", password=passwords["superuser"], ssl=False)
     try:
         if await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEV_DATABASE):
@@ -127,7 +128,7 @@ def dev_config(source: Path, db_port: int, http_port: int, home: Path) -> Gatewa
         raise ConfigError(f"{source}: [credentials] is not supported by gateway dev; use gateway serve")
     database = dataclasses.replace(
         config.database,
-        url=f"postgresql://{DEV_LOGIN}@127.0.0.1:{db_port}/{DEV_DATABASE}",
+        url=f"postgresql://{DEV_LOGIN}@{DEV_HOST}:{db_port}/{DEV_DATABASE}",
         password_secret=DB_PASSWORD_SECRET,
         login_secret=None,
         sslmode="disable",  # loopback only; the embedded server is built without TLS
@@ -138,7 +139,7 @@ def dev_config(source: Path, db_port: int, http_port: int, home: Path) -> Gatewa
     return dataclasses.replace(
         config,
         database=database,
-        server=dataclasses.replace(config.server, host="127.0.0.1", port=http_port, workers=1),
+        server=dataclasses.replace(config.server, host=DEV_HOST, port=http_port, workers=1),
         audit=AuditConfig(sink=str(home / AUDIT_FILE), chain=config.audit.chain, summary=True),
     )
 
@@ -181,7 +182,7 @@ async def _grant_identity_roles(port: int, passwords: dict[str, str], config: Ga
 
 def _superuser_url(port: int, password: str | None = None) -> str:
     who = f"postgres:{password}" if password else "postgres"
-    return f"postgresql://{who}@127.0.0.1:{port}/{DEV_DATABASE}"
+    return f"postgresql://{who}@{DEV_HOST}:{port}/{DEV_DATABASE}"
 
 
 @dataclass(frozen=True)
@@ -272,12 +273,10 @@ def _run_locked(home: Path, port: int, reset: bool, config_path: Path | None) ->
     except ConfigError as error:
         print(f"gateway dev: {error}", file=sys.stderr)
         return 2
-    host = "127.0.0.1"
-    if not _port_is_free(host, port):  # before the database starts and the banner claims the port
-        print(f"gateway dev: {host}:{port} is in use; choose another port with --port", file=sys.stderr)
+    if not _port_is_free(DEV_HOST, port):  # before the database starts and the banner claims the port
+        print(f"gateway dev: {DEV_HOST}:{port} is in use; choose another port with --port", file=sys.stderr)
         return 1
     cluster = LocalPostgres(home / "pgdata", demo_bindir())  # no server binaries: fails here, before any slow import
-
     if reset:
         cluster.stop()
         shutil.rmtree(home, ignore_errors=True)
