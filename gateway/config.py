@@ -673,13 +673,12 @@ def _validate_limits(limits: LimitsConfig, fail: Fail) -> None:
             fail("limits.redis_password_secret", "only with limits.redis_url")
         return
     try:
-        parts = urlsplit(limits.redis_url)
-        scheme, password = parts.scheme, parts.password
+        scheme, has_password = urlsplit(limits.redis_url).scheme, url_has_password(limits.redis_url)
     except ValueError:
         fail("limits.redis_url", "expected a valid redis:// URL")
     if scheme not in REDIS_SCHEMES:
         fail("limits.redis_url", "expected a redis://, rediss:// or unix:// URL")
-    if password is not None or "password" in parse_qs(parts.query):
+    if has_password:
         fail("limits.redis_url", "must not contain a password; name it with redis_password_secret")
 
 
